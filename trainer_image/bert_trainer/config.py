@@ -1,0 +1,125 @@
+"""The trainer's configuration: rendered by the operator, parsed by the trainer pod.
+
+Plain pydantic, no TensorFlow import. Paths are either ``gs://bucket/prefix``
+or local paths (tests and the local pod runner). Field names are snake_case in
+Python and camelCase in JSON, like the BertPretrainJob API they are derived from.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class BertModelConfig(_Model):
+    """BERT dimensions; the names follow google-research/bert's bert_config.json."""
+
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    max_position_embeddings: int = Field(default=512, gt=0)
+    type_vocab_size: int = Field(default=2, gt=0)
+    hidden_dropout: float = Field(default=0.1, ge=0, lt=1)
+    attention_dropout: float = Field(default=0.1, ge=0, lt=1)
+    initializer_range: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> BertModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hiddenSize {self.hidden_size} is not divisible by numHeads {self.num_heads}"
+            )
+        return self
+
+
+class PrepareConfig(_Model):
+    """Vocabulary training and pretraining-instance creation."""
+
+    corpus: list[str] = Field(min_length=1)
+    """Globs of raw text: one sentence per line, a blank line between documents."""
+    vocab: str | None = None
+    """An existing vocab.txt; when None a WordPiece vocab is trained on the corpus."""
+    vocab_size: int = Field(default=30522, ge=16)
+    lowercase: bool = True
+    min_frequency: int = Field(default=2, ge=1)
+    max_seq_length: int = Field(default=128, ge=8)
+    max_predictions_per_seq: int = Field(default=20, ge=1)
+    masked_lm_prob: float = Field(default=0.15, gt=0, lt=1)
+    dupe_factor: int = Field(default=10, ge=1)
+    short_seq_prob: float = Field(default=0.1, ge=0, le=1)
+    whole_word_masking: bool = False
+    seed: int = 12345
+    num_shards: int = Field(default=8, ge=1)
+    workers: int | None = None
+    """Processes for instance creation; None means one per CPU core."""
+    output_vocab: str
+    """Where the vocab used for the records is written (copied when given)."""
+    output_tfrecords: str
+    """Directory (prefix) that receives ``part-NNNNN-of-MMMMM.tfrecord`` shards."""
+
+
+class TrainConfig(_Model):
+    """Masked-LM + next-sentence pretraining."""
+
+    tfrecords: str
+    """Glob of TFRecord files in the google-research/bert feature format."""
+    model: BertModelConfig
+    max_seq_length: int = Field(default=128, ge=8)
+    max_predictions_per_seq: int = Field(default=20, ge=1)
+    global_batch_size: int = Field(gt=0)
+    train_steps: int = Field(gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    warmup_steps: int = Field(default=10000, ge=0)
+    optimizer: Literal["adamw", "lamb"] = "adamw"
+    weight_decay: float = Field(default=0.01, ge=0)
+    checkpoint_every_steps: int = Field(default=1000, gt=0)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    seed: int = 12345
+    precision: Literal["float32", "bfloat16"] = "float32"
+    checkpoint_dir: str
+    summary_dir: str | None = None
+    init_checkpoint: str | None = None
+    """A Google TF1 BERT checkpoint prefix (e.g. .../bert_model.ckpt) to start from."""
+    init_checkpoint_config: str | None = None
+    """The checkpoint's bert_config.json; its dimensions must equal ``model``."""
+    vocab: str | None = None
+    """The vocab the records were made with; checked against the init checkpoint's."""
+
+
+class ExportConfig(_Model):
+    """Export the latest checkpoint as a HuggingFace BERT directory."""
+
+    checkpoint_dir: str
+    model: BertModelConfig
+    vocab: str
+    lowercase: bool = True
+    output_dir: str
+
+
+class JobRef(_Model):
+    """The BertPretrainJob this run belongs to, for progress reports."""
+
+    namespace: str
+    name: str
+    uid: str | None = None
+    report_progress: bool = True
+    min_report_interval_seconds: float = Field(default=10.0, ge=0)
+
+
+class TrainerConfig(_Model):
+    """Everything one trainer pod needs; the command picks its section."""
+
+    job: JobRef | None = None
+    prepare: PrepareConfig | None = None
+    train: TrainConfig | None = None
+    export: ExportConfig | None = None
