@@ -214,7 +214,7 @@ def up(
         _start_apiserver(state, keys)
         _start_controllers(state, keys)
         _start_kwok(state, pools, pod_run_for)
-        _start_gcs(state)
+        start_gcs(state)
         state.save()
         _wait_cluster_ready(state, pools, timeout)
     except BaseException:
@@ -312,7 +312,8 @@ def _start_kwok(state: StackState, pools: tuple[kwok_config.NodePool, ...],
     ], run_dir)
 
 
-def _start_gcs(state: StackState) -> None:
+def start_gcs(state: StackState) -> None:
+    """Start fake-gcs-server on ``state.ports['gcs']`` (also used alone by trainer tests)."""
     run_dir = Path(state.run_dir)
     (run_dir / "gcs-data").mkdir(exist_ok=True)
     port = state.ports["gcs"]

@@ -1,0 +1,18 @@
+"""Prometheus metrics of the operator (served on Settings.metrics_port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS_BY_PHASE = Gauge(
+    "bpj_jobs", "BertPretrainJobs by phase, as of their last reconcile", ["phase"]
+)
+RECONCILE_SECONDS = Histogram(
+    "bpj_reconcile_seconds", "Time of one reconcile of one job",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter("bpj_reconcile_errors_total", "Reconciles that raised")
+RESTARTS = Counter(
+    "bpj_training_restarts_total", "Training attempts restarted after an infrastructure failure"
+)
+QUEUE_DEPTH = Gauge("bpj_workqueue_depth", "Jobs waiting to be reconciled")

@@ -1,0 +1,387 @@
+"""The state machine: from (job, observed children, now) to the next status and actions.
+
+Level-based: the decision depends only on what is observed now, never on which
+event woke the operator, so repeating it is harmless and a restarted operator
+picks up where the last one stopped. Stages run in order, each skipped when its
+output is given:
+
+    Pending -> [Preparing] -> Training (attempt 1, 2, ...) -> [Exporting] -> Succeeded
+                                  \\-> Failed                       Suspended <-> any
+
+A failed training attempt is classified (``observe.Failure``): infrastructure
+failures (preemption, node loss) start a new attempt that resumes from the last
+checkpoint, up to ``runPolicy.maxRestarts``; bad input and OOM fail at once.
+Suspending deletes the running attempt and keeps everything in GCS; resuming
+starts a new attempt (not counted as a restart).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from bert_pretrain_operator.api import (
+    BertPretrainJob,
+    BertPretrainJobStatus,
+    Condition,
+    ConditionStatus,
+    Phase,
+    StageJobs,
+)
+from bert_pretrain_operator.reconcile.observe import (
+    Failure,
+    JobState,
+    Observed,
+    ObservedJob,
+)
+from bert_pretrain_operator.render import names
+from bert_pretrain_operator.render.trainer_config import needs_prepare
+
+# Condition types (positive polarity, as Kubernetes conventions ask).
+PREPARED: Final = "Prepared"
+TRAINED: Final = "Trained"
+EXPORTED: Final = "Exported"
+ADMITTED: Final = "Admitted"
+SUSPENDED: Final = "Suspended"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+
+FINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+Stage = Literal["prepare", "train", "export"]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do now. The caller creates, deletes, then writes status, then emits events."""
+
+    status: BertPretrainJobStatus
+    create: tuple[tuple[Stage, int], ...] = ()
+    """Stages to create: (stage, attempt); attempt is 0 for prepare and export."""
+    delete_jobs: tuple[str, ...] = ()
+    delete_self: bool = False
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    """Seconds until a time-based rule (deadline, TTL) needs another look."""
+
+
+@dataclass
+class _Builder:
+    job: BertPretrainJob
+    now: dt.datetime
+    status: BertPretrainJobStatus
+    create: list[tuple[Stage, int]] = field(default_factory=list)
+    delete_jobs: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    delete_self: bool = False
+    requeue_after: float | None = None
+
+    def condition(self, kind: str, status: bool, reason: str, message: str) -> None:
+        """Set a condition; lastTransitionTime moves only when its status changes."""
+        value = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+        conditions = list(self.status.conditions or [])
+        old = next((c for c in conditions if c.type == kind), None)
+        since = old.last_transition_time if old is not None and old.status == value else self.now
+        new = Condition(
+            type=kind,
+            status=value,
+            reason=reason,
+            message=message[:32768],
+            last_transition_time=since,
+            observed_generation=self.job.metadata.generation,
+        )
+        if old is not None:
+            conditions[conditions.index(old)] = new
+        else:
+            conditions.append(new)
+        self.status = self.status.model_copy(update={"conditions": conditions})
+
+    def set(self, **fields: object) -> None:
+        self.status = self.status.model_copy(update=fields)
+
+    def jobs(self, **children: str | None) -> None:
+        current = self.status.jobs or StageJobs()
+        self.set(jobs=current.model_copy(update=children))
+
+    def event(self, kind: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(kind, reason, message))
+
+    def phase(self, phase: Phase) -> None:
+        self.set(phase=phase)
+
+    def fail(self, reason: str, message: str) -> None:
+        self.phase(Phase.FAILED)
+        self.condition(FAILED, True, reason, message)
+        self.set(completion_time=self.now)
+        self.event("Warning", reason, message)
+
+    def build(self) -> Decision:
+        return Decision(
+            status=self.status,
+            create=tuple(self.create),
+            delete_jobs=tuple(self.delete_jobs),
+            delete_self=self.delete_self,
+            events=tuple(self.events),
+            requeue_after=self.requeue_after,
+        )
+
+
+def _seconds(delta: dt.timedelta) -> float:
+    return delta.total_seconds()
+
+
+def _active_jobs(observed: Observed) -> list[str]:
+    jobs = [observed.prepare, observed.export, *observed.train.values()]
+    return [
+        j.name
+        for j in jobs
+        if j is not None and j.state not in (JobState.SUCCEEDED, JobState.FAILED)
+    ]
+
+
+def decide(job: BertPretrainJob, observed: Observed, now: dt.datetime) -> Decision:
+    """The next status and actions for ``job``; pure and idempotent."""
+    b = _Builder(job, now, job.status or BertPretrainJobStatus())
+    b.set(observed_generation=job.metadata.generation)
+    if b.status.phase is None:
+        b.phase(Phase.PENDING)
+
+    if b.status.phase in FINAL_PHASES:
+        _finished(b)
+        return b.build()
+
+    policy = job.spec.run_policy
+    if policy.suspend:
+        _suspend(b, observed)
+        return b.build()
+    if b.status.phase == Phase.SUSPENDED:
+        b.condition(SUSPENDED, False, "Resumed", "spec.runPolicy.suspend was cleared")
+        b.event("Normal", "Resumed", "resuming from the last checkpoint in GCS")
+        # Resuming starts a fresh training attempt; it is not a restart after failure.
+        if b.status.attempt and b.status.attempt in observed.train:
+            b.set(attempt=b.status.attempt + 1)
+        b.phase(Phase.PENDING)
+
+    if b.status.start_time is None:
+        b.set(start_time=now)
+        b.event("Normal", "Started", "the operator started the job")
+    start = b.status.start_time
+    assert start is not None
+    if policy.active_deadline_seconds is not None:
+        elapsed = _seconds(now - start)
+        if elapsed >= policy.active_deadline_seconds:
+            b.delete_jobs.extend(_active_jobs(observed))
+            b.fail(
+                "DeadlineExceeded",
+                f"the job ran longer than spec.runPolicy.activeDeadlineSeconds "
+                f"({policy.active_deadline_seconds}s)",
+            )
+            _finished(b)
+            return b.build()
+        b.requeue_after = policy.active_deadline_seconds - elapsed
+
+    if needs_prepare(job) and not _prepare(b, observed):
+        return b.build()
+    if not _train(b, observed):
+        return b.build()
+    if job.spec.export.hugging_face and not _export(b, observed):
+        return b.build()
+    b.phase(Phase.SUCCEEDED)
+    b.set(completion_time=now)
+    b.condition(SUCCEEDED, True, "Succeeded", "every stage completed")
+    b.event("Normal", "Succeeded", "pretraining finished" + (
+        " and the model was exported" if job.spec.export.hugging_face else ""))
+    _finished(b)
+    return b.build()
+
+
+def _finished(b: _Builder) -> None:
+    ttl = b.job.spec.run_policy.ttl_seconds_after_finished
+    done = b.status.completion_time
+    if ttl is None or done is None:
+        return
+    left = ttl - _seconds(b.now - done)
+    if left <= 0:
+        b.delete_self = True
+    else:
+        b.requeue_after = left
+
+
+def _suspend(b: _Builder, observed: Observed) -> None:
+    active = _active_jobs(observed)
+    b.delete_jobs.extend(active)
+    if b.status.phase != Phase.SUSPENDED:
+        b.phase(Phase.SUSPENDED)
+        b.condition(
+            SUSPENDED, True, "Suspended",
+            "spec.runPolicy.suspend is true: running work was stopped; checkpoints and data "
+            "stay in GCS and training resumes from the last checkpoint when it is cleared",
+        )
+        b.event("Normal", "Suspended", "stopped " + (", ".join(active) or "nothing (idle)"))
+
+
+def _stage_in_progress(b: _Builder, child: ObservedJob, cond: str, what: str) -> None:
+    if child.trouble is not None:
+        b.condition(cond, False, child.trouble.reason, f"{what}: {child.trouble.message}")
+    else:
+        b.condition(cond, False, child.state.value, f"{what} {child.state.value.lower()}")
+
+
+def _failed_stage(b: _Builder, failure: Failure | None, stage: str) -> None:
+    if failure is None:
+        b.fail(f"{stage.capitalize()}Failed", f"the {stage} Job failed")
+    elif failure.retriable:
+        b.fail(f"{stage.capitalize()}Failed", f"the {stage} Job failed: {failure.message}")
+    else:
+        b.fail(failure.reason, failure.message)
+
+
+def _prepare(b: _Builder, observed: Observed) -> bool:
+    """Run the prepare stage; True once its output exists."""
+    name = names.prepare_job(_name(b))
+    child = observed.prepare
+    if child is None:
+        b.create.append(("prepare", 0))
+        b.jobs(prepare=name)
+        b.phase(Phase.PREPARING)
+        b.condition(PREPARED, False, "Creating", f"creating the prepare Job {name}")
+        b.event("Normal", "Preparing", f"created the prepare Job {name}")
+        return False
+    if child.state is JobState.SUCCEEDED:
+        if not _is_true(b, PREPARED):
+            b.condition(PREPARED, True, "Prepared", "vocabulary and TFRecords are in GCS")
+            b.event("Normal", "Prepared", f"the prepare Job {name} succeeded")
+        return True
+    if child.state is JobState.FAILED:
+        _failed_stage(b, child.failure, "prepare")
+        return False
+    b.phase(Phase.PREPARING)
+    _stage_in_progress(b, child, PREPARED, f"the prepare Job {name} is")
+    return False
+
+
+def _train(b: _Builder, observed: Observed) -> bool:
+    """Run training attempts; True once one succeeded."""
+    job = b.job
+    attempt = b.status.attempt or 0
+    child = observed.train.get(attempt) if attempt else None
+    if child is None:
+        attempt = max(attempt, 1)
+        _start_attempt(b, attempt, "Training", f"starting training attempt {attempt}")
+        return False
+    if child.state is JobState.SUCCEEDED:
+        if not _is_true(b, TRAINED):
+            b.condition(TRAINED, True, "Trained",
+                        f"training attempt {attempt} reached {job.spec.training.train_steps} steps")
+            b.event("Normal", "Trained", f"the training Job {child.name} succeeded")
+        return True
+    if child.state is JobState.FAILED:
+        _failed_attempt(b, attempt, child)
+        return False
+    if child.state is JobState.QUEUED:
+        b.phase(Phase.PENDING)
+        b.condition(ADMITTED, False, "WaitingForAdmission",
+                    f"the training Job {child.name} waits in Kueue LocalQueue "
+                    f"{job.spec.queue_name} for quota")
+        b.condition(TRAINED, False, "Queued", f"the training Job {child.name} is queued")
+        return False
+    b.phase(Phase.TRAINING)
+    if job.spec.queue_name:
+        b.condition(ADMITTED, True, "Admitted", f"Kueue admitted {child.name}")
+    if child.trouble is not None and child.trouble.reason == "Unschedulable":
+        tpu = job.spec.tpu
+        spot = " (spot)" if tpu.spot else ""
+        b.condition(
+            TRAINED, False, "Unschedulable",
+            f"no node fits the training pods: no TPU node pool with accelerator "
+            f"{tpu.accelerator.value} and topology {tpu.topology}{spot} has free "
+            f"google.com/tpu capacity. Scheduler: {child.trouble.message}",
+        )
+    else:
+        _stage_in_progress(b, child, TRAINED, f"training attempt {attempt} ({child.name}) is")
+    return False
+
+
+def _start_attempt(b: _Builder, attempt: int, reason: str, message: str) -> None:
+    name = names.train_job(_name(b), attempt)
+    b.create.append(("train", attempt))
+    b.set(attempt=attempt)
+    b.jobs(train=name)
+    b.phase(Phase.TRAINING)
+    b.condition(TRAINED, False, "Creating", f"{message}: creating {name}")
+    b.event("Normal", reason, f"{message} ({name})")
+
+
+def _failed_attempt(b: _Builder, attempt: int, child: ObservedJob) -> None:
+    failure = child.failure
+    assert failure is not None
+    if not failure.retriable:
+        b.fail(failure.reason, f"training attempt {attempt} failed: {failure.message}")
+        return
+    restarts = b.status.restarts or 0
+    limit = b.job.spec.run_policy.max_restarts
+    if restarts >= limit:
+        b.fail(
+            "MaxRestartsExceeded",
+            f"training attempt {attempt} failed ({failure.reason}: {failure.message}) and "
+            f"spec.runPolicy.maxRestarts ({limit}) restarts were used",
+        )
+        return
+    b.set(restarts=restarts + 1)
+    b.event("Warning", failure.reason, f"training attempt {attempt} failed: {failure.message}")
+    _start_attempt(
+        b, attempt + 1, "Restarting",
+        f"restart {restarts + 1} of {limit}: attempt {attempt + 1} resumes from the last "
+        "checkpoint",
+    )
+
+
+def _export(b: _Builder, observed: Observed) -> bool:
+    name = names.export_job(_name(b))
+    child = observed.export
+    if child is None:
+        b.create.append(("export", 0))
+        b.jobs(export=name)
+        b.phase(Phase.EXPORTING)
+        b.condition(EXPORTED, False, "Creating", f"creating the export Job {name}")
+        b.event("Normal", "Exporting", f"created the export Job {name}")
+        return False
+    if child.state is JobState.SUCCEEDED:
+        if not _is_true(b, EXPORTED):
+            b.condition(EXPORTED, True, "Exported", "the HuggingFace checkpoint is in GCS")
+        return True
+    if child.state is JobState.FAILED:
+        _failed_stage(b, child.failure, "export")
+        return False
+    b.phase(Phase.EXPORTING)
+    _stage_in_progress(b, child, EXPORTED, f"the export Job {name} is")
+    return False
+
+
+def _is_true(b: _Builder, kind: str) -> bool:
+    return any(c.type == kind and c.status == ConditionStatus.TRUE
+               for c in b.status.conditions or [])
+
+
+def _name(b: _Builder) -> str:
+    name = b.job.metadata.name
+    assert name
+    return name
+
+
+def fail_inputs(job: BertPretrainJob, message: str, now: dt.datetime) -> Decision:
+    """The decision when the job's GCS inputs are missing or inconsistent (BadInput)."""
+    b = _Builder(job, now, job.status or BertPretrainJobStatus())
+    b.set(observed_generation=job.metadata.generation)
+    if b.status.start_time is None:
+        b.set(start_time=now)
+    b.fail("BadInput", message)
+    return b.build()

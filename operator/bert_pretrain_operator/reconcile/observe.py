@@ -1,0 +1,205 @@
+"""Fold a job's child Jobs and their pods into what the decision needs to know.
+
+Kubernetes objects arrive as plain dicts (as the API returns them). Each child
+Job becomes an ``ObservedJob``: its state, and for a failed one *why* it failed,
+because that decides between retrying (preemption, a lost node) and failing
+the whole BertPretrainJob (bad input, out of memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+from bert_pretrain_operator.render import names
+from bert_trainer import contract
+
+Obj = Mapping[str, Any]
+
+#: Container waiting reasons that mean the image cannot be pulled or started.
+IMAGE_TROUBLE: Final = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+CONFIG_TROUBLE: Final = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+
+
+class JobState(StrEnum):
+    QUEUED = "Queued"
+    """Created suspended, waiting for Kueue to admit it."""
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class FailureKind(StrEnum):
+    BAD_INPUT = "BadInput"
+    """The trainer said the input or configuration is wrong: retrying cannot help."""
+    OUT_OF_MEMORY = "OOMKilled"
+    """Deterministic for the same configuration: retrying cannot help either."""
+    INFRASTRUCTURE = "Infrastructure"
+    """Preemption, a lost node, a transient error: a new attempt may succeed."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    reason: str
+    """CamelCase, for the condition: BadInput, OOMKilled, Preempted, NodeLost, ..."""
+    message: str
+
+    @property
+    def retriable(self) -> bool:
+        return self.kind is FailureKind.INFRASTRUCTURE
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why pods of a not-yet-running Job are stuck (shown in a condition message)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    name: str
+    state: JobState
+    failure: Failure | None = None
+    trouble: Trouble | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the operator read about a job's children in one reconcile."""
+
+    prepare: ObservedJob | None = None
+    train: Mapping[int, ObservedJob] = field(default_factory=dict)
+    export: ObservedJob | None = None
+
+
+def _conditions(obj: Obj) -> list[Obj]:
+    return list(obj.get("status", {}).get("conditions") or [])
+
+
+def _condition_true(obj: Obj, kind: str) -> Obj | None:
+    return next((c for c in _conditions(obj) if c.get("type") == kind
+                 and c.get("status") == "True"), None)
+
+
+def _terminated(pod: Obj) -> list[Obj]:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return [s["state"]["terminated"] for s in statuses
+            if s.get("state", {}).get("terminated")]
+
+
+def classify_pod_failure(pod: Obj) -> Failure | None:
+    """Why a pod failed; None if it did not."""
+    if pod.get("status", {}).get("phase") != "Failed":
+        return None
+    pod_name = pod.get("metadata", {}).get("name", "?")
+    for term in _terminated(pod):
+        code = term.get("exitCode")
+        text = (term.get("message") or "").strip()
+        if code == contract.EXIT_BAD_INPUT:
+            return Failure(FailureKind.BAD_INPUT, "BadInput",
+                           text or f"pod {pod_name}: the trainer rejected its input")
+        if term.get("reason") == "OOMKilled":
+            return Failure(FailureKind.OUT_OF_MEMORY, "OOMKilled",
+                           f"pod {pod_name}: the trainer ran out of memory (OOMKilled); "
+                           "lower spec.training.globalBatchSize or spec.data.maxSeqLength")
+    disruption = _condition_true(pod, "DisruptionTarget")
+    if disruption is not None:
+        return Failure(FailureKind.INFRASTRUCTURE, "Preempted",
+                       f"pod {pod_name}: {disruption.get('message') or disruption.get('reason')}")
+    for term in _terminated(pod):
+        code = term.get("exitCode")
+        text = (term.get("message") or "").strip()
+        if code == contract.EXIT_PREEMPTED:
+            return Failure(FailureKind.INFRASTRUCTURE, "Preempted",
+                           f"pod {pod_name}: the trainer was asked to stop (SIGTERM) "
+                           "and saved a checkpoint")
+        if code not in (None, 0):
+            return Failure(FailureKind.INFRASTRUCTURE, "ContainerFailed",
+                           f"pod {pod_name}: exit code {code}" + (f": {text}" if text else ""))
+    return Failure(FailureKind.INFRASTRUCTURE, "PodFailed",
+                   f"pod {pod_name}: {pod.get('status', {}).get('message') or 'failed'}")
+
+
+_SEVERITY: Final = {FailureKind.BAD_INPUT: 0, FailureKind.OUT_OF_MEMORY: 1,
+                    FailureKind.INFRASTRUCTURE: 2}
+
+
+def classify_job_failure(job: Obj, pods: Iterable[Obj]) -> Failure:
+    """The root cause of a failed Job: a non-retriable pod failure wins over the rest."""
+    failures = [f for f in map(classify_pod_failure, pods) if f is not None]
+    if failures:
+        return min(failures, key=lambda f: _SEVERITY[f.kind])
+    failed = _condition_true(job, "Failed") or _condition_true(job, "FailureTarget") or {}
+    # A failed Job without failed pods lost them with their node (pod GC deleted them).
+    return Failure(FailureKind.INFRASTRUCTURE, "NodeLost",
+                   f"job {job.get('metadata', {}).get('name')}: "
+                   f"{failed.get('message') or 'its pods were lost with their node'}")
+
+
+def pod_trouble(pods: Iterable[Obj]) -> Trouble | None:
+    """The first reason that keeps pods from running: scheduling, image, configuration."""
+    for pod in pods:
+        status = pod.get("status", {})
+        for cond in status.get("conditions") or []:
+            if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
+                    and cond.get("reason") == "Unschedulable"):
+                return Trouble("Unschedulable", cond.get("message") or "no node fits the pod")
+        for cs in status.get("containerStatuses") or []:
+            waiting = cs.get("state", {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in IMAGE_TROUBLE:
+                return Trouble("ImagePullFailure",
+                               f"cannot pull image {cs.get('image')}: "
+                               f"{waiting.get('message') or reason}")
+            if reason in CONFIG_TROUBLE:
+                return Trouble("ContainerConfigError", waiting.get("message") or reason)
+    return None
+
+
+def observe_job(job: Obj, pods: Iterable[Obj]) -> ObservedJob:
+    pods = list(pods)
+    name = job.get("metadata", {}).get("name", "")
+    if _condition_true(job, "Complete"):
+        return ObservedJob(name, JobState.SUCCEEDED)
+    if _condition_true(job, "Failed") or _condition_true(job, "FailureTarget"):
+        return ObservedJob(name, JobState.FAILED, failure=classify_job_failure(job, pods))
+    if job.get("spec", {}).get("suspend"):
+        return ObservedJob(name, JobState.QUEUED)
+    running = any(p.get("status", {}).get("phase") == "Running" for p in pods)
+    if running and all(p.get("status", {}).get("phase") != "Pending" for p in pods):
+        return ObservedJob(name, JobState.RUNNING)
+    return ObservedJob(name, JobState.PENDING, trouble=pod_trouble(pods))
+
+
+def observe(jobs: Iterable[Obj], pods: Iterable[Obj]) -> Observed:
+    """Group a BertPretrainJob's child Jobs by stage (and attempt) and observe each."""
+    pods_by_job: dict[str, list[Obj]] = {}
+    for pod in pods:
+        job_name = pod.get("metadata", {}).get("labels", {}).get("job-name")
+        if job_name:
+            pods_by_job.setdefault(job_name, []).append(pod)
+    prepare = export = None
+    train: dict[int, ObservedJob] = {}
+    for job in jobs:
+        meta = job.get("metadata", {})
+        labels = meta.get("labels", {})
+        observed = observe_job(job, pods_by_job.get(meta.get("name", ""), []))
+        stage = labels.get(names.LABEL_STAGE)
+        if stage == names.STAGE_PREPARE:
+            prepare = observed
+        elif stage == names.STAGE_EXPORT:
+            export = observed
+        elif stage == names.STAGE_TRAIN:
+            try:
+                train[int(labels.get(names.LABEL_ATTEMPT, ""))] = observed
+            except ValueError:
+                continue
+    return Observed(prepare=prepare, train=train, export=export)

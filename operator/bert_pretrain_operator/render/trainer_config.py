@@ -1,0 +1,168 @@
+"""The trainer's configuration for a job: where everything lives in GCS, and how to run.
+
+A job's outputs sit under ``spec.output``: the trained vocab, the prepared
+records, checkpoints, TensorBoard summaries and the export. Inputs the user
+gives (vocab, records, an init checkpoint) are read where they are.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+from bert_pretrain_operator.api import BertPretrainJob, Dimensions
+from bert_trainer.config import (
+    BertModelConfig,
+    ExportConfig,
+    JobRef,
+    PrepareConfig,
+    TrainConfig,
+    TrainerConfig,
+)
+
+#: Vocabulary size when a vocab is trained and spec.data.vocabSize is unset.
+DEFAULT_VOCAB_SIZE = 30522
+
+
+@dataclass(frozen=True)
+class ResolvedInputs:
+    """Facts the spec alone cannot give, read from GCS before a stage starts.
+
+    With ``model.initCheckpoint`` the checkpoint's bert_config.json gives the
+    dimensions and vocabulary size; with a given ``data.vocab`` its line count is
+    the vocabulary size. None means "take it from the spec".
+    """
+
+    vocab_size: int | None = None
+    dimensions: Dimensions | None = None
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Where a job's files live (``gs://`` URIs)."""
+
+    vocab: str
+    tfrecords_glob: str
+    tfrecords_dir: str | None
+    """Directory the prepare stage writes records to; None when records are given."""
+    checkpoints: str
+    summaries: str
+    export: str
+    init_checkpoint_config: str | None
+
+
+def layout(job: BertPretrainJob) -> OutputLayout:
+    spec = job.spec
+    out = spec.output.rstrip("/")
+    init = spec.model.init_checkpoint
+    init_dir = posixpath.dirname(init) if init else None
+    if spec.data.vocab:
+        vocab = spec.data.vocab
+    elif init_dir:
+        vocab = init_dir + "/vocab.txt"
+    else:
+        vocab = out + "/vocab.txt"
+    records_dir = None if spec.data.tfrecords else out + "/tfrecords"
+    return OutputLayout(
+        vocab=vocab,
+        tfrecords_glob=spec.data.tfrecords or f"{records_dir}/*.tfrecord",
+        tfrecords_dir=records_dir,
+        checkpoints=out + "/checkpoints",
+        summaries=out + "/summaries",
+        export=out + "/export/huggingface",
+        init_checkpoint_config=init_dir + "/bert_config.json" if init_dir else None,
+    )
+
+
+def needs_prepare(job: BertPretrainJob) -> bool:
+    """A corpus is given: records (and maybe a vocab) must be made first."""
+    return job.spec.data.corpus is not None
+
+
+def vocab_is_trained(job: BertPretrainJob) -> bool:
+    return needs_prepare(job) and not job.spec.data.vocab and not job.spec.model.init_checkpoint
+
+
+def model_config(job: BertPretrainJob, resolved: ResolvedInputs) -> BertModelConfig:
+    dims = resolved.dimensions or job.spec.model.dimensions()
+    if dims is None:
+        raise ValueError("the model's dimensions are unknown until the init checkpoint is read")
+    vocab_size = resolved.vocab_size or job.spec.data.vocab_size or DEFAULT_VOCAB_SIZE
+    return BertModelConfig(
+        vocab_size=vocab_size,
+        hidden_size=dims.hidden_size,
+        num_layers=dims.num_layers,
+        num_heads=dims.num_heads,
+        intermediate_size=dims.intermediate_size,
+        max_position_embeddings=max(512, job.spec.data.max_seq_length),
+    )
+
+
+def trainer_config(
+    job: BertPretrainJob, resolved: ResolvedInputs, *, report_interval: float
+) -> TrainerConfig:
+    """The whole TrainerConfig for ``job``; each stage's pod reads its own section."""
+    spec = job.spec
+    paths = layout(job)
+    meta = job.metadata
+    assert meta.name and meta.namespace, "a job from the cluster has a name and namespace"
+    ref = JobRef(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid,
+        min_report_interval_seconds=report_interval,
+    )
+    prepare = None
+    if needs_prepare(job) and paths.tfrecords_dir is not None:
+        data = spec.data
+        assert data.corpus is not None
+        prepare = PrepareConfig(
+            corpus=list(data.corpus),
+            vocab=None if vocab_is_trained(job) else paths.vocab,
+            vocab_size=data.prepare_setting("vocab_size"),
+            lowercase=data.lowercase,
+            min_frequency=data.prepare_setting("min_frequency"),
+            max_seq_length=data.max_seq_length,
+            max_predictions_per_seq=data.max_predictions_per_seq,
+            masked_lm_prob=data.prepare_setting("masked_lm_prob"),
+            dupe_factor=data.prepare_setting("dupe_factor"),
+            short_seq_prob=data.prepare_setting("short_seq_prob"),
+            whole_word_masking=data.prepare_setting("whole_word_masking"),
+            seed=spec.training.seed,
+            output_vocab=paths.vocab if vocab_is_trained(job) else spec.output.rstrip("/")
+            + "/vocab.txt",
+            output_tfrecords=paths.tfrecords_dir,
+        )
+    model = model_config(job, resolved)
+    training = spec.training
+    train = TrainConfig(
+        tfrecords=paths.tfrecords_glob,
+        model=model,
+        max_seq_length=spec.data.max_seq_length,
+        max_predictions_per_seq=spec.data.max_predictions_per_seq,
+        global_batch_size=training.global_batch_size,
+        train_steps=training.train_steps,
+        learning_rate=training.learning_rate,
+        warmup_steps=training.effective_warmup_steps(),
+        optimizer=training.optimizer.value,
+        weight_decay=training.weight_decay,
+        checkpoint_every_steps=training.checkpoint_every_steps,
+        keep_checkpoints=training.keep_checkpoints,
+        seed=training.seed,
+        precision=training.precision.value,
+        checkpoint_dir=paths.checkpoints,
+        summary_dir=paths.summaries,
+        init_checkpoint=spec.model.init_checkpoint,
+        init_checkpoint_config=paths.init_checkpoint_config,
+        vocab=paths.vocab,
+    )
+    export = None
+    if spec.export.hugging_face:
+        export = ExportConfig(
+            checkpoint_dir=paths.checkpoints,
+            model=model,
+            vocab=paths.vocab,
+            lowercase=spec.data.lowercase,
+            output_dir=paths.export,
+        )
+    return TrainerConfig(job=ref, prepare=prepare, train=train, export=export)

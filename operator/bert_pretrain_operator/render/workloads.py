@@ -1,0 +1,262 @@
+"""The Kubernetes objects of a job's stages, as plain dicts (pure functions).
+
+- prepare / export: a batch/v1 Job on CPU nodes. Its podFailurePolicy fails the
+  Job at once on the trainer's bad-input exit code (retrying cannot help) and
+  does not count pod disruptions against the retry budget.
+- train: an Indexed Job with one pod per TPU VM of the slice
+  (completions = parallelism = VMs, backoffLimit 0). A failed attempt is
+  replaced by a new Job (the operator counts restarts), so the whole slice
+  restarts together and resumes from the last checkpoint. Multi-host slices get
+  a headless Service as the pods' subdomain, which is how GKE gives each TPU VM
+  a stable hostname and injects TPU_WORKER_ID / TPU_WORKER_HOSTNAMES.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from bert_pretrain_operator import tpu_catalogue
+from bert_pretrain_operator.api import BertPretrainJob
+from bert_pretrain_operator.render import names
+from bert_pretrain_operator.settings import Settings
+from bert_trainer import contract
+from bert_trainer.config import TrainerConfig
+
+Manifest = dict[str, Any]
+
+#: The TPU runtime's port and the trainer's coordination port (GKE's TPU examples
+#: expose both on every host of a multi-host slice).
+TPU_RUNTIME_PORT: Final = 8471
+COORDINATOR_PORT: Final = 8080
+#: Retries of the CPU stages on failures that are not bad input (e.g. a lost node).
+CPU_STAGE_BACKOFF_LIMIT: Final = 2
+CONTAINER_NAME: Final = "trainer"
+CONFIG_KEY: Final = "config.json"
+
+
+def owner_reference(job: BertPretrainJob) -> dict[str, Any]:
+    """Makes the BertPretrainJob own a child, so deleting it garbage-collects the child."""
+    assert job.metadata.name and job.metadata.uid, "only a stored job can own children"
+    return {
+        "apiVersion": f"{contract.API_GROUP}/{contract.API_VERSION}",
+        "kind": contract.KIND,
+        "name": job.metadata.name,
+        "uid": job.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job: BertPretrainJob, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.metadata.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def config_map(job: BertPretrainJob, config: TrainerConfig) -> Manifest:
+    name = job.metadata.name
+    assert name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, names.config_map(name), names.child_labels(name)),
+        "data": {CONFIG_KEY: config.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
+    }
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _container(
+    job: BertPretrainJob, settings: Settings, stage: str, resources: dict[str, Any]
+) -> dict[str, Any]:
+    env: list[dict[str, Any]] = [
+        {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {
+            "name": contract.ENV_POD_NAMESPACE,
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
+    ]
+    env += [{"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())]
+    return {
+        "name": CONTAINER_NAME,
+        "image": job.spec.image or settings.trainer_image,
+        "command": ["python", "-m", "bert_trainer"],
+        "args": [stage, "--config", contract.CONFIG_PATH],
+        "env": env,
+        "resources": resources,
+        "volumeMounts": [
+            {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePath": contract.TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _security_context(),
+    }
+
+
+def _pod_spec(job: BertPretrainJob, settings: Settings, container: dict[str, Any]) -> Manifest:
+    name = job.metadata.name
+    assert name
+    return {
+        "restartPolicy": "Never",
+        "serviceAccountName": job.spec.service_account_name or settings.trainer_service_account,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config_map(name)}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+
+
+def _cpu_stage_job(job: BertPretrainJob, settings: Settings, stage: str, name: str) -> Manifest:
+    owner = job.metadata.name
+    assert owner
+    labels = names.child_labels(owner, stage)
+    resources = {
+        "requests": {"cpu": settings.prepare_cpu, "memory": settings.prepare_memory},
+        "limits": {"memory": settings.prepare_memory},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job, name, labels),
+        "spec": {
+            "backoffLimit": CPU_STAGE_BACKOFF_LIMIT,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER_NAME,
+                            "operator": "In",
+                            "values": [contract.EXIT_BAD_INPUT],
+                        },
+                    },
+                    {
+                        "action": "Ignore",
+                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                    },
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec(job, settings, _container(job, settings, stage, resources)),
+            },
+        },
+    }
+
+
+def prepare_job(job: BertPretrainJob, settings: Settings) -> Manifest:
+    assert job.metadata.name
+    return _cpu_stage_job(job, settings, names.STAGE_PREPARE, names.prepare_job(job.metadata.name))
+
+
+def export_job(job: BertPretrainJob, settings: Settings) -> Manifest:
+    assert job.metadata.name
+    return _cpu_stage_job(job, settings, names.STAGE_EXPORT, names.export_job(job.metadata.name))
+
+
+def slice_shape(job: BertPretrainJob) -> tpu_catalogue.SliceShape:
+    shape = job.spec.tpu.shape()
+    if shape is None:  # admission rejects it; this guards offline callers
+        raise ValueError(
+            f"spec.tpu.topology: {job.spec.tpu.topology} is not a valid topology for "
+            f"{job.spec.tpu.accelerator}"
+        )
+    return shape
+
+
+def workers_service(job: BertPretrainJob) -> Manifest:
+    owner = job.metadata.name
+    assert owner
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, names.workers_service(owner), names.child_labels(owner)),
+        "spec": {
+            "clusterIP": "None",
+            # Workers must resolve each other before they are Ready (they rendezvous
+            # during start-up), so publish addresses of not-yet-ready pods too.
+            "publishNotReadyAddresses": True,
+            "selector": {names.LABEL_JOB: owner, names.LABEL_STAGE: names.STAGE_TRAIN},
+            "ports": [
+                {"name": "tpu-runtime", "port": TPU_RUNTIME_PORT},
+                {"name": "coordinator", "port": COORDINATOR_PORT},
+            ],
+        },
+    }
+
+
+def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifest:
+    owner = job.metadata.name
+    assert owner
+    shape = slice_shape(job)
+    tpu = job.spec.tpu
+    labels = names.child_labels(owner, names.STAGE_TRAIN, attempt)
+    job_labels = dict(labels)
+    if job.spec.queue_name:
+        job_labels[names.LABEL_KUEUE_QUEUE] = job.spec.queue_name
+    chips = str(shape.chips_per_vm)
+    container = _container(
+        job,
+        settings,
+        names.STAGE_TRAIN,
+        {"requests": {tpu_catalogue.TPU_RESOURCE: chips},
+         "limits": {tpu_catalogue.TPU_RESOURCE: chips}},
+    )
+    container["ports"] = [
+        {"name": "tpu-runtime", "containerPort": TPU_RUNTIME_PORT},
+        {"name": "coordinator", "containerPort": COORDINATOR_PORT},
+    ]
+    node_selector = {
+        tpu_catalogue.LABEL_ACCELERATOR: tpu.accelerator.value,
+        tpu_catalogue.LABEL_TOPOLOGY: tpu.topology,
+    }
+    if tpu.spot:
+        node_selector[tpu_catalogue.LABEL_SPOT] = "true"
+    pod_spec = _pod_spec(job, settings, container)
+    pod_spec["nodeSelector"] = node_selector
+    pod_spec["tolerations"] = [
+        {"key": tpu_catalogue.TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    if shape.multi_host:
+        pod_spec["subdomain"] = names.workers_service(owner)
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": shape.vms,
+        "parallelism": shape.vms,
+        "backoffLimit": 0,
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if job.spec.queue_name:
+        # Kueue admits a Job by unsuspending it; it must be created suspended.
+        spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job, names.train_job(owner, attempt), job_labels),
+        "spec": spec,
+    }
+
+
+def canonical(manifest: Manifest) -> str:
+    """Stable text of a manifest, for comparisons in tests and `bpj render`."""
+    return json.dumps(manifest, sort_keys=True)

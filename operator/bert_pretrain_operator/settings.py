@@ -1,0 +1,75 @@
+"""Operator settings, read once from the environment (set by the Helm chart's values).
+
+Every field documents its unit, what None means, and why its default was chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How this operator instance behaves; immutable after start-up."""
+
+    trainer_image: str = "ghcr.io/bert-pretrain-operator/trainer:0.1.0"
+    """Image of the trainer when a job's spec.image is unset (BPJ_TRAINER_IMAGE)."""
+    trainer_service_account: str = "bert-trainer"
+    """Service account of trainer pods when spec.serviceAccountName is unset
+    (BPJ_TRAINER_SERVICE_ACCOUNT). The chart creates it in each namespace it serves
+    with a Role that may patch BertPretrainJob status only."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch (BPJ_NAMESPACES, comma-separated); empty means cluster-wide."""
+    peering_name: str | None = None
+    """kopf peering object for active/standby HA (BPJ_PEERING); None runs standalone."""
+    metrics_port: int | None = 8080
+    """Port of the Prometheus /metrics endpoint (BPJ_METRICS_PORT; 0 disables)."""
+    health_port: int | None = 8081
+    """Port of kopf's liveness endpoint /healthz (BPJ_HEALTH_PORT; 0 disables)."""
+    resync_seconds: float = 30.0
+    """Seconds between full reconciles of every job (BPJ_RESYNC_SECONDS). Watches drive
+    most work; the resync catches time-based rules (deadline, TTL) and missed events."""
+    progress_report_seconds: float = 10.0
+    """Minimum seconds between the trainer's progress patches (BPJ_PROGRESS_SECONDS);
+    bounds API load to one write per job per interval."""
+    prepare_cpu: str = "2"
+    """CPU request of the prepare Job (BPJ_PREPARE_CPU); it uses every core it gets."""
+    prepare_memory: str = "8Gi"
+    """Memory request and limit of the prepare and export Jobs (BPJ_PREPARE_MEMORY)."""
+    extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
+    """Environment added to every trainer container (BPJ_TRAINER_ENV_<NAME>=value);
+    the local stack uses it to point TensorFlow at the GCS emulator."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        base = cls()
+
+        def port(name: str, default: int | None) -> int | None:
+            raw = env.get(name)
+            if raw is None:
+                return default
+            return int(raw) or None
+
+        prefix = "BPJ_TRAINER_ENV_"
+        return cls(
+            trainer_image=env.get("BPJ_TRAINER_IMAGE", base.trainer_image),
+            trainer_service_account=env.get(
+                "BPJ_TRAINER_SERVICE_ACCOUNT", base.trainer_service_account
+            ),
+            namespaces=tuple(n for n in env.get("BPJ_NAMESPACES", "").split(",") if n),
+            peering_name=env.get("BPJ_PEERING") or None,
+            metrics_port=port("BPJ_METRICS_PORT", base.metrics_port),
+            health_port=port("BPJ_HEALTH_PORT", base.health_port),
+            resync_seconds=float(env.get("BPJ_RESYNC_SECONDS", base.resync_seconds)),
+            progress_report_seconds=float(
+                env.get("BPJ_PROGRESS_SECONDS", base.progress_report_seconds)
+            ),
+            prepare_cpu=env.get("BPJ_PREPARE_CPU", base.prepare_cpu),
+            prepare_memory=env.get("BPJ_PREPARE_MEMORY", base.prepare_memory),
+            extra_trainer_env={
+                key[len(prefix):]: value for key, value in env.items() if key.startswith(prefix)
+            },
+        )
