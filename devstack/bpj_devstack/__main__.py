@@ -1,10 +1,10 @@
 """``bpj-devstack``: build, start and stop the local stack.
 
-    bpj-devstack build        build every component into the cache (no-op when cached)
-    bpj-devstack up           start the stack; prints the environment to use it
-    bpj-devstack down         stop it
-    bpj-devstack status       print what runs and where
-    bpj-devstack env          print `export` lines for KUBECONFIG and STORAGE_EMULATOR_HOST
+bpj-devstack build        build every component into the cache (no-op when cached)
+bpj-devstack up           start the stack; prints the environment to use it
+bpj-devstack down         stop it
+bpj-devstack status       print what runs and where
+bpj-devstack env          print `export` lines for KUBECONFIG and STORAGE_EMULATOR_HOST
 """
 
 from __future__ import annotations
@@ -19,13 +19,23 @@ from bpj_devstack import build, plane
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bpj-devstack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bpj-devstack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["build", "up", "down", "status", "env"])
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="state, logs and data of the running stack (default: .devstack/)")
-    parser.add_argument("--pod-run-for", default="2s",
-                        help="how long fake TPU pods run before they succeed (Go duration)")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="state, logs and data of the running stack (default: .devstack/)",
+    )
+    parser.add_argument(
+        "--pod-run-for",
+        default="2s",
+        help="how long fake TPU pods run before they succeed (Go duration)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 

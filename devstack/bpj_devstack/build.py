@@ -54,8 +54,16 @@ def build(component: Component) -> Path:
         log.info("building %s from %s (%s)", name, package, component.version)
         ldflags = " ".join(("-s", "-w", *component.ldflags))
         subprocess.run(
-            ["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(staging / "bin" / name),
-             package],
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags",
+                ldflags,
+                "-o",
+                str(staging / "bin" / name),
+                package,
+            ],
             cwd=component.module_dir,
             env=env,
             check=True,

@@ -276,6 +276,7 @@ class _Relay:
         # No await between sending 200 and start_tls: if the loop ran in between, curl's
         # ClientHello could land in the StreamReader's buffer, which start_tls does not hand to
         # the TLS layer, and the handshake would hang (seen intermittently with TF).
+        log.debug("CONNECT %s", target)
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.start_tls(self.ssl_context, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT)
         for _ in range(_MAX_REQUESTS_PER_CONNECTION):
@@ -286,7 +287,10 @@ class _Relay:
         self, public_host: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Relay one request and its response; False when the tunnel should close."""
-        head = await _read_head(reader, _IDLE_TIMEOUT)
+        try:
+            head = await _read_head(reader, _IDLE_TIMEOUT)
+        except TimeoutError:
+            return False  # an idle kept-alive tunnel: closing it is routine, not an error
         if head is None:
             return False
         try:
@@ -324,10 +328,26 @@ class _Relay:
 
         # A fresh upstream connection per request: loopback connects are cheap, and it avoids
         # the race of reusing a kept-alive connection the emulator is closing.
-        up_reader, up_writer = await asyncio.wait_for(
-            asyncio.open_connection(self.upstream_host, self.upstream_port, limit=_MAX_HEAD_BYTES),
-            _IO_TIMEOUT,
-        )
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self.upstream_host, self.upstream_port, limit=_MAX_HEAD_BYTES
+                ),
+                _IO_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as exc:
+            # A 502 names the cause in TF's error message; a dropped connection would not.
+            log.warning("gcs proxy cannot reach the emulator at %s: %s", self.upstream_netloc, exc)
+            message = f"gcs proxy: emulator {self.upstream_netloc} unreachable: {exc}\n".encode()
+            await _write(
+                writer,
+                _encode_head(
+                    "HTTP/1.1 502 Bad Gateway",
+                    [("Content-Length", str(len(message))), ("Connection", "close")],
+                )
+                + message,
+            )
+            return False
         try:
             await _write(up_writer, _encode_head(f"{method} {target} HTTP/1.1", headers))
             if chunked:

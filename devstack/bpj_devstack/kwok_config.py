@@ -59,14 +59,23 @@ class NodePool:
 #: Multi-host pools have (chips in topology / chips per VM) nodes, as on GKE.
 DEFAULT_POOLS: tuple[NodePool, ...] = (
     NodePool("cpu", nodes=2, cpu="16", memory="64Gi"),
-    NodePool("tpu-v4-2x2x1", nodes=1, accelerator="tpu-v4-podslice", topology="2x2x1",
-             chips_per_node=4),
-    NodePool("tpu-v5e-2x4", nodes=2, accelerator="tpu-v5-lite-podslice", topology="2x4",
-             chips_per_node=4),
-    NodePool("tpu-v5p-2x2x2", nodes=2, accelerator="tpu-v5p-slice", topology="2x2x2",
-             chips_per_node=4),
-    NodePool("tpu-v6e-4x4-spot", nodes=4, accelerator="tpu-v6e-slice", topology="4x4",
-             chips_per_node=4, spot=True),
+    NodePool(
+        "tpu-v4-2x2x1", nodes=1, accelerator="tpu-v4-podslice", topology="2x2x1", chips_per_node=4
+    ),
+    NodePool(
+        "tpu-v5e-2x4", nodes=2, accelerator="tpu-v5-lite-podslice", topology="2x4", chips_per_node=4
+    ),
+    NodePool(
+        "tpu-v5p-2x2x2", nodes=2, accelerator="tpu-v5p-slice", topology="2x2x2", chips_per_node=4
+    ),
+    NodePool(
+        "tpu-v6e-4x4-spot",
+        nodes=4,
+        accelerator="tpu-v6e-slice",
+        topology="4x4",
+        chips_per_node=4,
+        spot=True,
+    ),
 )
 
 
@@ -106,8 +115,14 @@ def node_manifests(pools: tuple[NodePool, ...]) -> list[dict[str, Any]]:
     return nodes
 
 
-def _stage(name: str, kind: str, match: list[dict[str, Any]], nxt: dict[str, Any],
-           delay: dict[str, Any] | None = None, weight: int | None = None) -> dict[str, Any]:
+def _stage(
+    name: str,
+    kind: str,
+    match: list[dict[str, Any]],
+    nxt: dict[str, Any],
+    delay: dict[str, Any] | None = None,
+    weight: int | None = None,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "resourceRef": {"apiGroup": "v1", "kind": kind},
         "selector": {"matchExpressions": match},
@@ -117,8 +132,12 @@ def _stage(name: str, kind: str, match: list[dict[str, Any]], nxt: dict[str, Any
         spec["delay"] = delay
     if weight is not None:
         spec["weight"] = weight
-    return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": name},
-            "spec": spec}
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def _annotation(key: str) -> str:
@@ -181,7 +200,9 @@ containerStatuses:
       startedAt: {{ $now | Quote }}
 {{ end }}
 hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+{{ $spec := .spec }}{{ $meta := .metadata }}
+podIP: {{ PodIPWith $spec.nodeName ( or $spec.hostNetwork false ) ( or $meta.uid "" ) \
+( or $meta.name "" ) ( or $meta.namespace "" ) | Quote }}
 phase: Running
 startTime: {{ $now | Quote }}
 """
@@ -191,7 +212,10 @@ _POD_SUCCEEDED = """\
 conditions:
 - {type: PodScheduled, status: "True", lastTransitionTime: {{ $now | Quote }}}
 - {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
-- {type: ContainersReady, status: "False", reason: PodCompleted, lastTransitionTime: {{ $now | Quote }}}
+- type: ContainersReady
+  status: "False"
+  reason: PodCompleted
+  lastTransitionTime: {{ $now | Quote }}
 - {type: Ready, status: "False", reason: PodCompleted, lastTransitionTime: {{ $now | Quote }}}
 containerStatuses:
 {{ range .spec.containers }}
@@ -272,37 +296,69 @@ def stages(default_run_for: str) -> list[dict[str, Any]]:
         {"key": _annotation(FAIL_EXIT_CODE), "operator": "DoesNotExist"},
     ]
     return [
-        _stage("node-initialize", "Node",
-               [{"key": _READY_STATUS, "operator": "NotIn", "values": ["True"]}],
-               {"statusTemplate": _NODE_STATUS}),
-        _stage("node-heartbeat", "Node",
-               [{"key": ".status.phase", "operator": "In", "values": ["Running"]},
-                {"key": _READY_STATUS, "operator": "In", "values": ["True"]}],
-               {"statusTemplate": _NODE_STATUS},
-               delay={"durationMilliseconds": 20000, "jitterDurationMilliseconds": 25000}),
-        _stage("pod-running", "Pod",
-               [_NOT_DELETING,
+        _stage(
+            "node-initialize",
+            "Node",
+            [{"key": _READY_STATUS, "operator": "NotIn", "values": ["True"]}],
+            {"statusTemplate": _NODE_STATUS},
+        ),
+        _stage(
+            "node-heartbeat",
+            "Node",
+            [
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {"key": _READY_STATUS, "operator": "In", "values": ["True"]},
+            ],
+            {"statusTemplate": _NODE_STATUS},
+            delay={"durationMilliseconds": 20000, "jitterDurationMilliseconds": 25000},
+        ),
+        _stage(
+            "pod-running",
+            "Pod",
+            [
+                _NOT_DELETING,
                 {"key": ".status.phase", "operator": "In", "values": ["Pending"]},
-                {"key": ".spec.nodeName", "operator": "Exists"}],
-               {"statusTemplate": _POD_RUNNING}),
-        _stage("pod-succeeded", "Pod",
-               [_NOT_DELETING, _RUNNING, *not_chaos,
-                {"key": ".metadata.ownerReferences.[].kind", "operator": "In",
-                 "values": ["Job"]}],
-               {"statusTemplate": _POD_SUCCEEDED},
-               delay={"durationMilliseconds": _millis(default_run_for),
-                      "durationFrom": {"expressionFrom": _annotation(RUN_FOR)}}),
-        _stage("pod-preempted", "Pod",
-               [_NOT_DELETING, _RUNNING,
-                {"key": _annotation(PREEMPT), "operator": "In", "values": ["true"]}],
-               {"statusTemplate": _POD_PREEMPTED}),
-        _stage("pod-failed", "Pod",
-               [_NOT_DELETING, _RUNNING,
-                {"key": _annotation(FAIL_EXIT_CODE), "operator": "Exists"}],
-               {"statusTemplate": _POD_FAILED}),
-        _stage("pod-delete", "Pod",
-               [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
-               {"delete": True}),
+                {"key": ".spec.nodeName", "operator": "Exists"},
+            ],
+            {"statusTemplate": _POD_RUNNING},
+        ),
+        _stage(
+            "pod-succeeded",
+            "Pod",
+            [
+                _NOT_DELETING,
+                _RUNNING,
+                *not_chaos,
+                {"key": ".metadata.ownerReferences.[].kind", "operator": "In", "values": ["Job"]},
+            ],
+            {"statusTemplate": _POD_SUCCEEDED},
+            delay={
+                "durationMilliseconds": _millis(default_run_for),
+                "durationFrom": {"expressionFrom": _annotation(RUN_FOR)},
+            },
+        ),
+        _stage(
+            "pod-preempted",
+            "Pod",
+            [
+                _NOT_DELETING,
+                _RUNNING,
+                {"key": _annotation(PREEMPT), "operator": "In", "values": ["true"]},
+            ],
+            {"statusTemplate": _POD_PREEMPTED},
+        ),
+        _stage(
+            "pod-failed",
+            "Pod",
+            [_NOT_DELETING, _RUNNING, {"key": _annotation(FAIL_EXIT_CODE), "operator": "Exists"}],
+            {"statusTemplate": _POD_FAILED},
+        ),
+        _stage(
+            "pod-delete",
+            "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            {"delete": True},
+        ),
     ]
 
 

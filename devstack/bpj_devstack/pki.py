@@ -140,9 +140,15 @@ def create(directory: Path) -> Pki:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -151,14 +157,23 @@ def create(directory: Path) -> Pki:
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(pki.ca_key, ca_key)
     issue_certificate(
-        pki, pki.serving_cert, pki.serving_key, "kube-apiserver",
-        dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                   "kubernetes.default.svc.cluster.local"),
+        pki,
+        pki.serving_cert,
+        pki.serving_key,
+        "kube-apiserver",
+        dns_names=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
         ip_addresses=("127.0.0.1", "10.0.0.1"),
         server=True,
     )
-    issue_certificate(pki, pki.admin_cert, pki.admin_key, "devstack-admin",
-                      organization="system:masters")
+    issue_certificate(
+        pki, pki.admin_cert, pki.admin_key, "devstack-admin", organization="system:masters"
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki.sa_key, sa_key)
     pki.sa_pub.write_bytes(

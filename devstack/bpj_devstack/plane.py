@@ -9,6 +9,7 @@ fixtures, so tests and developers run the identical stack.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bpj_devstack import build, kwok_config, pki
+from bpj_devstack import build, gcs_proxy, kwok_config, pki
 from bpj_devstack.versions import ETCD, FAKE_GCS_SERVER, KUBERNETES, KWOK
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class StackState:
     kubeconfig: str
     apiserver_url: str
     gcs_endpoint: str
+    gcs_proxy_url: str = ""
+    """HTTPS proxy that lets TensorFlow's gs:// reach the emulator (see gcs_proxy)."""
+    ca_cert: str = ""
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
 
@@ -72,6 +77,13 @@ class StackState:
             "STORAGE_EMULATOR_HOST": self.gcs_endpoint,
             "GOOGLE_CLOUD_PROJECT": "bpj-devstack",
         }
+
+    def tensorflow_env(self) -> dict[str, str]:
+        """Environment for a TensorFlow process whose gs:// paths must reach the emulator."""
+        env = {"STORAGE_EMULATOR_HOST": self.gcs_endpoint, "GOOGLE_CLOUD_PROJECT": "bpj-devstack"}
+        if self.gcs_proxy_url:
+            env.update(gcs_proxy.tf_gcs_env(self.gcs_proxy_url, Path(self.ca_cert)))
+        return env
 
 
 def default_run_dir() -> Path:
@@ -119,22 +131,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float, state: StackState,
-          component: str) -> None:
+def _wait(
+    what: str, check: Callable[[], bool], timeout: float, state: StackState, component: str
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid = state.pids.get(component)
         if pid is not None and not _alive(pid):
-            raise StackError(f"{component} exited while waiting for {what}; see "
-                             f"{Path(state.run_dir) / 'logs' / (component + '.log')}")
+            raise StackError(
+                f"{component} exited while waiting for {what}; see "
+                f"{Path(state.run_dir) / 'logs' / (component + '.log')}"
+            )
         try:
             if check():
                 return
         except (OSError, urllib.error.URLError, ssl.SSLError):
             pass
         time.sleep(0.2)
-    raise StackError(f"timed out after {timeout:.0f}s waiting for {what}; see "
-                     f"{Path(state.run_dir) / 'logs' / (component + '.log')}")
+    raise StackError(
+        f"timed out after {timeout:.0f}s waiting for {what}; see "
+        f"{Path(state.run_dir) / 'logs' / (component + '.log')}"
+    )
 
 
 def _admin_ssl_context(keys: pki.Pki) -> ssl.SSLContext:
@@ -152,12 +169,31 @@ def write_kubeconfig(path: Path, server: str, keys: pki.Pki) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "bpj-devstack", "cluster": {
-            "server": server, "certificate-authority": str(keys.ca_cert)}}],
-        "users": [{"name": "devstack-admin", "user": {
-            "client-certificate": str(keys.admin_cert), "client-key": str(keys.admin_key)}}],
-        "contexts": [{"name": "bpj-devstack", "context": {
-            "cluster": "bpj-devstack", "user": "devstack-admin", "namespace": "default"}}],
+        "clusters": [
+            {
+                "name": "bpj-devstack",
+                "cluster": {"server": server, "certificate-authority": str(keys.ca_cert)},
+            }
+        ],
+        "users": [
+            {
+                "name": "devstack-admin",
+                "user": {
+                    "client-certificate": str(keys.admin_cert),
+                    "client-key": str(keys.admin_key),
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": "bpj-devstack",
+                "context": {
+                    "cluster": "bpj-devstack",
+                    "user": "devstack-admin",
+                    "namespace": "default",
+                },
+            }
+        ],
         "current-context": "bpj-devstack",
     }
     path.write_text(yaml.safe_dump(config))
@@ -170,7 +206,10 @@ def _kubectl(state: StackState, *args: str, stdin: str | None = None) -> str:
         raise StackError("kubectl is not on PATH")
     result = subprocess.run(
         [kubectl, "--kubeconfig", state.kubeconfig, *args],
-        input=stdin, capture_output=True, text=True, check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise StackError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
@@ -199,13 +238,17 @@ def up(
     for stale in ("etcd-data", "gcs-data", "logs"):
         shutil.rmtree(run_dir / stale, ignore_errors=True)
     keys = pki.create(run_dir / "pki")
-    ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "gcs", "kwok")}
+    ports = {
+        name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "gcs", "gcs-proxy", "kwok")
+    }
     apiserver_url = f"https://127.0.0.1:{ports['apiserver']}"
     state = StackState(
         run_dir=str(run_dir),
         kubeconfig=str(run_dir / "kubeconfig"),
         apiserver_url=apiserver_url,
         gcs_endpoint=f"http://127.0.0.1:{ports['gcs']}",
+        gcs_proxy_url=f"http://127.0.0.1:{ports['gcs-proxy']}",
+        ca_cert=str(keys.ca_cert),
         ports=ports,
     )
     write_kubeconfig(Path(state.kubeconfig), apiserver_url, keys)
@@ -215,14 +258,16 @@ def up(
         _start_controllers(state, keys)
         _start_kwok(state, pools, pod_run_for)
         start_gcs(state)
+        start_gcs_proxy(state, keys)
         state.save()
         _wait_cluster_ready(state, pools, timeout)
     except BaseException:
         state.save()
         down(run_dir)
         raise
-    log.info("stack is up: KUBECONFIG=%s STORAGE_EMULATOR_HOST=%s", state.kubeconfig,
-             state.gcs_endpoint)
+    log.info(
+        "stack is up: KUBECONFIG=%s STORAGE_EMULATOR_HOST=%s", state.kubeconfig, state.gcs_endpoint
+    )
     return state
 
 
@@ -230,86 +275,112 @@ def _start_etcd(state: StackState) -> None:
     run_dir = Path(state.run_dir)
     client = f"http://127.0.0.1:{state.ports['etcd']}"
     peer = f"http://127.0.0.1:{state.ports['etcd-peer']}"
-    state.pids["etcd"] = _spawn("etcd", [
-        str(build.binary(ETCD, "etcd")),
-        "--name=devstack",
-        f"--data-dir={run_dir / 'etcd-data'}",
-        f"--listen-client-urls={client}",
-        f"--advertise-client-urls={client}",
-        f"--listen-peer-urls={peer}",
-        f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster=devstack={peer}",
-        # Throw-away data: durability is not worth the fsync latency here.
-        "--unsafe-no-fsync",
-        "--log-level=warn",
-    ], run_dir)
+    state.pids["etcd"] = _spawn(
+        "etcd",
+        [
+            str(build.binary(ETCD, "etcd")),
+            "--name=devstack",
+            f"--data-dir={run_dir / 'etcd-data'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=devstack={peer}",
+            # Throw-away data: durability is not worth the fsync latency here.
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ],
+        run_dir,
+    )
     _wait("etcd health", lambda: _http_ok(client + "/health"), 30, state, "etcd")
 
 
 def _start_apiserver(state: StackState, keys: pki.Pki) -> None:
     run_dir = Path(state.run_dir)
-    state.pids["kube-apiserver"] = _spawn("kube-apiserver", [
-        str(build.binary(KUBERNETES, "kube-apiserver")),
-        f"--etcd-servers=http://127.0.0.1:{state.ports['etcd']}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
-        f"--secure-port={state.ports['apiserver']}",
-        f"--cert-dir={run_dir / 'apiserver-certs'}",
-        f"--tls-cert-file={keys.serving_cert}",
-        f"--tls-private-key-file={keys.serving_key}",
-        f"--client-ca-file={keys.ca_cert}",
-        "--authorization-mode=RBAC",
-        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-        f"--service-account-key-file={keys.sa_pub}",
-        f"--service-account-signing-key-file={keys.sa_key}",
-        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        "--allow-privileged=true",
-        "--profiling=false",
-        "--v=1",
-    ], run_dir)
+    state.pids["kube-apiserver"] = _spawn(
+        "kube-apiserver",
+        [
+            str(build.binary(KUBERNETES, "kube-apiserver")),
+            f"--etcd-servers=http://127.0.0.1:{state.ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={state.ports['apiserver']}",
+            f"--cert-dir={run_dir / 'apiserver-certs'}",
+            f"--tls-cert-file={keys.serving_cert}",
+            f"--tls-private-key-file={keys.serving_key}",
+            f"--client-ca-file={keys.ca_cert}",
+            "--authorization-mode=RBAC",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={keys.sa_pub}",
+            f"--service-account-signing-key-file={keys.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ],
+        run_dir,
+    )
     ctx = _admin_ssl_context(keys)
-    _wait("kube-apiserver /readyz", lambda: _http_ok(state.apiserver_url + "/readyz", ctx),
-          60, state, "kube-apiserver")
+    _wait(
+        "kube-apiserver /readyz",
+        lambda: _http_ok(state.apiserver_url + "/readyz", ctx),
+        60,
+        state,
+        "kube-apiserver",
+    )
 
 
 def _start_controllers(state: StackState, keys: pki.Pki) -> None:
     run_dir = Path(state.run_dir)
-    state.pids["kube-controller-manager"] = _spawn("kube-controller-manager", [
-        str(build.binary(KUBERNETES, "kube-controller-manager")),
-        f"--kubeconfig={state.kubeconfig}",
-        "--leader-elect=false",
-        "--secure-port=0",
-        "--controllers=*",
-        f"--service-account-private-key-file={keys.sa_key}",
-        f"--root-ca-file={keys.ca_cert}",
-        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-        "--v=1",
-    ], run_dir)
-    state.pids["kube-scheduler"] = _spawn("kube-scheduler", [
-        str(build.binary(KUBERNETES, "kube-scheduler")),
-        f"--kubeconfig={state.kubeconfig}",
-        "--leader-elect=false",
-        "--secure-port=0",
-        "--v=1",
-    ], run_dir)
+    state.pids["kube-controller-manager"] = _spawn(
+        "kube-controller-manager",
+        [
+            str(build.binary(KUBERNETES, "kube-controller-manager")),
+            f"--kubeconfig={state.kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--controllers=*",
+            f"--service-account-private-key-file={keys.sa_key}",
+            f"--root-ca-file={keys.ca_cert}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--v=1",
+        ],
+        run_dir,
+    )
+    state.pids["kube-scheduler"] = _spawn(
+        "kube-scheduler",
+        [
+            str(build.binary(KUBERNETES, "kube-scheduler")),
+            f"--kubeconfig={state.kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--v=1",
+        ],
+        run_dir,
+    )
 
 
-def _start_kwok(state: StackState, pools: tuple[kwok_config.NodePool, ...],
-                pod_run_for: str) -> None:
+def _start_kwok(
+    state: StackState, pools: tuple[kwok_config.NodePool, ...], pod_run_for: str
+) -> None:
     run_dir = Path(state.run_dir)
     config = run_dir / "kwok.yaml"
     config.write_text(yaml.safe_dump_all(kwok_config.stages(pod_run_for)))
-    state.pids["kwok"] = _spawn("kwok", [
-        str(build.binary(KWOK, "kwok")),
-        f"--kubeconfig={state.kubeconfig}",
-        f"--config={config}",
-        "--manage-all-nodes=false",
-        f"--manage-nodes-with-annotation-selector={kwok_config.KWOK_NODE_ANNOTATION}=fake",
-        f"--server-address=127.0.0.1:{state.ports['kwok']}",
-        "--node-lease-duration-seconds=40",
-        "--cidr=10.244.0.0/16",
-        "--node-ip=10.10.0.1",
-    ], run_dir)
+    state.pids["kwok"] = _spawn(
+        "kwok",
+        [
+            str(build.binary(KWOK, "kwok")),
+            f"--kubeconfig={state.kubeconfig}",
+            f"--config={config}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={kwok_config.KWOK_NODE_ANNOTATION}=fake",
+            f"--server-address=127.0.0.1:{state.ports['kwok']}",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.0/16",
+            "--node-ip=10.10.0.1",
+        ],
+        run_dir,
+    )
 
 
 def start_gcs(state: StackState) -> None:
@@ -317,29 +388,67 @@ def start_gcs(state: StackState) -> None:
     run_dir = Path(state.run_dir)
     (run_dir / "gcs-data").mkdir(exist_ok=True)
     port = state.ports["gcs"]
-    state.pids["fake-gcs-server"] = _spawn("fake-gcs-server", [
-        str(build.binary(FAKE_GCS_SERVER, "fake-gcs-server")),
-        "-scheme=http",
-        "-host=127.0.0.1",
-        f"-port={port}",
-        "-backend=filesystem",
-        f"-filesystem-root={run_dir / 'gcs-data'}",
-        f"-public-host=127.0.0.1:{port}",
-        f"-external-url=http://127.0.0.1:{port}",
-        "-log-level=warn",
-    ], run_dir)
-    _wait("fake-gcs-server", lambda: _http_ok(state.gcs_endpoint + "/storage/v1/b"), 30, state,
-          "fake-gcs-server")
+    state.pids["fake-gcs-server"] = _spawn(
+        "fake-gcs-server",
+        [
+            str(build.binary(FAKE_GCS_SERVER, "fake-gcs-server")),
+            "-scheme=http",
+            "-host=127.0.0.1",
+            f"-port={port}",
+            "-backend=filesystem",
+            f"-filesystem-root={run_dir / 'gcs-data'}",
+            f"-public-host=127.0.0.1:{port}",
+            f"-external-url=http://127.0.0.1:{port}",
+            "-log-level=warn",
+        ],
+        run_dir,
+    )
+    _wait(
+        "fake-gcs-server",
+        lambda: _http_ok(state.gcs_endpoint + "/storage/v1/b"),
+        30,
+        state,
+        "fake-gcs-server",
+    )
 
 
-def _wait_cluster_ready(state: StackState, pools: tuple[kwok_config.NodePool, ...],
-                        timeout: float) -> None:
-    _wait("the default service account",
-          lambda: bool(_try(lambda: _kubectl(state, "get", "serviceaccount", "default",
-                                             "-o", "name")).strip()),
-          timeout, state, "kube-controller-manager")
-    _kubectl(state, "apply", "-f", "-",
-             stdin=yaml.safe_dump_all(kwok_config.node_manifests(pools)))
+def start_gcs_proxy(state: StackState, keys: pki.Pki) -> None:
+    """Start the TLS proxy through which TensorFlow's gs:// reaches fake-gcs-server."""
+    cert, key = gcs_proxy.issue_proxy_certificate(keys)
+    port = state.ports["gcs-proxy"]
+    state.pids["gcs-proxy"] = _spawn(
+        "gcs-proxy",
+        [
+            sys.executable,
+            "-m",
+            "bpj_devstack.gcs_proxy",
+            "--upstream",
+            state.gcs_endpoint,
+            "--port",
+            str(port),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+        ],
+        Path(state.run_dir),
+    )
+    _wait("gcs-proxy", lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 30, state, "gcs-proxy")
+
+
+def _wait_cluster_ready(
+    state: StackState, pools: tuple[kwok_config.NodePool, ...], timeout: float
+) -> None:
+    _wait(
+        "the default service account",
+        lambda: bool(
+            _try(lambda: _kubectl(state, "get", "serviceaccount", "default", "-o", "name")).strip()
+        ),
+        timeout,
+        state,
+        "kube-controller-manager",
+    )
+    _kubectl(state, "apply", "-f", "-", stdin=yaml.safe_dump_all(kwok_config.node_manifests(pools)))
     expected = {n for pool in pools for n in pool.node_names()}
 
     def nodes_ready() -> bool:
@@ -384,10 +493,8 @@ def _stop(name: str, pid: int, grace: float) -> None:
         time.sleep(0.1)
     if _alive(pid):
         log.warning("%s (pid %d) ignored SIGTERM; killing", name, pid)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def status(run_dir: Path | None = None) -> dict[str, Any]:

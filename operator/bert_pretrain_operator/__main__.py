@@ -14,9 +14,7 @@ from bert_pretrain_operator.settings import Settings
 def main() -> None:
     settings = Settings.from_env()
     configure_logging(logging.INFO)
-    liveness = (
-        f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    )
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     kopf.run(
         standalone=settings.peering_name is None,
         peering_name=settings.peering_name,

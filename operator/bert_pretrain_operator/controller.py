@@ -98,8 +98,9 @@ class Controller:
             else:
                 self._create(job, decision, resolved)
         for job_name in decision.delete_jobs:
-            log.info("deleting Job %s/%s", namespace, job_name,
-                     extra={"bpj": f"{namespace}/{name}"})
+            log.info(
+                "deleting Job %s/%s", namespace, job_name, extra={"bpj": f"{namespace}/{name}"}
+            )
             self.kube.delete_job(namespace, job_name)
         old = status_patch(job.status or BertPretrainJobStatus())
         new = status_patch(decision.status)
@@ -109,7 +110,9 @@ class Controller:
             log.info("%s: %s", event.reason, event.message, extra={"bpj": f"{namespace}/{name}"})
             self.kube.event(raw, event.type, event.reason, event.message)
         if decision.delete_self:
-            log.info("ttlSecondsAfterFinished elapsed; deleting", extra={"bpj": f"{namespace}/{name}"})
+            log.info(
+                "ttlSecondsAfterFinished elapsed; deleting", extra={"bpj": f"{namespace}/{name}"}
+            )
             self.kube.delete_bpj(namespace, name)
         return decision
 
@@ -120,7 +123,9 @@ class Controller:
         return self._resolved[key]
 
     def _create(self, job: BertPretrainJob, decision: Decision, resolved: ResolvedInputs) -> None:
-        config = trainer_config(job, resolved, report_interval=self.settings.progress_report_seconds)
+        config = trainer_config(
+            job, resolved, report_interval=self.settings.progress_report_seconds
+        )
         # The ConfigMap is rewritten before each new stage or attempt, so spec edits
         # that admission allows (trainSteps, learningRate, ...) apply from then on.
         self.kube.replace_config_map(workloads.config_map(job, config))
@@ -128,8 +133,10 @@ class Controller:
             for manifest in render_stage(job, self.settings, stage, attempt):
                 created = self.kube.create(manifest)
                 log.info(
-                    "%s %s %s", "created" if created else "found existing",
-                    manifest["kind"], manifest["metadata"]["name"],
+                    "%s %s %s",
+                    "created" if created else "found existing",
+                    manifest["kind"],
+                    manifest["metadata"]["name"],
                     extra={"bpj": f"{job.metadata.namespace}/{job.metadata.name}"},
                 )
 
@@ -142,12 +149,21 @@ class Controller:
         if status.get("phase") == "Failed":
             return
         now = self.clock().isoformat()
-        self.kube.patch_status(meta["namespace"], meta["name"], {
-            "phase": "Failed",
-            "observedGeneration": meta.get("generation"),
-            "conditions": [{
-                "type": "Failed", "status": "True", "reason": "InvalidSpec",
-                "message": message[:32768], "lastTransitionTime": now,
-            }],
-        })
+        self.kube.patch_status(
+            meta["namespace"],
+            meta["name"],
+            {
+                "phase": "Failed",
+                "observedGeneration": meta.get("generation"),
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "InvalidSpec",
+                        "message": message[:32768],
+                        "lastTransitionTime": now,
+                    }
+                ],
+            },
+        )
         self.kube.event(raw, "Warning", "InvalidSpec", message)

@@ -65,8 +65,11 @@ async def _process(key: Key) -> None:
         decision = await asyncio.to_thread(rt.controller.reconcile, namespace, name)
     except Exception:
         metrics.RECONCILE_ERRORS.inc()
-        log.exception("reconcile failed; retrying in %.0fs", ERROR_BACKOFF_SECONDS,
-                      extra={"bpj": f"{namespace}/{name}"})
+        log.exception(
+            "reconcile failed; retrying in %.0fs",
+            ERROR_BACKOFF_SECONDS,
+            extra={"bpj": f"{namespace}/{name}"},
+        )
         rt.queue.add_after(key, ERROR_BACKOFF_SECONDS)
         return
     finally:
@@ -82,10 +85,16 @@ async def _process(key: Key) -> None:
             metrics.RESTARTS.inc()
         if decision.requeue_after is not None:
             rt.queue.add_after(key, decision.requeue_after + 0.5)
-    for phase in ("Pending", "Preparing", "Training", "Exporting", "Succeeded", "Failed",
-                  "Suspended"):
-        metrics.JOBS_BY_PHASE.labels(phase).set(
-            sum(1 for p in rt.phases.values() if p == phase))
+    for phase in (
+        "Pending",
+        "Preparing",
+        "Training",
+        "Exporting",
+        "Succeeded",
+        "Failed",
+        "Suspended",
+    ):
+        metrics.JOBS_BY_PHASE.labels(phase).set(sum(1 for p in rt.phases.values() if p == phase))
 
 
 async def _resync(settings: Settings) -> None:
@@ -121,8 +130,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _runtime.tasks.append(asyncio.create_task(_resync(ours)))
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
-    log.info("operator started: image=%s namespaces=%s", ours.trainer_image,
-             ",".join(ours.namespaces) or "*")
+    log.info(
+        "operator started: image=%s namespaces=%s",
+        ours.trainer_image,
+        ",".join(ours.namespaces) or "*",
+    )
 
 
 @kopf.on.cleanup()

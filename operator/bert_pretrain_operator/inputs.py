@@ -61,8 +61,10 @@ def _resolve_checkpoint(job: BertPretrainJob) -> ResolvedInputs:
     paths = layout(job)
     field = "spec.model.initCheckpoint"
     if not storage.exists(prefix + ".index"):
-        raise InputProblem(f"{field}: {prefix}.index does not exist (is this a checkpoint "
-                           "prefix such as .../bert_model.ckpt?)")
+        raise InputProblem(
+            f"{field}: {prefix}.index does not exist (is this a checkpoint "
+            "prefix such as .../bert_model.ckpt?)"
+        )
     assert paths.init_checkpoint_config
     try:
         cfg = json.loads(storage.read_text(paths.init_checkpoint_config))

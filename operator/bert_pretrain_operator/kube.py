@@ -126,9 +126,7 @@ class Kube:
         self._count()
         try:
             # Background: return now; the garbage collector removes the pods.
-            self._batch.delete_namespaced_job(
-                name, namespace, propagation_policy="Background"
-            )
+            self._batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -137,7 +135,11 @@ class Kube:
         self._count()
         try:
             self._custom.delete_namespaced_custom_object(
-                contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, name,
+                contract.API_GROUP,
+                contract.API_VERSION,
+                namespace,
+                contract.PLURAL,
+                name,
                 propagation_policy="Background",
             )
         except ApiException as exc:
@@ -147,7 +149,11 @@ class Kube:
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._count()
         self._custom.patch_namespaced_custom_object_status(
-            contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, name,
+            contract.API_GROUP,
+            contract.API_VERSION,
+            namespace,
+            contract.PLURAL,
+            name,
             {"status": dict(status)},
         )
 
@@ -156,8 +162,10 @@ class Kube:
         meta = bpj["metadata"]
         now = dt.datetime.now(dt.UTC)
         body = {
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
-                         "namespace": meta["namespace"]},
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta["namespace"],
+            },
             "involvedObject": {
                 "apiVersion": f"{contract.API_GROUP}/{contract.API_VERSION}",
                 "kind": contract.KIND,
@@ -179,5 +187,10 @@ class Kube:
         try:
             self._core.create_namespaced_event(meta["namespace"], body)
         except ApiException as exc:
-            log.warning("could not record event %s on %s/%s: %s", reason, meta["namespace"],
-                        meta["name"], exc.reason)
+            log.warning(
+                "could not record event %s on %s/%s: %s",
+                reason,
+                meta["namespace"],
+                meta["name"],
+                exc.reason,
+            )

@@ -8,7 +8,8 @@ JOBS_BY_PHASE = Gauge(
     "bpj_jobs", "BertPretrainJobs by phase, as of their last reconcile", ["phase"]
 )
 RECONCILE_SECONDS = Histogram(
-    "bpj_reconcile_seconds", "Time of one reconcile of one job",
+    "bpj_reconcile_seconds",
+    "Time of one reconcile of one job",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RECONCILE_ERRORS = Counter("bpj_reconcile_errors_total", "Reconciles that raised")

@@ -70,6 +70,6 @@ class Settings:
             prepare_cpu=env.get("BPJ_PREPARE_CPU", base.prepare_cpu),
             prepare_memory=env.get("BPJ_PREPARE_MEMORY", base.prepare_memory),
             extra_trainer_env={
-                key[len(prefix):]: value for key, value in env.items() if key.startswith(prefix)
+                key[len(prefix) :]: value for key, value in env.items() if key.startswith(prefix)
             },
         )

@@ -35,8 +35,10 @@ WIDGET_CRD = {
                                     "max": {"type": "integer"},
                                 },
                                 "x-kubernetes-validations": [
-                                    {"rule": "self.min <= self.max",
-                                     "message": "spec.min must not exceed spec.max"}
+                                    {
+                                        "rule": "self.min <= self.max",
+                                        "message": "spec.min must not exceed spec.max",
+                                    }
                                 ],
                             }
                         },
@@ -108,10 +110,13 @@ def test_version_reports_the_release(kubectl: Kubectl) -> None:
 def test_cel_rule_rejects_a_violating_object(kubectl: Kubectl, namespace: str) -> None:
     kubectl("apply", "-f", "-", stdin=json.dumps(WIDGET_CRD))
     kubectl("wait", "--for=condition=Established", "crd/widgets.devstack.test")
-    ok = {"apiVersion": "devstack.test/v1", "kind": "Widget",
-          "metadata": {"name": "ok", "namespace": namespace}, "spec": {"min": 1, "max": 2}}
-    bad = {**ok, "metadata": {"name": "bad", "namespace": namespace},
-           "spec": {"min": 3, "max": 2}}
+    ok = {
+        "apiVersion": "devstack.test/v1",
+        "kind": "Widget",
+        "metadata": {"name": "ok", "namespace": namespace},
+        "spec": {"min": 1, "max": 2},
+    }
+    bad = {**ok, "metadata": {"name": "bad", "namespace": namespace}, "spec": {"min": 3, "max": 2}}
     kubectl("create", "-f", "-", stdin=json.dumps(ok))
     rejected = kubectl("create", "-f", "-", stdin=json.dumps(bad), check=False)
     assert rejected.returncode != 0
@@ -121,37 +126,54 @@ def test_cel_rule_rejects_a_violating_object(kubectl: Kubectl, namespace: str) -
 def test_tpu_job_is_scheduled_on_matching_nodes_and_completes(
     kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-",
-            stdin=json.dumps(_tpu_job("slice", "tpu-v5-lite-podslice", "2x4", hosts=2)))
-    wait_for(lambda: _job_condition(kubectl, namespace, "slice", "Complete"), 90,
-             "the TPU job to complete")
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=json.dumps(_tpu_job("slice", "tpu-v5-lite-podslice", "2x4", hosts=2)),
+    )
+    wait_for(
+        lambda: _job_condition(kubectl, namespace, "slice", "Complete"),
+        90,
+        "the TPU job to complete",
+    )
     pods = _pods(kubectl, namespace, "slice")
     assert len(pods) == 2
     pool = next(p for p in kwok_config.DEFAULT_POOLS if p.name == "tpu-v5e-2x4")
     assert {p["spec"]["nodeName"] for p in pods} == set(pool.node_names())
-    assert {p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
-            for p in pods} == {"0", "1"}
+    assert {
+        p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods
+    } == {"0", "1"}
     assert all(p["status"]["phase"] == "Succeeded" for p in pods)
 
 
 def test_tpu_job_without_matching_pool_stays_unschedulable(
     kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-",
-            stdin=json.dumps(_tpu_job("nowhere", "tpu-v5p-slice", "4x4x4", hosts=16)))
+    kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=json.dumps(_tpu_job("nowhere", "tpu-v5p-slice", "4x4x4", hosts=16)),
+    )
 
     def unschedulable() -> bool:
         pods = _pods(kubectl, namespace, "nowhere")
         return len(pods) == 16 and all(
-            any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
-                for c in p["status"].get("conditions", []))
+            any(
+                c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+                for c in p["status"].get("conditions", [])
+            )
             for p in pods
         )
 
     wait_for(unschedulable, 60, "pods to be marked Unschedulable")
     pod = _pods(kubectl, namespace, "nowhere")[0]
-    message = next(c["message"] for c in pod["status"]["conditions"]
-                   if c["type"] == "PodScheduled")
+    message = next(c["message"] for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
     assert "didn't match Pod's node affinity/selector" in message
     assert all(p["status"]["phase"] == "Pending" for p in _pods(kubectl, namespace, "nowhere"))
 
@@ -163,12 +185,18 @@ def test_chaos_stage_preempts_a_pod_with_disruption_target(
     # Long enough that the test can annotate the pod while it is Running.
     job["spec"]["template"]["metadata"] = {"annotations": {kwok_config.RUN_FOR: "10m"}}
     kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(job))
-    wait_for(lambda: any(p["status"].get("phase") == "Running"
-                         for p in _pods(kubectl, namespace, "preempted")), 60, "a running pod")
+    wait_for(
+        lambda: any(
+            p["status"].get("phase") == "Running" for p in _pods(kubectl, namespace, "preempted")
+        ),
+        60,
+        "a running pod",
+    )
     pod = _pods(kubectl, namespace, "preempted")[0]["metadata"]["name"]
     kubectl("annotate", "pod", pod, "-n", namespace, f"{kwok_config.PREEMPT}=true")
-    wait_for(lambda: _job_condition(kubectl, namespace, "preempted", "Failed"), 60,
-             "the job to fail")
+    wait_for(
+        lambda: _job_condition(kubectl, namespace, "preempted", "Failed"), 60, "the job to fail"
+    )
     status = kubectl_json(kubectl, "get", "pod", pod, "-n", namespace)["status"]
     assert status["phase"] == "Failed"
     disruption = [c for c in status["conditions"] if c["type"] == "DisruptionTarget"]
@@ -183,10 +211,24 @@ def test_service_account_token_is_authorized_exactly_as_its_role_says(
     from kubernetes.client.exceptions import ApiException
 
     kubectl("create", "serviceaccount", "reader", "-n", namespace)
-    kubectl("create", "role", "configmap-reader", "-n", namespace,
-            "--verb=get,list", "--resource=configmaps")
-    kubectl("create", "rolebinding", "reader", "-n", namespace,
-            "--role=configmap-reader", f"--serviceaccount={namespace}:reader")
+    kubectl(
+        "create",
+        "role",
+        "configmap-reader",
+        "-n",
+        namespace,
+        "--verb=get,list",
+        "--resource=configmaps",
+    )
+    kubectl(
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        namespace,
+        "--role=configmap-reader",
+        f"--serviceaccount={namespace}:reader",
+    )
     kubectl("create", "configmap", "settings", "-n", namespace, "--from-literal=a=1")
     token = kubectl("create", "token", "reader", "-n", namespace).stdout.strip()
 
@@ -200,7 +242,8 @@ def test_service_account_token_is_authorized_exactly_as_its_role_says(
     assert core.read_namespaced_config_map("settings", namespace).data == {"a": "1"}
     with pytest.raises(ApiException) as denied_write:
         core.create_namespaced_config_map(
-            namespace, {"metadata": {"name": "new"}, "data": {"b": "2"}})
+            namespace, {"metadata": {"name": "new"}, "data": {"b": "2"}}
+        )
     assert denied_write.value.status == 403
     with pytest.raises(ApiException) as denied_secret:
         core.list_namespaced_secret(namespace)
@@ -208,10 +251,10 @@ def test_service_account_token_is_authorized_exactly_as_its_role_says(
     with pytest.raises(ApiException) as other_namespace:
         core.list_namespaced_config_map("default")
     assert other_namespace.value.status == 403
-    whoami = kubectl("auth", "whoami", "--token", token, "-o", "json")
-    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == (
-        f"system:serviceaccount:{namespace}:reader"
+    review = client.AuthenticationV1Api(client.ApiClient(cfg)).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     )
+    assert review.status.user_info.username == f"system:serviceaccount:{namespace}:reader"
 
 
 def test_gcs_emulator_round_trips_an_object(gcs_bucket: str) -> None:
@@ -236,7 +279,10 @@ def test_nodes_look_like_gke_tpu_node_pools(kubectl: Kubectl) -> None:
                 assert labels[kwok_config.LABEL_ACCELERATOR] == pool.accelerator
                 assert labels[kwok_config.LABEL_TOPOLOGY] == pool.topology
                 assert node["status"]["allocatable"]["google.com/tpu"] == "4"
-                assert {"key": "google.com/tpu", "value": "present",
-                        "effect": "NoSchedule"} in node["spec"]["taints"]
+                assert {
+                    "key": "google.com/tpu",
+                    "value": "present",
+                    "effect": "NoSchedule",
+                } in node["spec"]["taints"]
             else:
                 assert kwok_config.LABEL_ACCELERATOR not in labels

@@ -32,7 +32,10 @@ replace (
 
 def test_staging_modules_are_read_from_the_release_gomod() -> None:
     assert gomod.staging_modules(RELEASE_GOMOD) == [
-        "k8s.io/api", "k8s.io/apimachinery", "k8s.io/client-go"]
+        "k8s.io/api",
+        "k8s.io/apimachinery",
+        "k8s.io/client-go",
+    ]
 
 
 def test_staging_version_maps_major_one_to_zero() -> None:
@@ -61,15 +64,17 @@ def test_committed_wrapper_pins_every_staging_module_of_the_release() -> None:
 
 
 def test_tpu_nodes_carry_gke_labels_capacity_and_taint() -> None:
-    pool = kwok_config.NodePool("p", nodes=2, accelerator="tpu-v6e-slice", topology="4x4",
-                                chips_per_node=4, spot=True)
+    pool = kwok_config.NodePool(
+        "p", nodes=2, accelerator="tpu-v6e-slice", topology="4x4", chips_per_node=4, spot=True
+    )
     nodes = kwok_config.node_manifests((pool,))
     assert [n["metadata"]["name"] for n in nodes] == ["p-0", "p-1"]
     node = nodes[0]
     assert node["metadata"]["labels"][kwok_config.LABEL_SPOT] == "true"
     assert node["status"]["capacity"]["google.com/tpu"] == "4"
     assert node["spec"]["taints"] == [
-        {"key": "google.com/tpu", "value": "present", "effect": "NoSchedule"}]
+        {"key": "google.com/tpu", "value": "present", "effect": "NoSchedule"}
+    ]
 
 
 def test_cpu_nodes_have_no_tpu_and_no_taint() -> None:
@@ -79,8 +84,9 @@ def test_cpu_nodes_have_no_tpu_and_no_taint() -> None:
 
 
 def test_pod_success_delay_is_configurable() -> None:
-    stage = next(s for s in kwok_config.stages("1500ms") if s["metadata"]["name"] ==
-                 "pod-succeeded")
+    stage = next(
+        s for s in kwok_config.stages("1500ms") if s["metadata"]["name"] == "pod-succeeded"
+    )
     assert stage["spec"]["delay"]["durationMilliseconds"] == 1500
     with pytest.raises(ValueError, match="duration"):
         kwok_config.stages("soon")

@@ -60,8 +60,9 @@ def test_corpus_job_starts_with_prepare() -> None:
 def test_the_same_observation_twice_creates_nothing_new() -> None:
     job = make_job()
     first = decide(job, Observed(), T0)
-    again = decide(apply(job, first), Observed(prepare=ObservedJob("quickstart-prepare",
-                                                                   JobState.RUNNING)), T0)
+    again = decide(
+        apply(job, first), Observed(prepare=ObservedJob("quickstart-prepare", JobState.RUNNING)), T0
+    )
     assert again.create == ()
     assert again.events == ()
     assert again.status.phase == Phase.PREPARING
@@ -83,14 +84,18 @@ def test_full_pipeline_reaches_succeeded() -> None:
     assert d.create == (("train", 1),)
     assert cond(d, "Prepared")[0] == "True"
     job = apply(job, d)
-    trained = Observed(prepare=prepared.prepare,
-                       train={1: ObservedJob("quickstart-train-1", JobState.SUCCEEDED)})
+    trained = Observed(
+        prepare=prepared.prepare, train={1: ObservedJob("quickstart-train-1", JobState.SUCCEEDED)}
+    )
     d = decide(job, trained, T0)
     assert d.create == (("export", 0),)
     assert d.status.phase == Phase.EXPORTING
     job = apply(job, d)
-    done = Observed(prepare=prepared.prepare, train=trained.train,
-                    export=ObservedJob("quickstart-export", JobState.SUCCEEDED))
+    done = Observed(
+        prepare=prepared.prepare,
+        train=trained.train,
+        export=ObservedJob("quickstart-export", JobState.SUCCEEDED),
+    )
     later = T0 + dt.timedelta(minutes=5)
     d = decide(job, done, later)
     assert d.status.phase == Phase.SUCCEEDED
@@ -102,8 +107,9 @@ def test_full_pipeline_reaches_succeeded() -> None:
 def test_preemption_starts_a_new_attempt_and_counts_a_restart() -> None:
     job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"})
     job = apply(job, decide(job, Observed(), T0))
-    failed = Observed(train={1: ObservedJob("quickstart-train-1", JobState.FAILED,
-                                            failure=PREEMPTED)})
+    failed = Observed(
+        train={1: ObservedJob("quickstart-train-1", JobState.FAILED, failure=PREEMPTED)}
+    )
     d = decide(job, failed, T0)
     assert d.create == (("train", 2),)
     assert d.status.restarts == 1
@@ -113,14 +119,31 @@ def test_preemption_starts_a_new_attempt_and_counts_a_restart() -> None:
 
 
 def test_exhausted_restarts_fail_the_job() -> None:
-    job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
-                   runPolicy={"maxRestarts": 1})
+    job = make_job(
+        data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
+        runPolicy={"maxRestarts": 1},
+    )
     job = apply(job, decide(job, Observed(), T0))
-    job = apply(job, decide(job, Observed(train={1: ObservedJob(
-        "quickstart-train-1", JobState.FAILED, failure=PREEMPTED)}), T0))
-    d = decide(job, Observed(train={
-        1: ObservedJob("quickstart-train-1", JobState.FAILED, failure=PREEMPTED),
-        2: ObservedJob("quickstart-train-2", JobState.FAILED, failure=PREEMPTED)}), T0)
+    job = apply(
+        job,
+        decide(
+            job,
+            Observed(
+                train={1: ObservedJob("quickstart-train-1", JobState.FAILED, failure=PREEMPTED)}
+            ),
+            T0,
+        ),
+    )
+    d = decide(
+        job,
+        Observed(
+            train={
+                1: ObservedJob("quickstart-train-1", JobState.FAILED, failure=PREEMPTED),
+                2: ObservedJob("quickstart-train-2", JobState.FAILED, failure=PREEMPTED),
+            }
+        ),
+        T0,
+    )
     assert d.status.phase == Phase.FAILED
     assert d.create == ()
     status, reason, message = cond(d, "Failed")
@@ -131,8 +154,11 @@ def test_exhausted_restarts_fail_the_job() -> None:
 def test_bad_input_fails_at_once_without_retry() -> None:
     job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"})
     job = apply(job, decide(job, Observed(), T0))
-    d = decide(job, Observed(train={1: ObservedJob("quickstart-train-1", JobState.FAILED,
-                                                   failure=BAD_INPUT)}), T0)
+    d = decide(
+        job,
+        Observed(train={1: ObservedJob("quickstart-train-1", JobState.FAILED, failure=BAD_INPUT)}),
+        T0,
+    )
     assert d.status.phase == Phase.FAILED
     assert d.create == ()
     assert d.status.restarts is None
@@ -143,8 +169,11 @@ def test_bad_input_fails_at_once_without_retry() -> None:
 def test_unschedulable_names_the_accelerator_and_topology() -> None:
     job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"})
     job = apply(job, decide(job, Observed(), T0))
-    pending = ObservedJob("quickstart-train-1", JobState.PENDING,
-                          trouble=Trouble("Unschedulable", "0/9 nodes are available"))
+    pending = ObservedJob(
+        "quickstart-train-1",
+        JobState.PENDING,
+        trouble=Trouble("Unschedulable", "0/9 nodes are available"),
+    )
     d = decide(job, Observed(train={1: pending}), T0)
     status, reason, message = cond(d, "Trained")
     assert (status, reason) == ("False", "Unschedulable")
@@ -156,22 +185,29 @@ def test_suspend_deletes_the_running_attempt_and_resume_starts_the_next() -> Non
     job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"})
     job = apply(job, decide(job, Observed(), T0))
     running = Observed(train={1: ObservedJob("quickstart-train-1", JobState.RUNNING)})
-    suspended_spec = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord",
-                                    "vocab": "gs://bkt/v.txt"}, runPolicy={"suspend": True})
+    suspended_spec = make_job(
+        data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
+        runPolicy={"suspend": True},
+    )
     d = decide(suspended_spec.model_copy(update={"status": job.status}), running, T0)
     assert d.delete_jobs == ("quickstart-train-1",)
     assert d.status.phase == Phase.SUSPENDED
     job = apply(job, d)
-    d = decide(job, Observed(train={1: ObservedJob("quickstart-train-1", JobState.FAILED,
-                                                   failure=PREEMPTED)}), T0)
+    d = decide(
+        job,
+        Observed(train={1: ObservedJob("quickstart-train-1", JobState.FAILED, failure=PREEMPTED)}),
+        T0,
+    )
     assert d.create == (("train", 2),)
     assert d.status.restarts is None  # a resume is not a restart
     assert cond(d, "Suspended")[:2] == ("False", "Resumed")
 
 
 def test_deadline_fails_and_stops_children() -> None:
-    job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
-                   runPolicy={"activeDeadlineSeconds": 60})
+    job = make_job(
+        data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
+        runPolicy={"activeDeadlineSeconds": 60},
+    )
     first = decide(job, Observed(), T0)
     assert first.requeue_after == pytest.approx(60)
     job = apply(job, first)
@@ -183,8 +219,11 @@ def test_deadline_fails_and_stops_children() -> None:
 
 
 def test_ttl_after_finished_deletes_the_job() -> None:
-    job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
-                   runPolicy={"ttlSecondsAfterFinished": 30}, export={"huggingFace": False})
+    job = make_job(
+        data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
+        runPolicy={"ttlSecondsAfterFinished": 30},
+        export={"huggingFace": False},
+    )
     job = apply(job, decide(job, Observed(), T0))
     done = Observed(train={1: ObservedJob("quickstart-train-1", JobState.SUCCEEDED)})
     finished = decide(job, done, T0)
@@ -195,8 +234,10 @@ def test_ttl_after_finished_deletes_the_job() -> None:
 
 
 def test_kueue_queued_job_reports_waiting_for_admission() -> None:
-    job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
-                   queueName="team-a-tpu")
+    job = make_job(
+        data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"},
+        queueName="team-a-tpu",
+    )
     job = apply(job, decide(job, Observed(), T0))
     d = decide(job, Observed(train={1: ObservedJob("quickstart-train-1", JobState.QUEUED)}), T0)
     assert d.status.phase == Phase.PENDING

@@ -197,8 +197,12 @@ def decide(job: BertPretrainJob, observed: Observed, now: dt.datetime) -> Decisi
     b.phase(Phase.SUCCEEDED)
     b.set(completion_time=now)
     b.condition(SUCCEEDED, True, "Succeeded", "every stage completed")
-    b.event("Normal", "Succeeded", "pretraining finished" + (
-        " and the model was exported" if job.spec.export.hugging_face else ""))
+    b.event(
+        "Normal",
+        "Succeeded",
+        "pretraining finished"
+        + (" and the model was exported" if job.spec.export.hugging_face else ""),
+    )
     _finished(b)
     return b.build()
 
@@ -221,7 +225,9 @@ def _suspend(b: _Builder, observed: Observed) -> None:
     if b.status.phase != Phase.SUSPENDED:
         b.phase(Phase.SUSPENDED)
         b.condition(
-            SUSPENDED, True, "Suspended",
+            SUSPENDED,
+            True,
+            "Suspended",
             "spec.runPolicy.suspend is true: running work was stopped; checkpoints and data "
             "stay in GCS and training resumes from the last checkpoint when it is cleared",
         )
@@ -279,8 +285,12 @@ def _train(b: _Builder, observed: Observed) -> bool:
         return False
     if child.state is JobState.SUCCEEDED:
         if not _is_true(b, TRAINED):
-            b.condition(TRAINED, True, "Trained",
-                        f"training attempt {attempt} reached {job.spec.training.train_steps} steps")
+            b.condition(
+                TRAINED,
+                True,
+                "Trained",
+                f"training attempt {attempt} reached {job.spec.training.train_steps} steps",
+            )
             b.event("Normal", "Trained", f"the training Job {child.name} succeeded")
         return True
     if child.state is JobState.FAILED:
@@ -288,9 +298,13 @@ def _train(b: _Builder, observed: Observed) -> bool:
         return False
     if child.state is JobState.QUEUED:
         b.phase(Phase.PENDING)
-        b.condition(ADMITTED, False, "WaitingForAdmission",
-                    f"the training Job {child.name} waits in Kueue LocalQueue "
-                    f"{job.spec.queue_name} for quota")
+        b.condition(
+            ADMITTED,
+            False,
+            "WaitingForAdmission",
+            f"the training Job {child.name} waits in Kueue LocalQueue "
+            f"{job.spec.queue_name} for quota",
+        )
         b.condition(TRAINED, False, "Queued", f"the training Job {child.name} is queued")
         return False
     b.phase(Phase.TRAINING)
@@ -300,7 +314,9 @@ def _train(b: _Builder, observed: Observed) -> bool:
         tpu = job.spec.tpu
         spot = " (spot)" if tpu.spot else ""
         b.condition(
-            TRAINED, False, "Unschedulable",
+            TRAINED,
+            False,
+            "Unschedulable",
             f"no node fits the training pods: no TPU node pool with accelerator "
             f"{tpu.accelerator.value} and topology {tpu.topology}{spot} has free "
             f"google.com/tpu capacity. Scheduler: {child.trouble.message}",
@@ -338,7 +354,9 @@ def _failed_attempt(b: _Builder, attempt: int, child: ObservedJob) -> None:
     b.set(restarts=restarts + 1)
     b.event("Warning", failure.reason, f"training attempt {attempt} failed: {failure.message}")
     _start_attempt(
-        b, attempt + 1, "Restarting",
+        b,
+        attempt + 1,
+        "Restarting",
         f"restart {restarts + 1} of {limit}: attempt {attempt + 1} resumes from the last "
         "checkpoint",
     )
@@ -367,8 +385,9 @@ def _export(b: _Builder, observed: Observed) -> bool:
 
 
 def _is_true(b: _Builder, kind: str) -> bool:
-    return any(c.type == kind and c.status == ConditionStatus.TRUE
-               for c in b.status.conditions or [])
+    return any(
+        c.type == kind and c.status == ConditionStatus.TRUE for c in b.status.conditions or []
+    )
 
 
 def _name(b: _Builder) -> str:

@@ -85,14 +85,14 @@ def _conditions(obj: Obj) -> list[Obj]:
 
 
 def _condition_true(obj: Obj, kind: str) -> Obj | None:
-    return next((c for c in _conditions(obj) if c.get("type") == kind
-                 and c.get("status") == "True"), None)
+    return next(
+        (c for c in _conditions(obj) if c.get("type") == kind and c.get("status") == "True"), None
+    )
 
 
 def _terminated(pod: Obj) -> list[Obj]:
     statuses = pod.get("status", {}).get("containerStatuses") or []
-    return [s["state"]["terminated"] for s in statuses
-            if s.get("state", {}).get("terminated")]
+    return [s["state"]["terminated"] for s in statuses if s.get("state", {}).get("terminated")]
 
 
 def classify_pod_failure(pod: Obj) -> Failure | None:
@@ -104,32 +104,52 @@ def classify_pod_failure(pod: Obj) -> Failure | None:
         code = term.get("exitCode")
         text = (term.get("message") or "").strip()
         if code == contract.EXIT_BAD_INPUT:
-            return Failure(FailureKind.BAD_INPUT, "BadInput",
-                           text or f"pod {pod_name}: the trainer rejected its input")
+            return Failure(
+                FailureKind.BAD_INPUT,
+                "BadInput",
+                text or f"pod {pod_name}: the trainer rejected its input",
+            )
         if term.get("reason") == "OOMKilled":
-            return Failure(FailureKind.OUT_OF_MEMORY, "OOMKilled",
-                           f"pod {pod_name}: the trainer ran out of memory (OOMKilled); "
-                           "lower spec.training.globalBatchSize or spec.data.maxSeqLength")
+            return Failure(
+                FailureKind.OUT_OF_MEMORY,
+                "OOMKilled",
+                f"pod {pod_name}: the trainer ran out of memory (OOMKilled); "
+                "lower spec.training.globalBatchSize or spec.data.maxSeqLength",
+            )
     disruption = _condition_true(pod, "DisruptionTarget")
     if disruption is not None:
-        return Failure(FailureKind.INFRASTRUCTURE, "Preempted",
-                       f"pod {pod_name}: {disruption.get('message') or disruption.get('reason')}")
+        return Failure(
+            FailureKind.INFRASTRUCTURE,
+            "Preempted",
+            f"pod {pod_name}: {disruption.get('message') or disruption.get('reason')}",
+        )
     for term in _terminated(pod):
         code = term.get("exitCode")
         text = (term.get("message") or "").strip()
         if code == contract.EXIT_PREEMPTED:
-            return Failure(FailureKind.INFRASTRUCTURE, "Preempted",
-                           f"pod {pod_name}: the trainer was asked to stop (SIGTERM) "
-                           "and saved a checkpoint")
+            return Failure(
+                FailureKind.INFRASTRUCTURE,
+                "Preempted",
+                f"pod {pod_name}: the trainer was asked to stop (SIGTERM) and saved a checkpoint",
+            )
         if code not in (None, 0):
-            return Failure(FailureKind.INFRASTRUCTURE, "ContainerFailed",
-                           f"pod {pod_name}: exit code {code}" + (f": {text}" if text else ""))
-    return Failure(FailureKind.INFRASTRUCTURE, "PodFailed",
-                   f"pod {pod_name}: {pod.get('status', {}).get('message') or 'failed'}")
+            return Failure(
+                FailureKind.INFRASTRUCTURE,
+                "ContainerFailed",
+                f"pod {pod_name}: exit code {code}" + (f": {text}" if text else ""),
+            )
+    return Failure(
+        FailureKind.INFRASTRUCTURE,
+        "PodFailed",
+        f"pod {pod_name}: {pod.get('status', {}).get('message') or 'failed'}",
+    )
 
 
-_SEVERITY: Final = {FailureKind.BAD_INPUT: 0, FailureKind.OUT_OF_MEMORY: 1,
-                    FailureKind.INFRASTRUCTURE: 2}
+_SEVERITY: Final = {
+    FailureKind.BAD_INPUT: 0,
+    FailureKind.OUT_OF_MEMORY: 1,
+    FailureKind.INFRASTRUCTURE: 2,
+}
 
 
 def classify_job_failure(job: Obj, pods: Iterable[Obj]) -> Failure:
@@ -139,9 +159,12 @@ def classify_job_failure(job: Obj, pods: Iterable[Obj]) -> Failure:
         return min(failures, key=lambda f: _SEVERITY[f.kind])
     failed = _condition_true(job, "Failed") or _condition_true(job, "FailureTarget") or {}
     # A failed Job without failed pods lost them with their node (pod GC deleted them).
-    return Failure(FailureKind.INFRASTRUCTURE, "NodeLost",
-                   f"job {job.get('metadata', {}).get('name')}: "
-                   f"{failed.get('message') or 'its pods were lost with their node'}")
+    return Failure(
+        FailureKind.INFRASTRUCTURE,
+        "NodeLost",
+        f"job {job.get('metadata', {}).get('name')}: "
+        f"{failed.get('message') or 'its pods were lost with their node'}",
+    )
 
 
 def pod_trouble(pods: Iterable[Obj]) -> Trouble | None:
@@ -149,16 +172,20 @@ def pod_trouble(pods: Iterable[Obj]) -> Trouble | None:
     for pod in pods:
         status = pod.get("status", {})
         for cond in status.get("conditions") or []:
-            if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
-                    and cond.get("reason") == "Unschedulable"):
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
                 return Trouble("Unschedulable", cond.get("message") or "no node fits the pod")
         for cs in status.get("containerStatuses") or []:
             waiting = cs.get("state", {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in IMAGE_TROUBLE:
-                return Trouble("ImagePullFailure",
-                               f"cannot pull image {cs.get('image')}: "
-                               f"{waiting.get('message') or reason}")
+                return Trouble(
+                    "ImagePullFailure",
+                    f"cannot pull image {cs.get('image')}: {waiting.get('message') or reason}",
+                )
             if reason in CONFIG_TROUBLE:
                 return Trouble("ContainerConfigError", waiting.get("message") or reason)
     return None

@@ -129,8 +129,9 @@ def trainer_config(
             short_seq_prob=data.prepare_setting("short_seq_prob"),
             whole_word_masking=data.prepare_setting("whole_word_masking"),
             seed=spec.training.seed,
-            output_vocab=paths.vocab if vocab_is_trained(job) else spec.output.rstrip("/")
-            + "/vocab.txt",
+            output_vocab=paths.vocab
+            if vocab_is_trained(job)
+            else spec.output.rstrip("/") + "/vocab.txt",
             output_tfrecords=paths.tfrecords_dir,
         )
     model = model_config(job, resolved)
@@ -143,7 +144,7 @@ def trainer_config(
         global_batch_size=training.global_batch_size,
         train_steps=training.train_steps,
         learning_rate=training.learning_rate,
-        warmup_steps=training.effective_warmup_steps(),
+        warmup_steps=training.effective_warmup_steps,
         optimizer=training.optimizer.value,
         weight_decay=training.weight_decay,
         checkpoint_every_steps=training.checkpoint_every_steps,

@@ -219,8 +219,10 @@ def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifes
         job,
         settings,
         names.STAGE_TRAIN,
-        {"requests": {tpu_catalogue.TPU_RESOURCE: chips},
-         "limits": {tpu_catalogue.TPU_RESOURCE: chips}},
+        {
+            "requests": {tpu_catalogue.TPU_RESOURCE: chips},
+            "limits": {tpu_catalogue.TPU_RESOURCE: chips},
+        },
     )
     container["ports"] = [
         {"name": "tpu-runtime", "containerPort": TPU_RUNTIME_PORT},

@@ -1,0 +1,147 @@
+"""Child Jobs and pods, as the API returns them, folded into states and failure causes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bert_pretrain_operator.reconcile.observe import (
+    FailureKind,
+    JobState,
+    classify_job_failure,
+    observe,
+    observe_job,
+    pod_trouble,
+)
+from bert_pretrain_operator.render import names
+from bert_trainer import contract
+
+
+def job(
+    name: str, stage: str, attempt: int | None = None, *conditions: str, suspend: bool = False
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": names.child_labels("bpj", stage, attempt)},
+        "spec": {"suspend": suspend},
+        "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]},
+    }
+
+
+def pod(
+    job_name: str,
+    phase: str,
+    *,
+    exit_code: int | None = None,
+    reason: str = "Error",
+    message: str = "",
+    conditions: list[dict[str, Any]] | None = None,
+    waiting: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "reason": reason, "message": message}}
+    elif waiting:
+        state = {"waiting": waiting}
+    return {
+        "metadata": {"name": f"{job_name}-0-abc", "labels": {"job-name": job_name}},
+        "status": {
+            "phase": phase,
+            "conditions": conditions or [],
+            "containerStatuses": [{"image": "img:1", "state": state}],
+        },
+    }
+
+
+def test_stages_and_attempts_are_grouped_by_label() -> None:
+    observed = observe(
+        [
+            job("bpj-prepare", "prepare", None, "Complete"),
+            job("bpj-train-1", "train", 1, "Failed"),
+            job("bpj-train-2", "train", 2),
+        ],
+        [
+            pod(
+                "bpj-train-1",
+                "Failed",
+                exit_code=137,
+                conditions=[
+                    {"type": "DisruptionTarget", "status": "True", "message": "node shutdown"}
+                ],
+            ),
+            pod("bpj-train-2", "Running"),
+        ],
+    )
+    assert observed.prepare is not None and observed.prepare.state is JobState.SUCCEEDED
+    assert observed.train[1].state is JobState.FAILED
+    assert observed.train[1].failure is not None
+    assert observed.train[1].failure.reason == "Preempted"
+    assert observed.train[2].state is JobState.RUNNING
+    assert observed.export is None
+
+
+def test_bad_input_exit_code_wins_over_disruption_of_another_pod() -> None:
+    failure = classify_job_failure(
+        job("j", "train", 1, "Failed"),
+        [
+            pod(
+                "j",
+                "Failed",
+                conditions=[{"type": "DisruptionTarget", "status": "True"}],
+                exit_code=137,
+            ),
+            pod("j", "Failed", exit_code=contract.EXIT_BAD_INPUT, message="vocab mismatch"),
+        ],
+    )
+    assert failure.kind is FailureKind.BAD_INPUT
+    assert failure.message == "vocab mismatch"
+    assert not failure.retriable
+
+
+def test_oom_is_not_retriable_and_says_what_to_change() -> None:
+    failure = classify_job_failure(
+        job("j", "train", 1, "Failed"), [pod("j", "Failed", exit_code=137, reason="OOMKilled")]
+    )
+    assert failure.kind is FailureKind.OUT_OF_MEMORY
+    assert "globalBatchSize" in failure.message
+
+
+def test_a_failed_job_without_pods_lost_its_node() -> None:
+    failure = classify_job_failure(job("j", "train", 1, "Failed"), [])
+    assert failure.reason == "NodeLost"
+    assert failure.retriable
+
+
+def test_other_exit_codes_are_retriable_and_keep_the_message() -> None:
+    failure = classify_job_failure(
+        job("j", "train", 1, "Failed"),
+        [pod("j", "Failed", exit_code=contract.EXIT_INFRASTRUCTURE, message="gcs down")],
+    )
+    assert failure.retriable
+    assert "gcs down" in failure.message
+
+
+def test_queued_and_pending_states() -> None:
+    assert observe_job(job("j", "train", 1, suspend=True), []).state is JobState.QUEUED
+    pending = observe_job(job("j", "train", 1), [pod("j", "Pending")])
+    assert pending.state is JobState.PENDING
+    assert pending.trouble is None
+
+
+def test_unschedulable_and_image_pull_trouble() -> None:
+    unschedulable = pod(
+        "j",
+        "Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/5 nodes are available",
+            }
+        ],
+    )
+    trouble = pod_trouble([unschedulable])
+    assert trouble is not None and trouble.reason == "Unschedulable"
+    image = pod("j", "Pending", waiting={"reason": "ImagePullBackOff", "message": "not found"})
+    trouble = pod_trouble([image])
+    assert trouble is not None and trouble.reason == "ImagePullFailure"
+    assert "img:1" in trouble.message

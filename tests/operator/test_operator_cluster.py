@@ -1,0 +1,397 @@
+"""The operator on the real control plane, with KWOK playing the TPU slices' pods."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bpj_devstack import kwok_config, plane
+from bert_pretrain_operator.render import names
+from tests.support import Kubectl, kubectl_json, wait_for
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+
+@pytest.fixture
+def bucket(devstack: plane.StackState, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A bucket holding a tiny corpus and a vocab, so the operator's input checks pass."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", devstack.gcs_endpoint)
+    client = storage.Client(project="bpj-test", credentials=AnonymousCredentials())
+    name = f"bpj-op-{uuid.uuid4().hex[:10]}"
+    b = client.create_bucket(name)
+    b.blob("corpus/a.txt").upload_from_string("One sentence.\nTwo sentences.\n\nNew doc.\n")
+    b.blob("records/part-00000-of-00001.tfrecord").upload_from_string(b"x")
+    b.blob("vocab.txt").upload_from_string("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+    return name
+
+
+def manifest(bucket: str, name: str, *, records: bool = False, **spec: Any) -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    doc = json.loads(json.dumps(doc).replace("bpj-quickstart", bucket))
+    doc["metadata"]["name"] = name
+    if records:
+        doc["spec"]["data"] = {
+            "tfrecords": f"gs://{bucket}/records/*.tfrecord",
+            "vocab": f"gs://{bucket}/vocab.txt",
+        }
+    for key, value in spec.items():
+        doc["spec"][key] = value
+    return copy.deepcopy(doc)
+
+
+def apply(kubectl: Kubectl, namespace: str, doc: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(doc))
+
+
+def get_bpj(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = kubectl_json(kubectl, "get", "bpj", name, "-n", namespace)
+    return obj
+
+
+def status(kubectl: Kubectl, namespace: str, name: str) -> dict[str, Any]:
+    return dict(get_bpj(kubectl, namespace, name).get("status") or {})
+
+
+def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions", []) if c["type"] == kind), {})
+
+
+def wait_phase(
+    kubectl: Kubectl, namespace: str, name: str, phase: str, timeout: float = 120
+) -> dict[str, Any]:
+    seen: list[str] = []
+
+    def reached() -> bool:
+        current = status(kubectl, namespace, name).get("phase")
+        if current and (not seen or seen[-1] != current):
+            seen.append(current)
+        return current == phase
+
+    try:
+        wait_for(reached, timeout, f"{name} to reach {phase}")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; phases seen: {seen}; status: "
+            f"{json.dumps(status(kubectl, namespace, name), indent=1)}"
+        ) from exc
+    return status(kubectl, namespace, name)
+
+
+@pytest.fixture
+def annotate_pods(kube_api: Any) -> Iterator[Callable[[str, str, dict[str, str]], None]]:
+    """Annotate pods matching a selector the moment they are created (chaos for KWOK)."""
+    from kubernetes import client, watch
+
+    core = client.CoreV1Api(kube_api)
+    watchers: list[tuple[watch.Watch, threading.Thread]] = []
+
+    def start(namespace: str, selector: str, annotations: dict[str, str]) -> None:
+        w = watch.Watch()
+
+        def run() -> None:
+            for event in w.stream(
+                core.list_namespaced_pod, namespace, label_selector=selector, timeout_seconds=120
+            ):
+                if event["type"] == "ADDED":
+                    core.patch_namespaced_pod(
+                        event["object"].metadata.name,
+                        namespace,
+                        {"metadata": {"annotations": annotations}},
+                    )
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        watchers.append((w, thread))
+
+    yield start
+    for w, _ in watchers:
+        w.stop()
+
+
+def test_corpus_job_runs_every_stage_to_succeeded(
+    kubectl: Kubectl, namespace: str, bucket: str
+) -> None:
+    apply(kubectl, namespace, manifest(bucket, "pipeline"))
+    st = wait_phase(kubectl, namespace, "pipeline", "Succeeded")
+    assert st["jobs"] == {
+        "prepare": "pipeline-prepare",
+        "train": "pipeline-train-1",
+        "export": "pipeline-export",
+    }
+    for kind in ("Prepared", "Trained", "Exported", "Succeeded"):
+        assert condition(st, kind)["status"] == "True", kind
+    assert st["observedGeneration"] == 1
+    assert st["startTime"] <= st["completionTime"]
+    jobs = kubectl_json(
+        kubectl, "get", "jobs", "-n", namespace, "-l", f"{names.LABEL_JOB}=pipeline"
+    )["items"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == [
+        "pipeline-export",
+        "pipeline-prepare",
+        "pipeline-train-1",
+    ]
+    events = kubectl_json(
+        kubectl,
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=pipeline",
+    )["items"]
+    reasons = {e["reason"] for e in events}
+    assert {
+        "Started",
+        "Preparing",
+        "Prepared",
+        "Training",
+        "Trained",
+        "Exporting",
+        "Succeeded",
+    } <= reasons
+    printed = kubectl("get", "bpj", "pipeline", "-n", namespace).stdout
+    assert "Succeeded" in printed
+
+
+def test_slice_without_node_pool_reports_unschedulable(
+    kubectl: Kubectl, namespace: str, bucket: str
+) -> None:
+    doc = manifest(
+        bucket,
+        "nowhere",
+        records=True,
+        tpu={"accelerator": "tpu-v5-lite-podslice", "topology": "4x4"},
+    )
+    doc["spec"]["training"]["globalBatchSize"] = 16
+    apply(kubectl, namespace, doc)
+
+    def unschedulable() -> bool:
+        return (
+            condition(status(kubectl, namespace, "nowhere"), "Trained").get("reason")
+            == "Unschedulable"
+        )
+
+    wait_for(unschedulable, 90, "the Unschedulable condition")
+    message = condition(status(kubectl, namespace, "nowhere"), "Trained")["message"]
+    assert "tpu-v5-lite-podslice" in message and "4x4" in message
+    assert "node affinity/selector" in message
+
+
+def test_preemption_restarts_training_once_then_succeeds(
+    kubectl: Kubectl,
+    namespace: str,
+    bucket: str,
+    annotate_pods: Callable[[str, str, dict[str, str]], None],
+) -> None:
+    annotate_pods(
+        namespace,
+        f"{names.LABEL_JOB}=preempt,{names.LABEL_ATTEMPT}=1",
+        {kwok_config.PREEMPT: "true"},
+    )
+    apply(kubectl, namespace, manifest(bucket, "preempt", records=True))
+    st = wait_phase(kubectl, namespace, "preempt", "Succeeded")
+    assert st["restarts"] == 1
+    assert st["attempt"] == 2
+    assert st["jobs"]["train"] == "preempt-train-2"
+    events = kubectl_json(
+        kubectl, "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=preempt"
+    )["items"]
+    assert "Restarting" in {e["reason"] for e in events}
+
+
+def test_exhausted_restarts_fail_the_job(
+    kubectl: Kubectl,
+    namespace: str,
+    bucket: str,
+    annotate_pods: Callable[[str, str, dict[str, str]], None],
+) -> None:
+    annotate_pods(namespace, f"{names.LABEL_JOB}=flaky", {kwok_config.PREEMPT: "true"})
+    doc = manifest(bucket, "flaky", records=True, runPolicy={"maxRestarts": 1})
+    apply(kubectl, namespace, doc)
+    st = wait_phase(kubectl, namespace, "flaky", "Failed")
+    assert condition(st, "Failed")["reason"] == "MaxRestartsExceeded"
+    assert st["restarts"] == 1
+    train_jobs = kubectl_json(
+        kubectl,
+        "get",
+        "jobs",
+        "-n",
+        namespace,
+        "-l",
+        f"{names.LABEL_JOB}=flaky,{names.LABEL_STAGE}=train",
+    )["items"]
+    assert len(train_jobs) == 2
+
+
+def test_application_failure_is_not_retried(
+    kubectl: Kubectl,
+    namespace: str,
+    bucket: str,
+    annotate_pods: Callable[[str, str, dict[str, str]], None],
+) -> None:
+    annotate_pods(
+        namespace,
+        f"{names.LABEL_JOB}=badinput",
+        {
+            kwok_config.FAIL_EXIT_CODE: "10",
+            kwok_config.FAIL_MESSAGE: "part-00000: not a TFRecord file",
+        },
+    )
+    apply(kubectl, namespace, manifest(bucket, "badinput", records=True))
+    st = wait_phase(kubectl, namespace, "badinput", "Failed")
+    failed = condition(st, "Failed")
+    assert failed["reason"] == "BadInput"
+    assert "not a TFRecord file" in failed["message"]
+    assert st.get("restarts") in (None, 0)
+
+
+def test_missing_corpus_fails_before_any_job_is_created(
+    kubectl: Kubectl, namespace: str, bucket: str
+) -> None:
+    doc = manifest(bucket, "nocorpus")
+    doc["spec"]["data"]["corpus"] = [f"gs://{bucket}/nothing-here/*.txt"]
+    apply(kubectl, namespace, doc)
+    st = wait_phase(kubectl, namespace, "nocorpus", "Failed")
+    failed = condition(st, "Failed")
+    assert failed["reason"] == "BadInput"
+    assert "spec.data.corpus[0]" in failed["message"]
+    jobs = kubectl_json(kubectl, "get", "jobs", "-n", namespace)["items"]
+    assert jobs == []
+
+
+def test_suspend_stops_the_attempt_and_resume_starts_a_new_one(
+    kubectl: Kubectl, namespace: str, bucket: str
+) -> None:
+    # A slice no node pool offers keeps the attempt Pending for as long as we need.
+    doc = manifest(
+        bucket,
+        "pausable",
+        records=True,
+        tpu={"accelerator": "tpu-v5-lite-podslice", "topology": "4x4"},
+    )
+    doc["spec"]["training"]["globalBatchSize"] = 16
+    apply(kubectl, namespace, doc)
+    wait_for(
+        lambda: (
+            kubectl("get", "job", "pausable-train-1", "-n", namespace, check=False).returncode == 0
+        ),
+        60,
+        "the first attempt",
+    )
+    kubectl(
+        "patch",
+        "bpj",
+        "pausable",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"runPolicy": {"suspend": true}}}',
+    )
+    st = wait_phase(kubectl, namespace, "pausable", "Suspended")
+    assert condition(st, "Suspended")["status"] == "True"
+    wait_for(
+        lambda: (
+            kubectl("get", "job", "pausable-train-1", "-n", namespace, check=False).returncode != 0
+        ),
+        60,
+        "the attempt to be deleted",
+    )
+    kubectl(
+        "patch",
+        "bpj",
+        "pausable",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"runPolicy": {"suspend": false}}}',
+    )
+    wait_for(
+        lambda: (
+            kubectl("get", "job", "pausable-train-2", "-n", namespace, check=False).returncode == 0
+        ),
+        60,
+        "the resumed attempt",
+    )
+    st = status(kubectl, namespace, "pausable")
+    assert st.get("restarts") in (None, 0)
+    assert condition(st, "Suspended")["reason"] == "Resumed"
+
+
+def test_kueue_queue_label_and_waiting_status(
+    kubectl: Kubectl, namespace: str, bucket: str
+) -> None:
+    apply(kubectl, namespace, manifest(bucket, "queued", records=True, queueName="team-a"))
+    wait_for(
+        lambda: (
+            condition(status(kubectl, namespace, "queued"), "Admitted").get("reason")
+            == "WaitingForAdmission"
+        ),
+        60,
+        "WaitingForAdmission",
+    )
+    job = kubectl_json(kubectl, "get", "job", "queued-train-1", "-n", namespace)
+    assert job["metadata"]["labels"][names.LABEL_KUEUE_QUEUE] == "team-a"
+    assert job["spec"]["suspend"] is True
+    # Kueue admits by unsuspending; the operator must not suspend it again.
+    kubectl(
+        "patch",
+        "job",
+        "queued-train-1",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"suspend": false}}',
+    )
+    st = wait_phase(kubectl, namespace, "queued", "Succeeded")
+    assert condition(st, "Admitted")["status"] == "True"
+
+
+def test_deleting_the_job_garbage_collects_its_children(
+    kubectl: Kubectl, namespace: str, bucket: str
+) -> None:
+    doc = manifest(
+        bucket,
+        "doomed",
+        records=True,
+        tpu={"accelerator": "tpu-v5-lite-podslice", "topology": "4x4"},
+    )
+    doc["spec"]["training"]["globalBatchSize"] = 16
+    apply(kubectl, namespace, doc)
+    wait_for(
+        lambda: (
+            kubectl("get", "job", "doomed-train-1", "-n", namespace, check=False).returncode == 0
+        ),
+        60,
+        "the training Job",
+    )
+    kubectl("delete", "bpj", "doomed", "-n", namespace)
+
+    def children_gone() -> bool:
+        left = kubectl_json(
+            kubectl,
+            "get",
+            "jobs,configmaps,services",
+            "-n",
+            namespace,
+            "-l",
+            f"{names.LABEL_JOB}=doomed",
+        )["items"]
+        return not left
+
+    wait_for(children_gone, 60, "garbage collection of the children")

@@ -1,0 +1,135 @@
+"""The children the operator renders for the examples: shapes GKE expects, and the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bert_pretrain_operator import tpu_catalogue
+from bert_pretrain_operator.api import BertPretrainJob
+from bert_pretrain_operator.controller import render_stage
+from bert_pretrain_operator.render import names, workloads
+from bert_pretrain_operator.render.trainer_config import ResolvedInputs, trainer_config
+from bert_pretrain_operator.settings import Settings
+from bert_trainer import contract
+from bert_trainer.config import TrainerConfig
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SETTINGS = Settings(trainer_image="registry.example/trainer:1")
+
+
+def load(example: str) -> BertPretrainJob:
+    manifest = yaml.safe_load((EXAMPLES / example).read_text())
+    manifest["metadata"].update(namespace="team-a", uid="uid-1", generation=1)
+    return BertPretrainJob.from_manifest(manifest)
+
+
+def container(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec = manifest["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    return dict(c)
+
+
+def test_multi_host_slice_gets_one_pod_per_vm_and_a_headless_service() -> None:
+    job = load("bert-base-from-scratch.yaml")  # v5p 2x2x2: 8 chips on 2 VMs
+    service, train = render_stage(job, SETTINGS, "train", 1)
+    shape = tpu_catalogue.slice_shape("tpu-v5p-slice", "2x2x2")
+    assert shape is not None and shape.vms == 2
+    spec = train["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert pod["nodeSelector"] == {
+        tpu_catalogue.LABEL_ACCELERATOR: "tpu-v5p-slice",
+        tpu_catalogue.LABEL_TOPOLOGY: "2x2x2",
+    }
+    assert {"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"} in (
+        pod["tolerations"]
+    )
+    c = container(train)
+    assert c["resources"]["requests"] == {"google.com/tpu": "4"}
+    assert c["resources"]["limits"] == {"google.com/tpu": "4"}
+    assert {p["containerPort"] for p in c["ports"]} == {8471, 8080}
+    assert c["args"] == ["train", "--config", contract.CONFIG_PATH]
+    assert c["image"] == "registry.example/trainer:1"
+
+
+def test_single_host_slice_needs_no_service() -> None:
+    (train,) = render_stage(load("quickstart.yaml"), SETTINGS, "train", 3)
+    assert train["metadata"]["name"] == "quickstart-train-3"
+    assert train["spec"]["completions"] == 1
+    assert "subdomain" not in train["spec"]["template"]["spec"]
+    assert train["metadata"]["labels"][names.LABEL_ATTEMPT] == "3"
+
+
+def test_spot_and_kueue() -> None:
+    job = load("v6e-spot-kueue.yaml")
+    (*_, train) = render_stage(job, SETTINGS, "train", 1)
+    assert train["spec"]["template"]["spec"]["nodeSelector"][tpu_catalogue.LABEL_SPOT] == "true"
+    assert train["metadata"]["labels"][names.LABEL_KUEUE_QUEUE] == job.spec.queue_name
+    assert train["spec"]["suspend"] is True
+
+
+def test_children_are_owned_by_the_job() -> None:
+    job = load("quickstart.yaml")
+    for stage in ("prepare", "train", "export"):
+        for manifest in render_stage(job, SETTINGS, stage, 1):
+            (owner,) = manifest["metadata"]["ownerReferences"]
+            assert owner["uid"] == "uid-1"
+            assert owner["controller"] is True
+            assert manifest["metadata"]["labels"][names.LABEL_JOB] == "quickstart"
+
+
+def test_cpu_stages_fail_fast_on_bad_input_and_ignore_disruptions() -> None:
+    prepare = workloads.prepare_job(load("quickstart.yaml"), SETTINGS)
+    rules = prepare["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"]["values"] == [contract.EXIT_BAD_INPUT]
+    assert rules[1]["action"] == "Ignore"
+    assert "nodeSelector" not in prepare["spec"]["template"]["spec"]
+
+
+def test_pods_run_locked_down() -> None:
+    (train,) = render_stage(load("quickstart.yaml"), SETTINGS, "train", 1)
+    pod = train["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container(train)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_config_map_round_trips_through_the_trainer_model() -> None:
+    job = load("quickstart.yaml")
+    config = trainer_config(job, ResolvedInputs(), report_interval=5)
+    cm = workloads.config_map(job, config)
+    parsed = TrainerConfig.model_validate(json.loads(cm["data"]["config.json"]))
+    assert parsed == config
+    assert parsed.prepare is not None and parsed.train is not None
+    assert parsed.prepare.output_tfrecords == "gs://bpj-quickstart/runs/quickstart/tfrecords"
+    assert parsed.train.tfrecords == "gs://bpj-quickstart/runs/quickstart/tfrecords/*.tfrecord"
+    assert parsed.train.model.hidden_size == 128
+    assert parsed.train.model.vocab_size == job.spec.data.vocab_size
+    assert parsed.job is not None and parsed.job.min_report_interval_seconds == 5
+
+
+def test_init_checkpoint_dimensions_come_from_its_config() -> None:
+    job = load("continued-pretraining-multilingual.yaml")
+    with pytest.raises(ValueError, match="init checkpoint"):
+        trainer_config(job, ResolvedInputs(), report_interval=5)
+    from bert_pretrain_operator.api import Dimensions
+
+    resolved = ResolvedInputs(vocab_size=119547, dimensions=Dimensions(768, 12, 12, 3072))
+    config = trainer_config(job, resolved, report_interval=5)
+    assert config.train is not None
+    assert config.train.model.vocab_size == 119547
+    assert config.train.init_checkpoint == job.spec.model.init_checkpoint
+    assert config.train.init_checkpoint_config is not None
+    assert config.train.init_checkpoint_config.endswith("/bert_config.json")
