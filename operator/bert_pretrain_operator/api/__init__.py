@@ -1,0 +1,56 @@
+"""The BertPretrainJob API: models, the CRD generated from them, offline validation.
+
+- ``spec`` / ``status``: pydantic models of the resource (one class per concern);
+  their field docstrings are the ``kubectl explain`` text.
+- ``job``: the whole resource (``BertPretrainJob``), metadata and immutability rules.
+- ``cel``: rules written once as CEL (admission) and Python (offline).
+- ``sizes``: BERT's named model sizes as data.
+- ``crd``: the generator of ``crds/bertpretrainjobs.pretraining.bert.dev.yaml``.
+- ``validation``: ``validate_document``, the offline twin of admission.
+"""
+
+from bert_pretrain_operator.api.job import API_GROUP_VERSION, BertPretrainJob, ObjectMeta
+from bert_pretrain_operator.api.sizes import SIZES, Dimensions, ModelSize
+from bert_pretrain_operator.api.spec import (
+    BertPretrainJobSpec,
+    DataSpec,
+    ExportSpec,
+    ModelSpec,
+    Optimizer,
+    Precision,
+    RunPolicy,
+    TpuSpec,
+    TrainingSpec,
+)
+from bert_pretrain_operator.api.status import (
+    BertPretrainJobStatus,
+    Condition,
+    ConditionStatus,
+    Phase,
+    StageJobs,
+    TrainingProgress,
+)
+
+__all__ = [
+    "API_GROUP_VERSION",
+    "SIZES",
+    "BertPretrainJob",
+    "BertPretrainJobSpec",
+    "BertPretrainJobStatus",
+    "Condition",
+    "ConditionStatus",
+    "DataSpec",
+    "Dimensions",
+    "ExportSpec",
+    "ModelSize",
+    "ModelSpec",
+    "ObjectMeta",
+    "Optimizer",
+    "Phase",
+    "Precision",
+    "RunPolicy",
+    "StageJobs",
+    "TpuSpec",
+    "TrainingProgress",
+    "TrainingSpec",
+]

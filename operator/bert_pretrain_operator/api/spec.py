@@ -1,0 +1,552 @@
+"""``BertPretrainJob.spec``: what a user asks for, one model per concern.
+
+The docstring under each field is its ``kubectl explain`` text; the CRD in
+``crds/`` is generated from these classes (``api/crd.py``). Cross-field rules
+(``rules``) are written as CEL for the API server and as Python for offline
+validation (``api/cel.py``); each message starts with the offending field.
+
+Design choices worth knowing:
+
+- Options that only shape corpus preparation (``vocabSize``, ``minFrequency``,
+  ``maskedLmProb``, ``dupeFactor``, ``shortSeqProb``, ``wholeWordMasking``) have
+  no schema default: with prepared ``tfrecords`` they are rejected rather than
+  silently ignored, so a stored object never shows a setting that did nothing.
+  Their defaults (``PREPARE_DEFAULTS``) are applied by the operator.
+- ``model.initCheckpoint`` fixes the dimensions and the vocabulary: with it,
+  ``model.size``/explicit dimensions and ``data.vocab``/``vocabSize``/
+  ``minFrequency`` are rejected at admission. The checkpoint's bert_config.json
+  and vocab.txt, which must sit beside it, are read at run time (a missing or
+  malformed one fails the job with a BadInput condition).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final
+
+from pydantic import Field, StringConstraints
+
+from bert_pretrain_operator import tpu_catalogue
+from bert_pretrain_operator.api.cel import Reason, Rule, RuledModel, literal, not_together, present
+from bert_pretrain_operator.api.sizes import SIZES, Dimensions, ModelSize
+from bert_pretrain_operator.tpu_catalogue import Accelerator
+
+# === Value types ===
+
+#: Longest gs:// URI accepted; bounds the CEL cost estimate of rules comparing them.
+URI_MAX_LENGTH: Final = 1024
+_BUCKET = r"gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]"
+#: An object or glob inside a bucket: gs://bucket/path, not ending in "/".
+GCS_OBJECT_PATTERN: Final = rf"^{_BUCKET}/\S*[^/\s]$"
+#: A bucket or a prefix inside one: gs://bucket or gs://bucket/some/prefix.
+GCS_PREFIX_PATTERN: Final = rf"^{_BUCKET}(/\S*)?$"
+#: A DNS-1123 subdomain (service account names).
+DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A label value that is also a DNS-1123 subdomain (Kueue LocalQueue names).
+QUEUE_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: ``AxB`` or ``AxBxC``; whether the accelerator offers it is a rule on ``TpuSpec``.
+TOPOLOGY_PATTERN: Final = r"^[1-9][0-9]{0,2}(x[1-9][0-9]{0,2}){1,2}$"
+
+GcsObject = Annotated[str, StringConstraints(pattern=GCS_OBJECT_PATTERN, max_length=URI_MAX_LENGTH)]
+GcsPrefix = Annotated[str, StringConstraints(pattern=GCS_PREFIX_PATTERN, max_length=URI_MAX_LENGTH)]
+
+# === Defaults applied by the operator (see the module docstring) ===
+
+#: Corpus-preparation settings left out of the spec: google-research/bert's
+#: create_pretraining_data.py defaults. A test checks they equal the trainer's.
+PREPARE_DEFAULTS: Final = {
+    "vocab_size": 30522,
+    "min_frequency": 2,
+    "masked_lm_prob": 0.15,
+    "dupe_factor": 10,
+    "short_seq_prob": 0.1,
+    "whole_word_masking": False,
+}
+#: Warm-up when ``training.warmupSteps`` is left out, as a fraction of trainSteps
+#: (BERT warmed up for 10,000 of its 1,000,000 steps).
+DEFAULT_WARMUP_FRACTION: Final = 0.01
+
+
+#: Settings of vocabulary training (camelCase): not allowed with a given vocabulary.
+_VOCAB_TRAINING_FIELDS: Final = ("vocabSize", "minFrequency")
+#: Settings of corpus preparation (camelCase): not allowed with prepared tfrecords.
+_PREPARE_ONLY_FIELDS: Final = (
+    *_VOCAB_TRAINING_FIELDS,
+    "maskedLmProb",
+    "dupeFactor",
+    "shortSeqProb",
+    "wholeWordMasking",
+)
+
+
+class DataSpec(RuledModel):
+    """The pretraining text: raw corpus files to prepare, or records prepared before.
+
+    With corpus, a CPU Job first builds a WordPiece vocabulary (unless one is
+    given) and writes masked-LM/next-sentence TFRecords under spec.output; with
+    tfrecords that step is skipped.
+    """
+
+    corpus: Annotated[list[GcsObject], Field(min_length=1, max_length=64)] | None = None
+    """corpus lists gs:// globs of raw text files: one sentence per line, a blank line
+    between documents (google-research/bert's input format). Exactly one of corpus
+    and tfrecords is required."""
+    tfrecords: GcsObject | None = None
+    """tfrecords is a gs:// glob of TFRecord files already in google-research/bert's
+    pretraining format (input_ids, input_mask, segment_ids, masked_lm_positions,
+    masked_lm_ids, masked_lm_weights, next_sentence_labels). Skips preparation."""
+    vocab: GcsObject | None = None
+    """vocab is the gs:// URI of a WordPiece vocab.txt (one token per line). Leave it out
+    to train a vocabulary on the corpus. Required with tfrecords (the vocabulary the
+    records were made with) unless model.initCheckpoint provides one; not allowed
+    with model.initCheckpoint, whose own vocab.txt is used."""
+    vocab_size: int | None = Field(default=None, ge=16, le=262144)
+    """vocabSize is the size of the WordPiece vocabulary trained on the corpus.
+    Only when a vocabulary is trained. Defaults to 30522 (BERT's English vocab)."""
+    lowercase: bool = True
+    """lowercase lowercases and strips accents before tokenizing (an "uncased" model).
+    Must match the vocabulary: false for cased vocabularies such as
+    multi_cased_L-12_H-768_A-12."""
+    min_frequency: int | None = Field(default=None, ge=1, le=1000000)
+    """minFrequency is the fewest occurrences a token needs to enter a trained
+    vocabulary. Only when a vocabulary is trained. Defaults to 2."""
+    max_seq_length: int = Field(default=128, ge=8, le=512)
+    """maxSeqLength is the number of tokens per training sequence (both segments,
+    [CLS] and [SEP] included). At most 512, BERT's position embeddings."""
+    max_predictions_per_seq: int = Field(default=20, ge=1, le=512)
+    """maxPredictionsPerSeq is the most masked tokens predicted per sequence; must be
+    less than maxSeqLength (BERT used 20 at length 128, 80 at 512)."""
+    masked_lm_prob: float | None = Field(default=None, gt=0, lt=1)
+    """maskedLmProb is the fraction of tokens masked when preparing the corpus.
+    Only with corpus. Defaults to 0.15."""
+    dupe_factor: int | None = Field(default=None, ge=1, le=100)
+    """dupeFactor is how many times the corpus is masked, each time differently.
+    Only with corpus. Defaults to 10."""
+    short_seq_prob: float | None = Field(default=None, ge=0, le=1)
+    """shortSeqProb is the probability of making a sequence shorter than maxSeqLength,
+    to reduce the mismatch with short fine-tuning inputs. Only with corpus.
+    Defaults to 0.1."""
+    whole_word_masking: bool | None = None
+    """wholeWordMasking masks all WordPieces of a word together. Only with corpus.
+    Defaults to false."""
+
+    rules: ClassVar[tuple[Rule[DataSpec], ...]] = (
+        Rule(
+            rule="has(self.corpus) || has(self.tfrecords)",
+            message="spec.data.corpus: one of spec.data.corpus or spec.data.tfrecords is required",
+            holds=lambda d: d.corpus is not None or d.tfrecords is not None,
+            field_path=".corpus",
+            reason=Reason.REQUIRED,
+        ),
+        not_together(
+            "corpus",
+            "tfrecords",
+            message="spec.data.tfrecords: must not be set together with spec.data.corpus "
+            "(give raw text to prepare or prepared records, not both)",
+        ),
+        *(
+            not_together(
+                "vocab",
+                field,
+                message=f"spec.data.{field}: only applies when a vocabulary is trained; "
+                "remove it or remove spec.data.vocab",
+            )
+            for field in _VOCAB_TRAINING_FIELDS
+        ),
+        *(
+            not_together(
+                "tfrecords",
+                field,
+                message=f"spec.data.{field}: only applies when preparing spec.data.corpus; "
+                "the records in spec.data.tfrecords are already made",
+            )
+            for field in _PREPARE_ONLY_FIELDS
+        ),
+        Rule(
+            rule="self.maxPredictionsPerSeq < self.maxSeqLength",
+            message="spec.data.maxPredictionsPerSeq: must be less than spec.data.maxSeqLength",
+            holds=lambda d: d.max_predictions_per_seq < d.max_seq_length,
+            field_path=".maxPredictionsPerSeq",
+        ),
+    )
+
+    def prepare_setting(self, name: str) -> Any:
+        """A corpus-preparation setting (snake_case name), with the operator's default."""
+        value = getattr(self, name)
+        return PREPARE_DEFAULTS[name] if value is None else value
+
+
+#: Explicit model dimensions (camelCase); the first three are required together.
+_EXPLICIT_DIMENSIONS: Final = ("hiddenSize", "numLayers", "numHeads", "intermediateSize")
+_REQUIRED_DIMENSIONS: Final = _EXPLICIT_DIMENSIONS[:3]
+_ANY_DIMENSION_CEL: Final = " || ".join(f"has(self.{field})" for field in _EXPLICIT_DIMENSIONS)
+# A checkpoint prefix names no file of the checkpoint itself (TF writes
+# PREFIX.index, PREFIX.meta and PREFIX.data-00000-of-00001).
+_CHECKPOINT_FILE_SUFFIX_RE: Final = r"[.](index|meta|data-[0-9]+-of-[0-9]+)$"
+_CHECKPOINT_FILE_SUFFIX: Final = re.compile(_CHECKPOINT_FILE_SUFFIX_RE)
+
+
+def _dimension_required(field: str) -> Rule[Any]:
+    """``field`` is required once any explicit dimension is given (no size, no checkpoint)."""
+
+    def holds(model: ModelSpec) -> bool:
+        explicit = model.size is None and model.init_checkpoint is None
+        return not (explicit and model.explicit_dimensions_given) or present(model, field)
+
+    return Rule(
+        rule=f"has(self.size) || has(self.initCheckpoint) || !({_ANY_DIMENSION_CEL}) "
+        f"|| has(self.{field})",
+        message=f"spec.model.{field}: required with explicit dimensions "
+        "(hiddenSize, numLayers, numHeads); or use spec.model.size",
+        holds=holds,
+        field_path=f".{field}",
+        reason=Reason.REQUIRED,
+    )
+
+
+class ModelSpec(RuledModel):
+    """The BERT encoder to train: a named size, explicit dimensions, or a checkpoint.
+
+    Exactly one of size, explicit dimensions (hiddenSize, numLayers, numHeads and
+    optionally intermediateSize) or initCheckpoint.
+    """
+
+    size: ModelSize | None = Field(default=None, strict=False)
+    """size is a named BERT size from google-research/bert: tiny (L-2/H-128),
+    mini (L-4/H-256), small (L-4/H-512), medium (L-8/H-512), base (L-12/H-768) or
+    large (L-24/H-1024); H/64 attention heads and a 4H feed-forward layer."""
+    hidden_size: int | None = Field(default=None, ge=8, le=8192)
+    """hiddenSize is the width of every layer (explicit dimensions; needs numLayers and
+    numHeads, must be divisible by numHeads)."""
+    num_layers: int | None = Field(default=None, ge=1, le=64)
+    """numLayers is the number of transformer layers (explicit dimensions)."""
+    num_heads: int | None = Field(default=None, ge=1, le=128)
+    """numHeads is the number of attention heads per layer (explicit dimensions)."""
+    intermediate_size: int | None = Field(default=None, ge=8, le=32768)
+    """intermediateSize is the width of the feed-forward layer (explicit dimensions).
+    Defaults to 4 x hiddenSize."""
+    init_checkpoint: GcsObject | None = None
+    """initCheckpoint continues pretraining from a Google TF1 BERT checkpoint prefix,
+    e.g. gs://bucket/multi_cased_L-12_H-768_A-12/bert_model.ckpt. Its bert_config.json
+    and vocab.txt must be in the same directory: they fix the dimensions and the
+    vocabulary, so size, explicit dimensions and data.vocab/vocabSize/minFrequency
+    are not allowed with it. Checked when the job runs."""
+
+    rules: ClassVar[tuple[Rule[ModelSpec], ...]] = (
+        Rule(
+            rule=f"has(self.size) || has(self.initCheckpoint) || {_ANY_DIMENSION_CEL}",
+            message="spec.model.size: one of spec.model.size, explicit dimensions "
+            "(hiddenSize, numLayers, numHeads) or spec.model.initCheckpoint is required",
+            holds=lambda m: (
+                m.size is not None or m.init_checkpoint is not None or m.explicit_dimensions_given
+            ),
+            field_path=".size",
+            reason=Reason.REQUIRED,
+        ),
+        *(
+            not_together(
+                "size",
+                field,
+                message=f"spec.model.{field}: must not be set together with spec.model.size "
+                "(a named size fixes the dimensions)",
+            )
+            for field in _EXPLICIT_DIMENSIONS
+        ),
+        *(
+            not_together(
+                "initCheckpoint",
+                field,
+                message=f"spec.model.{field}: must not be set with spec.model.initCheckpoint "
+                "(the checkpoint's bert_config.json fixes the dimensions)",
+            )
+            for field in ("size", *_EXPLICIT_DIMENSIONS)
+        ),
+        *(_dimension_required(field) for field in _REQUIRED_DIMENSIONS),
+        Rule(
+            rule="!has(self.hiddenSize) || !has(self.numHeads) "
+            "|| self.hiddenSize % self.numHeads == 0",
+            message="spec.model.hiddenSize: must be divisible by spec.model.numHeads "
+            "(each head gets hiddenSize / numHeads units)",
+            holds=lambda m: (
+                m.hidden_size is None or m.num_heads is None or m.hidden_size % m.num_heads == 0
+            ),
+            field_path=".hiddenSize",
+        ),
+        Rule(
+            rule=f"!has(self.initCheckpoint) "
+            f"|| !self.initCheckpoint.matches({literal(_CHECKPOINT_FILE_SUFFIX_RE)})",
+            message="spec.model.initCheckpoint: must be the checkpoint prefix "
+            "(e.g. gs://bucket/uncased_L-12_H-768_A-12/bert_model.ckpt), "
+            "not one of its .index, .meta or .data files",
+            holds=lambda m: (
+                m.init_checkpoint is None
+                or _CHECKPOINT_FILE_SUFFIX.search(m.init_checkpoint) is None
+            ),
+            field_path=".initCheckpoint",
+        ),
+    )
+
+    @property
+    def explicit_dimensions_given(self) -> bool:
+        """True when any of hiddenSize, numLayers, numHeads, intermediateSize is set."""
+        return any(present(self, field) for field in _EXPLICIT_DIMENSIONS)
+
+    def dimensions(self) -> Dimensions | None:
+        """The encoder's dimensions; None with initCheckpoint (read from its bert_config.json)."""
+        if self.size is not None:
+            return SIZES[self.size]
+        if self.hidden_size is None or self.num_layers is None or self.num_heads is None:
+            return None
+        return Dimensions(
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size or 4 * self.hidden_size,
+        )
+
+
+class Optimizer(StrEnum):
+    """The optimizer of the training step."""
+
+    ADAMW = "adamw"
+    LAMB = "lamb"
+
+
+class Precision(StrEnum):
+    """Numeric precision of the computation (variables stay float32)."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
+class TrainingSpec(RuledModel):
+    """The optimisation: batch, steps, schedule, checkpoints."""
+
+    global_batch_size: int = Field(ge=1, le=1048576)
+    """globalBatchSize is the number of sequences per step across the whole slice;
+    must be divisible by the slice's chip count (BERT: 256 at length 128)."""
+    train_steps: int = Field(ge=1, le=100000000)
+    """trainSteps is the number of optimizer steps (BERT: 1,000,000)."""
+    learning_rate: float = Field(default=0.0001, gt=0, le=1)
+    """learningRate is the peak learning rate, reached after warm-up and decayed
+    linearly to zero at trainSteps."""
+    warmup_steps: int | None = Field(default=None, ge=0, le=100000000)
+    """warmupSteps is the number of steps of linear learning-rate warm-up; at most
+    trainSteps. Defaults to 1% of trainSteps (BERT: 10,000 of 1,000,000)."""
+    optimizer: Optimizer = Field(default=Optimizer.ADAMW, strict=False)
+    """optimizer is adamw (BERT's Adam with decoupled weight decay) or lamb (for large
+    batches, as in "Large Batch Optimization for Deep Learning")."""
+    weight_decay: float = Field(default=0.01, ge=0, le=1)
+    """weightDecay is the decoupled weight decay rate (not applied to LayerNorm and bias)."""
+    checkpoint_every_steps: int = Field(default=1000, ge=1, le=100000000)
+    """checkpointEverySteps is how often a checkpoint is written to spec.output; a
+    preempted attempt resumes from the latest one."""
+    keep_checkpoints: int = Field(default=3, ge=1, le=100)
+    """keepCheckpoints is how many recent checkpoints are kept."""
+    seed: int = Field(default=12345, ge=0, le=2147483647)
+    """seed makes initialisation, data order and masking reproducible."""
+    precision: Precision = Field(default=Precision.FLOAT32, strict=False)
+    """precision is float32, or bfloat16 for mixed precision (float32 variables,
+    bfloat16 compute), the TPU's native format."""
+
+    rules: ClassVar[tuple[Rule[TrainingSpec], ...]] = (
+        Rule(
+            rule="!has(self.warmupSteps) || self.warmupSteps <= self.trainSteps",
+            message="spec.training.warmupSteps: must not exceed spec.training.trainSteps",
+            holds=lambda t: t.warmup_steps is None or t.warmup_steps <= t.train_steps,
+            field_path=".warmupSteps",
+        ),
+    )
+
+    @property
+    def effective_warmup_steps(self) -> int:
+        """warmupSteps, or its default: DEFAULT_WARMUP_FRACTION of trainSteps."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(self.train_steps * DEFAULT_WARMUP_FRACTION)
+
+
+#: "accelerator/topology" -> chips of every slice in the catalogue, as a CEL map literal.
+#: Flat keys make a missing accelerator or topology one failed `in` test, so the rules
+#: need no guard against CEL's "no such key" error.
+_CHIPS_CEL: Final = literal(
+    {
+        f"{accelerator}/{topology}": tpu_catalogue.topology_chips(topology)
+        for accelerator, generation in tpu_catalogue.CATALOGUE.items()
+        for topology in generation.topologies
+    }
+)
+
+
+#: The same map with the chip counts as strings, for messages: the API server's cost
+#: estimator cannot bound the length of string(int), and rejects rules that use it
+#: in a message expression.
+_CHIPS_TEXT_CEL: Final = literal(
+    {
+        f"{accelerator}/{topology}": str(tpu_catalogue.topology_chips(topology))
+        for accelerator, generation in tpu_catalogue.CATALOGUE.items()
+        for topology in generation.topologies
+    }
+)
+
+
+def _slice_key_cel(tpu: str) -> str:
+    """CEL for the `_CHIPS_CEL` key of the TpuSpec at ``tpu`` (``self`` or ``self.tpu``)."""
+    return f"({tpu}.accelerator + '/' + {tpu}.topology)"
+
+
+#: accelerator -> "1x1, 2x2, ..." for error messages (generated from the catalogue).
+_TOPOLOGY_LIST_CEL: Final = literal(
+    {
+        str(accelerator): ", ".join(generation.topologies)
+        for accelerator, generation in tpu_catalogue.CATALOGUE.items()
+    }
+)
+
+
+def _topology_list(accelerator: Accelerator) -> str:
+    return ", ".join(tpu_catalogue.valid_topologies(accelerator))
+
+
+class TpuSpec(RuledModel):
+    """The GKE TPU slice that trains the model (one pod per TPU VM)."""
+
+    accelerator: Accelerator = Field(strict=False)
+    """accelerator is the TPU generation, as GKE's cloud.google.com/gke-tpu-accelerator
+    node label: tpu-v4-podslice (v4), tpu-v5-lite-podslice (v5e), tpu-v5p-slice (v5p)
+    or tpu-v6e-slice (v6e)."""
+    topology: str = Field(max_length=16, pattern=TOPOLOGY_PATTERN)
+    """topology is the slice shape, as GKE's cloud.google.com/gke-tpu-topology node
+    label: AxB on v5e and v6e (1x1, 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16), AxBxC
+    on v4 and v5p (2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, ...). Slices larger than one
+    chip have 4 chips per VM, so a 4x4 slice runs 4 worker pods."""
+    spot: bool = False
+    """spot schedules onto Spot VMs (cloud.google.com/gke-spot=true): cheaper, and
+    preemptible; a preempted attempt resumes from the last checkpoint, up to
+    runPolicy.maxRestarts times."""
+
+    rules: ClassVar[tuple[Rule[TpuSpec], ...]] = (
+        Rule(
+            rule=f"{_slice_key_cel('self')} in {_CHIPS_CEL}",
+            message="spec.tpu.topology: not a valid topology for spec.tpu.accelerator",
+            message_expression=f"'spec.tpu.topology: ' + self.topology "
+            f"+ ' is not a valid topology for ' + self.accelerator "
+            f"+ '; valid: ' + {_TOPOLOGY_LIST_CEL}[self.accelerator]",
+            explain=lambda t: (
+                f"spec.tpu.topology: {t.topology} is not a valid topology for "
+                f"{t.accelerator}; valid: {_topology_list(t.accelerator)}"
+            ),
+            holds=lambda t: t.shape() is not None,
+            field_path=".topology",
+        ),
+    )
+
+    def shape(self) -> tpu_catalogue.SliceShape | None:
+        """The slice shape from the TPU catalogue; None if the topology is not listed."""
+        return tpu_catalogue.slice_shape(self.accelerator, self.topology)
+
+
+class ExportSpec(RuledModel):
+    """What to produce after training, from the last checkpoint."""
+
+    hugging_face: bool = True
+    """huggingFace writes a HuggingFace transformers BERT directory (config.json,
+    model weights, vocab.txt, tokenizer config) under spec.output/export/. When
+    false the job ends after training."""
+
+
+class RunPolicy(RuledModel):
+    """How the job is run: restarts after preemption, deadlines, clean-up, suspension."""
+
+    max_restarts: int = Field(default=3, ge=0, le=100)
+    """maxRestarts is how many times a training attempt lost to preemption or node
+    failure is retried from the last checkpoint. Invalid input fails the job at once
+    whatever this says."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=31536000)
+    """activeDeadlineSeconds fails the job when it has run this long (all stages and
+    attempts together). Unlimited when not set."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=31536000)
+    """ttlSecondsAfterFinished deletes the BertPretrainJob (and its Jobs) this long
+    after it succeeded or failed. Kept until deleted when not set."""
+    suspend: bool = False
+    """suspend stops the running stage (deleting its pods; training resumes from the
+    last checkpoint) until set back to false."""
+
+
+class BertPretrainJobSpec(RuledModel):
+    """BertPretrainJobSpec asks for one BERT pretraining run on a GKE TPU slice."""
+
+    data: DataSpec
+    """data is the pretraining text and its preparation."""
+    model: ModelSpec
+    """model is the BERT encoder to pretrain."""
+    training: TrainingSpec
+    """training is the optimisation schedule."""
+    tpu: TpuSpec
+    """tpu is the TPU slice that runs training (preparation and export run on CPU nodes)."""
+    output: GcsPrefix
+    """output is the gs:// prefix that receives everything the job writes: vocab.txt
+    and tfrecords/ (when prepared), checkpoints/, export/. Use one per job."""
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    """image is the trainer container image. Defaults to the operator's configured
+    trainer image."""
+    service_account_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
+    )
+    """serviceAccountName is the Kubernetes service account of the job's pods; it needs
+    access to the gs:// paths (e.g. through GKE Workload Identity). Defaults to the
+    namespace's default account."""
+    export: ExportSpec = Field(default_factory=ExportSpec, json_schema_extra={"default": {}})
+    """export is what to produce after training."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, json_schema_extra={"default": {}})
+    """runPolicy controls restarts, deadlines, clean-up and suspension."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=QUEUE_NAME_PATTERN)
+    """queueName is the Kueue LocalQueue that admits the job's workloads (the
+    kueue.x-k8s.io/queue-name label). Not queued when not set."""
+
+    rules: ClassVar[tuple[Rule[BertPretrainJobSpec], ...]] = (
+        Rule(
+            rule=f"!({_slice_key_cel('self.tpu')} in {_CHIPS_CEL}) "
+            f"|| self.training.globalBatchSize % {_CHIPS_CEL}[{_slice_key_cel('self.tpu')}] == 0",
+            message="spec.training.globalBatchSize: must be divisible by the chips of the slice",
+            message_expression=f"'spec.training.globalBatchSize: must be divisible by the ' "
+            f"+ {_CHIPS_TEXT_CEL}[{_slice_key_cel('self.tpu')}] "
+            f"+ ' chips of a ' + self.tpu.accelerator + ' ' + self.tpu.topology + ' slice'",
+            explain=lambda s: (
+                f"spec.training.globalBatchSize: must be divisible by the {_chips(s)} chips "
+                f"of a {s.tpu.accelerator} {s.tpu.topology} slice"
+            ),
+            holds=lambda s: (
+                (shape := s.tpu.shape()) is None or s.training.global_batch_size % shape.chips == 0
+            ),
+            field_path=".training.globalBatchSize",
+        ),
+        *(
+            not_together(
+                "model.initCheckpoint",
+                f"data.{field}",
+                message=f"spec.data.{field}: must not be set with spec.model.initCheckpoint "
+                "(the checkpoint's own vocab.txt is used)",
+            )
+            for field in ("vocab", *_VOCAB_TRAINING_FIELDS)
+        ),
+        Rule(
+            rule="!has(self.data.tfrecords) || has(self.data.vocab) "
+            "|| has(self.model.initCheckpoint)",
+            message="spec.data.vocab: required with spec.data.tfrecords (the vocab.txt the "
+            "records were made with), unless spec.model.initCheckpoint provides it",
+            holds=lambda s: (
+                s.data.tfrecords is None
+                or s.data.vocab is not None
+                or s.model.init_checkpoint is not None
+            ),
+            field_path=".data.vocab",
+            reason=Reason.REQUIRED,
+        ),
+    )
+
+
+def _chips(spec: BertPretrainJobSpec) -> int:
+    shape = spec.tpu.shape()
+    return 0 if shape is None else shape.chips

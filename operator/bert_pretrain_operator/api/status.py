@@ -1,0 +1,143 @@
+"""``BertPretrainJob.status``: what the operator and the trainer report.
+
+The operator owns everything but ``progress``, which worker 0 of the training
+Job merge-patches (fields named in ``bert_trainer.contract.PROGRESS_FIELDS``).
+Unlike the spec, status models ignore unknown fields when parsing, so an
+operator reading a status written by a newer version does not fail; the API
+server prunes fields the schema does not know anyway, except under ``kopf``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import ConfigDict, Field
+
+from bert_pretrain_operator.api.cel import RuledModel
+
+#: Kubernetes' pattern for a condition reason (metav1.Condition), CamelCase.
+CONDITION_REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+#: A qualified name, as condition types are (metav1.Condition).
+CONDITION_TYPE_PATTERN: Final = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+#: Longest Job name (Job names become label values, at most 63 characters).
+JOB_NAME_MAX_LENGTH: Final = 63
+
+
+class _StatusModel(RuledModel):
+    # Written by the operator and the trainer, not by users: parse leniently (ISO
+    # strings to datetimes, unknown fields ignored) rather than mirror admission.
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+
+class Phase(StrEnum):
+    """Where the job is in its pipeline; ``Succeeded`` and ``Failed`` are final."""
+
+    PENDING = "Pending"
+    PREPARING = "Preparing"
+    TRAINING = "Training"
+    EXPORTING = "Exporting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ConditionStatus(StrEnum):
+    """A condition's status, as in every Kubernetes condition."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_StatusModel):
+    """One aspect of the job's state, following Kubernetes' metav1.Condition."""
+
+    type: str = Field(max_length=316, pattern=CONDITION_TYPE_PATTERN)
+    """type names the aspect, in CamelCase (e.g. Prepared, Trained, Failed)."""
+    status: ConditionStatus
+    """status is True, False or Unknown."""
+    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)
+    """reason is a CamelCase word for the last transition, for tools (e.g. Preempted)."""
+    message: str = Field(default="", max_length=32768)
+    """message says what happened, for people."""
+    last_transition_time: datetime
+    """lastTransitionTime is when status last changed."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """observedGeneration is the metadata.generation this condition was set for."""
+
+
+class StageJobs(_StatusModel):
+    """The batch/v1 Jobs the operator created for each stage (names in this namespace)."""
+
+    prepare: str | None = Field(default=None, max_length=JOB_NAME_MAX_LENGTH)
+    """prepare is the vocabulary and TFRecord preparation Job (CPU)."""
+    train: str | None = Field(default=None, max_length=JOB_NAME_MAX_LENGTH)
+    """train is the current training attempt's Indexed Job (TPU slice)."""
+    export: str | None = Field(default=None, max_length=JOB_NAME_MAX_LENGTH)
+    """export is the HuggingFace export Job (CPU)."""
+
+
+class TrainingProgress(_StatusModel):
+    """Training progress, reported by worker 0 of the training Job (best effort)."""
+
+    step: int | None = Field(default=None, ge=0)
+    """step is the last completed optimizer step."""
+    total_steps: int | None = Field(default=None, ge=0)
+    """totalSteps is spec.training.trainSteps."""
+    loss: float | None = None
+    """loss is the total pretraining loss (masked LM + next sentence) at step."""
+    mlm_accuracy: float | None = Field(default=None, ge=0, le=1)
+    """mlmAccuracy is the masked-LM accuracy over recent steps."""
+    nsp_accuracy: float | None = Field(default=None, ge=0, le=1)
+    """nspAccuracy is the next-sentence-prediction accuracy over recent steps."""
+    examples_per_second: float | None = Field(default=None, ge=0)
+    """examplesPerSecond is the training throughput of the whole slice."""
+    eta_seconds: float | None = Field(default=None, ge=0)
+    """etaSeconds is the estimated time until trainSteps, at the current throughput."""
+    last_checkpoint: str | None = Field(default=None, max_length=1024)
+    """lastCheckpoint is the prefix of the latest checkpoint written."""
+    last_checkpoint_step: int | None = Field(default=None, ge=0)
+    """lastCheckpointStep is the step of lastCheckpoint; a resumed attempt starts there."""
+    updated_time: datetime | None = None
+    """updatedTime is when the trainer last wrote this progress."""
+
+
+class BertPretrainJobStatus(_StatusModel):
+    """BertPretrainJobStatus is the observed state of a BertPretrainJob."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """observedGeneration is the metadata.generation the operator last acted on."""
+    phase: Phase | None = None
+    """phase is Pending, Preparing, Training, Exporting, Succeeded, Failed or Suspended."""
+    conditions: list[Condition] | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    """conditions are the latest observations of the job's state, one per type."""
+    jobs: StageJobs | None = None
+    """jobs names the child Job of each stage."""
+    attempt: int | None = Field(default=None, ge=0)
+    """attempt is the current training attempt, from 1; absent before training starts."""
+    restarts: int | None = Field(default=None, ge=0)
+    """restarts counts training attempts restarted after preemption or node failure."""
+    progress: TrainingProgress | None = None
+    """progress is the trainer's latest report."""
+    start_time: datetime | None = None
+    """startTime is when the operator started the first stage. Once set, spec.data,
+    spec.model, spec.tpu, spec.output and spec.training.globalBatchSize/optimizer
+    can no longer change."""
+    completion_time: datetime | None = None
+    """completionTime is when the job succeeded or failed."""
+    kopf: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """kopf is the operator framework's own bookkeeping (handler progress); not an API."""

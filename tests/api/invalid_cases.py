@@ -1,0 +1,337 @@
+"""Invalid BertPretrainJob manifests, each a minimal change to a valid one.
+
+Shared by the offline tests (test_validation.py: ``bpj validate``'s rules) and
+the cluster tests (test_admission.py: the API server's schema and CEL rules),
+so both sides are checked against the same set. Every case names the field its
+error message must mention.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Valid manifests the cases start from, one per way of giving data and model.
+BASES: dict[str, dict[str, Any]] = {
+    # Raw corpus, a trained vocabulary, a named size, a v4 2x2x1 slice.
+    "corpus": {
+        "apiVersion": "pretraining.bert.dev/v1alpha1",
+        "kind": "BertPretrainJob",
+        "metadata": {"name": "case"},
+        "spec": {
+            "data": {"corpus": ["gs://bpj-test/corpus/*.txt"], "vocabSize": 1000},
+            "model": {"size": "tiny"},
+            "training": {"globalBatchSize": 8, "trainSteps": 100, "warmupSteps": 10},
+            "tpu": {"accelerator": "tpu-v4-podslice", "topology": "2x2x1"},
+            "output": "gs://bpj-test/runs/case",
+        },
+    },
+    # Prepared records with their vocabulary, explicit dimensions, a v5e 2x4 slice.
+    "records": {
+        "apiVersion": "pretraining.bert.dev/v1alpha1",
+        "kind": "BertPretrainJob",
+        "metadata": {"name": "case"},
+        "spec": {
+            "data": {
+                "tfrecords": "gs://bpj-test/records/*.tfrecord",
+                "vocab": "gs://bpj-test/records/vocab.txt",
+            },
+            "model": {"hiddenSize": 256, "numLayers": 4, "numHeads": 4},
+            "training": {"globalBatchSize": 64, "trainSteps": 1000},
+            "tpu": {"accelerator": "tpu-v5-lite-podslice", "topology": "2x4"},
+            "output": "gs://bpj-test/runs/case",
+        },
+    },
+    # Continued pretraining from a Google checkpoint, a v5p 2x2x2 slice.
+    "checkpoint": {
+        "apiVersion": "pretraining.bert.dev/v1alpha1",
+        "kind": "BertPretrainJob",
+        "metadata": {"name": "case"},
+        "spec": {
+            "data": {"corpus": ["gs://bpj-test/corpus/*.txt"], "lowercase": False},
+            "model": {
+                "initCheckpoint": "gs://bpj-test/ckpt/multi_cased_L-12_H-768_A-12/bert_model.ckpt"
+            },
+            "training": {"globalBatchSize": 32, "trainSteps": 1000},
+            "tpu": {"accelerator": "tpu-v5p-slice", "topology": "2x2x2"},
+            "output": "gs://bpj-test/runs/case",
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One invalid manifest: ``base`` with ``changes`` applied."""
+
+    id: str
+    field: str
+    """The field the error must name, e.g. ``spec.tpu.topology``."""
+    changes: Mapping[str, Any]
+    """Dotted path -> new value; ``UNSET`` deletes the key."""
+    base: str = "corpus"
+
+    def manifest(self, name: str = "case") -> dict[str, Any]:
+        """The invalid manifest, named ``name`` unless the case changes the name."""
+        doc = copy.deepcopy(BASES[self.base])
+        doc["metadata"]["name"] = name
+        for path, value in self.changes.items():
+            apply(doc, path, value)
+        return doc
+
+
+@dataclass(frozen=True)
+class UpdateCase:
+    """A change to a valid job that is allowed before it starts and refused after."""
+
+    id: str
+    field: str
+    changes: Mapping[str, Any]
+    base: str = "corpus"
+
+
+#: A change that deletes the key instead of setting it.
+UNSET: Any = object()
+
+
+def apply(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Set (or with UNSET, delete) the dotted ``path`` in ``doc``, creating parents."""
+    *parents, last = path.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is UNSET:
+        node.pop(last, None)
+    else:
+        node[last] = value
+
+
+_CKPT = "gs://bpj-test/ckpt/multi_cased_L-12_H-768_A-12/bert_model.ckpt"
+
+CASES: tuple[Case, ...] = (
+    # --- schema: required fields, types, enums, ranges, patterns, unknown fields ---
+    Case("missing-data", "spec.data", {"spec.data": UNSET}),
+    Case("missing-output", "spec.output", {"spec.output": UNSET}),
+    Case("output-not-gcs", "spec.output", {"spec.output": "s3://bpj-test/runs/case"}),
+    Case("output-bad-bucket", "spec.output", {"spec.output": "gs://BPJ_Test/runs"}),
+    Case("corpus-empty", "spec.data.corpus", {"spec.data.corpus": []}),
+    Case("corpus-local-path", "spec.data.corpus", {"spec.data.corpus": ["/data/corpus/*.txt"]}),
+    Case("corpus-trailing-slash", "spec.data.corpus", {"spec.data.corpus": ["gs://bpj-test/c/"]}),
+    Case("vocab-not-gcs", "spec.data.vocab", {"spec.data.vocab": "vocab.txt"}, base="records"),
+    Case("max-seq-length-too-long", "spec.data.maxSeqLength", {"spec.data.maxSeqLength": 1024}),
+    Case("max-seq-length-string", "spec.data.maxSeqLength", {"spec.data.maxSeqLength": "128"}),
+    Case("masked-lm-prob-one", "spec.data.maskedLmProb", {"spec.data.maskedLmProb": 1.0}),
+    Case("dupe-factor-zero", "spec.data.dupeFactor", {"spec.data.dupeFactor": 0}),
+    Case("short-seq-prob-negative", "spec.data.shortSeqProb", {"spec.data.shortSeqProb": -0.1}),
+    Case(
+        "whole-word-masking-string",
+        "spec.data.wholeWordMasking",
+        {"spec.data.wholeWordMasking": "yes"},
+    ),
+    Case(
+        "data-unknown-field",
+        "spec.data.vocabulary",
+        {"spec.data.vocabulary": "gs://bpj-test/vocab.txt"},
+    ),
+    Case("model-size-unknown", "spec.model.size", {"spec.model.size": "huge"}),
+    Case("hidden-size-zero", "spec.model.hiddenSize", {"spec.model.hiddenSize": 0}, base="records"),
+    Case(
+        "num-layers-too-many", "spec.model.numLayers", {"spec.model.numLayers": 100}, base="records"
+    ),
+    Case("batch-size-zero", "spec.training.globalBatchSize", {"spec.training.globalBatchSize": 0}),
+    Case("train-steps-missing", "spec.training.trainSteps", {"spec.training.trainSteps": UNSET}),
+    Case("learning-rate-zero", "spec.training.learningRate", {"spec.training.learningRate": 0}),
+    Case("optimizer-unknown", "spec.training.optimizer", {"spec.training.optimizer": "sgd"}),
+    Case("precision-unknown", "spec.training.precision", {"spec.training.precision": "float16"}),
+    Case(
+        "weight-decay-negative", "spec.training.weightDecay", {"spec.training.weightDecay": -0.01}
+    ),
+    Case(
+        "accelerator-unknown", "spec.tpu.accelerator", {"spec.tpu.accelerator": "tpu-v3-podslice"}
+    ),
+    Case("topology-malformed", "spec.tpu.topology", {"spec.tpu.topology": "2x2x"}),
+    Case("topology-missing", "spec.tpu.topology", {"spec.tpu.topology": UNSET}),
+    Case("spot-string", "spec.tpu.spot", {"spec.tpu.spot": "true"}),
+    Case("tpu-unknown-field", "spec.tpu.zone", {"spec.tpu.zone": "us-east5-a"}),
+    Case(
+        "service-account-invalid",
+        "spec.serviceAccountName",
+        {"spec.serviceAccountName": "Trainer_SA"},
+    ),
+    Case("queue-name-invalid", "spec.queueName", {"spec.queueName": "tpu queue"}),
+    Case("image-empty", "spec.image", {"spec.image": ""}),
+    Case("max-restarts-negative", "spec.runPolicy.maxRestarts", {"spec.runPolicy.maxRestarts": -1}),
+    Case(
+        "active-deadline-zero",
+        "spec.runPolicy.activeDeadlineSeconds",
+        {"spec.runPolicy.activeDeadlineSeconds": 0},
+    ),
+    Case("export-unknown-field", "spec.export.onnx", {"spec.export.onnx": True}),
+    # --- CEL: data ---
+    Case(
+        "corpus-and-tfrecords",
+        "spec.data.tfrecords",
+        {"spec.data.tfrecords": "gs://bpj-test/records/*.tfrecord"},
+    ),
+    Case("neither-corpus-nor-tfrecords", "spec.data.corpus", {"spec.data.corpus": UNSET}),
+    Case(
+        "vocab-and-vocab-size",
+        "spec.data.vocabSize",
+        {"spec.data.vocab": "gs://bpj-test/vocab.txt"},
+    ),
+    Case(
+        "vocab-and-min-frequency",
+        "spec.data.minFrequency",
+        {
+            "spec.data.vocab": "gs://bpj-test/vocab.txt",
+            "spec.data.vocabSize": UNSET,
+            "spec.data.minFrequency": 2,
+        },
+    ),
+    Case(
+        "tfrecords-with-dupe-factor",
+        "spec.data.dupeFactor",
+        {"spec.data.dupeFactor": 5},
+        base="records",
+    ),
+    Case(
+        "tfrecords-with-masked-lm-prob",
+        "spec.data.maskedLmProb",
+        {"spec.data.maskedLmProb": 0.2},
+        base="records",
+    ),
+    Case(
+        "tfrecords-with-short-seq-prob",
+        "spec.data.shortSeqProb",
+        {"spec.data.shortSeqProb": 0.2},
+        base="records",
+    ),
+    Case(
+        "tfrecords-with-whole-word-masking",
+        "spec.data.wholeWordMasking",
+        {"spec.data.wholeWordMasking": False},
+        base="records",
+    ),
+    Case("tfrecords-without-vocab", "spec.data.vocab", {"spec.data.vocab": UNSET}, base="records"),
+    Case(
+        "max-predictions-not-below-seq-length",
+        "spec.data.maxPredictionsPerSeq",
+        {"spec.data.maxSeqLength": 64, "spec.data.maxPredictionsPerSeq": 64},
+    ),
+    # --- CEL: model ---
+    Case("no-model", "spec.model.size", {"spec.model": {}}),
+    Case("size-and-hidden-size", "spec.model.hiddenSize", {"spec.model.hiddenSize": 128}),
+    Case(
+        "size-and-intermediate-size",
+        "spec.model.intermediateSize",
+        {"spec.model.intermediateSize": 512},
+    ),
+    Case(
+        "explicit-without-num-heads",
+        "spec.model.numHeads",
+        {"spec.model.numHeads": UNSET},
+        base="records",
+    ),
+    Case(
+        "only-intermediate-size", "spec.model.hiddenSize", {"spec.model": {"intermediateSize": 512}}
+    ),
+    Case(
+        "hidden-not-divisible-by-heads",
+        "spec.model.hiddenSize",
+        {"spec.model.numHeads": 3},
+        base="records",
+    ),
+    Case("checkpoint-with-size", "spec.model.size", {"spec.model.size": "base"}, base="checkpoint"),
+    Case(
+        "checkpoint-with-hidden-size",
+        "spec.model.hiddenSize",
+        {"spec.model.hiddenSize": 768},
+        base="checkpoint",
+    ),
+    Case(
+        "checkpoint-with-vocab",
+        "spec.data.vocab",
+        {"spec.data.vocab": "gs://bpj-test/vocab.txt"},
+        base="checkpoint",
+    ),
+    Case(
+        "checkpoint-with-vocab-size",
+        "spec.data.vocabSize",
+        {"spec.data.vocabSize": 30000},
+        base="checkpoint",
+    ),
+    Case(
+        "checkpoint-index-file",
+        "spec.model.initCheckpoint",
+        {"spec.model.initCheckpoint": _CKPT + ".index"},
+        base="checkpoint",
+    ),
+    Case(
+        "checkpoint-data-file",
+        "spec.model.initCheckpoint",
+        {"spec.model.initCheckpoint": _CKPT + ".data-00000-of-00001"},
+        base="checkpoint",
+    ),
+    # --- CEL: TPU slice and batch ---
+    Case(
+        "topology-of-other-generation",
+        "spec.tpu.topology",
+        {"spec.tpu.accelerator": "tpu-v5-lite-podslice"},
+    ),
+    Case(
+        "topology-not-in-catalogue",
+        "spec.tpu.topology",
+        {"spec.tpu.topology": "2x3"},
+        base="records",
+    ),
+    Case("topology-1x1-on-v4", "spec.tpu.topology", {"spec.tpu.topology": "1x1"}),
+    Case(
+        "batch-not-divisible-by-chips",
+        "spec.training.globalBatchSize",
+        {"spec.training.globalBatchSize": 6},
+    ),
+    Case(
+        "batch-not-divisible-on-v6e",
+        "spec.training.globalBatchSize",
+        {
+            "spec.tpu": {"accelerator": "tpu-v6e-slice", "topology": "4x4"},
+            "spec.training.globalBatchSize": 24,
+        },
+        base="records",
+    ),
+    Case(
+        "warmup-exceeds-train-steps",
+        "spec.training.warmupSteps",
+        {"spec.training.warmupSteps": 101},
+    ),
+    # --- CEL: metadata ---
+    Case("name-too-long", "metadata.name", {"metadata.name": "a" * 41}),
+    Case("name-starts-with-digit", "metadata.name", {"metadata.name": "1st-run"}),
+    Case("name-with-dot", "metadata.name", {"metadata.name": "bert.v1"}),
+)
+
+#: Updates frozen once the job started (status.startTime set), one per immutable field.
+UPDATE_CASES: tuple[UpdateCase, ...] = (
+    UpdateCase("data", "spec.data", {"spec.data.maxSeqLength": 256}),
+    UpdateCase("model", "spec.model", {"spec.model.size": "mini"}),
+    UpdateCase("tpu", "spec.tpu", {"spec.tpu.topology": "2x2x2"}),
+    UpdateCase("output", "spec.output", {"spec.output": "gs://bpj-test/runs/other"}),
+    UpdateCase(
+        "global-batch-size", "spec.training.globalBatchSize", {"spec.training.globalBatchSize": 16}
+    ),
+    UpdateCase("optimizer", "spec.training.optimizer", {"spec.training.optimizer": "lamb"}),
+)
+#: An update that stays allowed after the start (e.g. training longer).
+MUTABLE_UPDATE: Mapping[str, Any] = {
+    "spec.training.trainSteps": 200,
+    "spec.runPolicy.suspend": True,
+}
+#: What the operator writes when it starts a job (freezes the immutable fields).
+STARTED_STATUS: Mapping[str, Any] = {"startTime": "2025-01-01T00:00:00Z", "phase": "Preparing"}
+
+
+def updated(base: str, changes: Mapping[str, Any], name: str = "case") -> dict[str, Any]:
+    """``BASES[base]`` named ``name`` with ``changes`` applied."""
+    return Case("update", "", changes, base).manifest(name)

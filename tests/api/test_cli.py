@@ -1,0 +1,133 @@
+"""The ``bpj`` command: validate, crd, render."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bert_pretrain_operator import cli
+from bert_pretrain_operator.api.crd import crd_yaml
+from tests.api.invalid_cases import BASES, CASES
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, name: str, *documents: Any) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return str(path)
+
+
+def test_validate_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", *map(str, EXAMPLES)]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert out.count(": valid") == len(EXAMPLES)
+
+
+def test_validate_reports_every_invalid_document_by_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = CASES[:3]
+    path = _write(tmp_path, "jobs.yaml", BASES["corpus"], *(c.manifest() for c in cases))
+    assert cli.main(["validate", path]) == cli.EXIT_INVALID
+    out = capsys.readouterr().out
+    assert f"{path}#1: case: valid" in out
+    for index, case in enumerate(cases, start=2):
+        assert f"{path}#{index}: case: invalid" in out
+        assert f"  {case.field}" in out
+
+
+def test_validate_reads_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = next(c for c in CASES if c.id == "warmup-exceeds-train-steps")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(yaml.safe_dump(case.manifest())))
+    assert cli.main(["validate", "-"]) == cli.EXIT_INVALID
+    assert f"<stdin>: case: invalid\n  {case.field}:" in capsys.readouterr().out
+
+
+def test_validate_skips_other_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    path = _write(tmp_path, "mixed.yaml", config_map, BASES["records"])
+    assert cli.main(["validate", path]) == cli.EXIT_OK
+    assert f"{path}#1: skipped (v1 ConfigMap)" in capsys.readouterr().out
+
+
+def test_validate_reports_a_wrong_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = dict(BASES["records"], apiVersion="pretraining.bert.dev/v2")
+    assert cli.main(["validate", _write(tmp_path, "v2.yaml", doc)]) == cli.EXIT_INVALID
+    assert "apiVersion: must be pretraining.bert.dev/v1alpha1" in capsys.readouterr().out
+
+
+def test_validate_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    assert cli.main(["validate", str(tmp_path / "missing.yaml"), str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err
+    assert "broken.yaml" in err
+
+
+def test_crd_prints_the_generated_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["crd"]) == cli.EXIT_OK
+    assert capsys.readouterr().out == crd_yaml()
+
+
+def test_render_without_a_renderer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "RENDER_MODULE", "bert_pretrain_operator._no_such_renderer")
+    assert cli.main(["render", _write(tmp_path, "job.yaml", BASES["corpus"])]) == cli.EXIT_USAGE
+    assert "not implemented" in capsys.readouterr().err
+
+
+def test_render_prints_what_the_renderer_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = []
+
+    def render_all(job: Any) -> list[dict[str, Any]]:
+        seen.append(job)
+        return [{"kind": "Job", "metadata": {"name": f"{job.metadata.name}-prepare"}}]
+
+    fake = types.ModuleType("fake_render")
+    fake.render_all = render_all  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_render", fake)
+    monkeypatch.setattr(cli, "RENDER_MODULE", "fake_render")
+    assert cli.main(["render", _write(tmp_path, "job.yaml", BASES["corpus"])]) == cli.EXIT_OK
+    assert list(yaml.safe_load_all(capsys.readouterr().out)) == [
+        {"kind": "Job", "metadata": {"name": "case-prepare"}}
+    ]
+    assert seen[0].spec.tpu.topology == "2x2x1"
+
+
+def test_render_refuses_an_invalid_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "bad.yaml", CASES[0].manifest())
+    assert cli.main(["render", path]) == cli.EXIT_INVALID
+    assert CASES[0].field in capsys.readouterr().err
+
+
+def test_render_needs_exactly_one_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "two.yaml", BASES["corpus"], BASES["records"])
+    assert cli.main(["render", path]) == cli.EXIT_INVALID
+    assert "expected one BertPretrainJob, found 2" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_pretrain_operator.cli", "validate", str(EXAMPLES[0])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert ": valid" in result.stdout
