@@ -107,7 +107,6 @@ DEFAULT_TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 _PYTHON_COMMAND = re.compile(r"python(3(\.\d+)?)?")
 _LABEL_OR_ANNOTATION_REF = re.compile(r"metadata\.(labels|annotations)\['([^']*)'\]")
 _INHERITED_ENV: Final = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
-_TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 # Every API request is bounded, so a wedged API server cannot hang a thread forever.
 _API_TIMEOUT: Final = 10.0
@@ -314,39 +313,52 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _conditions(ready: bool, reason: str | None, now: str) -> list[dict[str, Any]]:
+def _pod_status(
+    phase: str,
+    container: Mapping[str, Any],
+    *,
+    state: dict[str, Any],
+    started_at: str,
+    pid: int | None,
+    now: str,
+    not_ready_reason: str | None = None,
+) -> dict[str, Any]:
+    """A pod status with the one container in ``state``; ready while it runs."""
+    ready = not_ready_reason is None
     conditions: list[dict[str, Any]] = []
     for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready"):
         condition: dict[str, Any] = {"type": kind, "status": "True", "lastTransitionTime": now}
         if kind in ("ContainersReady", "Ready") and not ready:
-            condition["status"] = "False"
-            condition["reason"] = reason
+            condition.update(status="False", reason=not_ready_reason)
         conditions.append(condition)
-    return conditions
-
-
-def running_status(container: Mapping[str, Any], started_at: str, pid: int) -> dict[str, Any]:
+    container_status: dict[str, Any] = {
+        "name": container["name"],
+        "image": container.get("image", ""),
+        "imageID": "",
+        "ready": ready,
+        "started": ready,
+        "restartCount": 0,
+        "state": state,
+    }
+    if pid is not None:
+        container_status["containerID"] = f"local://{pid}"
     return {
-        "phase": "Running",
-        "conditions": _conditions(True, None, started_at),
+        "phase": phase,
+        "conditions": conditions,
         "hostIP": LOCAL_IP,
         "hostIPs": [{"ip": LOCAL_IP}],
         "podIP": LOCAL_IP,
         "podIPs": [{"ip": LOCAL_IP}],
         "startTime": started_at,
-        "containerStatuses": [
-            {
-                "name": container["name"],
-                "image": container.get("image", ""),
-                "imageID": "",
-                "containerID": f"local://{pid}",
-                "ready": True,
-                "started": True,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": started_at}},
-            }
-        ],
+        "containerStatuses": [container_status],
     }
+
+
+def running_status(container: Mapping[str, Any], started_at: str, pid: int) -> dict[str, Any]:
+    state = {"running": {"startedAt": started_at}}
+    return _pod_status(
+        "Running", container, state=state, started_at=started_at, pid=pid, now=started_at
+    )
 
 
 def terminated_status(
@@ -362,45 +374,31 @@ def terminated_status(
     """The final status once the process is gone.
 
     ``node_shutdown`` marks a process the runner killed because it stopped: the pod
-    gets the ``DisruptionTarget`` condition the kubelet sets on graceful node
+    fails with the ``DisruptionTarget`` condition the kubelet sets on graceful node
     shutdown, so Jobs' podFailurePolicy and the operator see infrastructure loss
     rather than a failing program.
     """
     now = _now()
     succeeded = exit_code == 0 and not node_shutdown
-    status: dict[str, Any] = {
-        "phase": "Succeeded" if succeeded else "Failed",
-        "conditions": _conditions(False, "PodCompleted" if succeeded else "PodFailed", now),
-        "hostIP": LOCAL_IP,
-        "hostIPs": [{"ip": LOCAL_IP}],
-        "podIP": LOCAL_IP,
-        "podIPs": [{"ip": LOCAL_IP}],
-        "startTime": started_at,
-        "containerStatuses": [
-            {
-                "name": container["name"],
-                "image": container.get("image", ""),
-                "imageID": "",
-                "ready": False,
-                "started": False,
-                "restartCount": 0,
-                "state": {
-                    # A strategic-merge null clears the running state reported before.
-                    "running": None,
-                    "terminated": {
-                        "exitCode": exit_code,
-                        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
-                        "message": message,
-                        "startedAt": started_at,
-                        "finishedAt": now,
-                    },
-                },
-            }
-        ],
+    terminated: dict[str, Any] = {
+        "exitCode": exit_code,
+        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
+        "message": message,
+        "startedAt": started_at,
+        "finishedAt": now,
     }
     if pid is not None:
-        status["containerStatuses"][0]["containerID"] = f"local://{pid}"
-        status["containerStatuses"][0]["state"]["terminated"]["containerID"] = f"local://{pid}"
+        terminated["containerID"] = f"local://{pid}"
+    status = _pod_status(
+        "Succeeded" if succeeded else "Failed",
+        container,
+        # A strategic-merge null clears the running state reported before.
+        state={"running": None, "terminated": terminated},
+        started_at=started_at,
+        pid=pid,
+        now=now,
+        not_ready_reason="PodCompleted" if succeeded else "PodFailed",
+    )
     if node_shutdown:
         text = "Pod was terminated in response to imminent node shutdown."
         status["conditions"].append(
@@ -412,8 +410,7 @@ def terminated_status(
                 "lastTransitionTime": now,
             }
         )
-        status["reason"] = "Terminated"
-        status["message"] = text
+        status.update(reason="Terminated", message=text)
     return status
 
 
@@ -525,15 +522,12 @@ class _PodWorker:
             log.warning("pod %s rejected: %s", self.label, exc)
             if not self._wake.is_set():
                 self._report(rejected_status(str(exc)))
-            self._finalise_deletion()
             return
         except Exception as exc:  # a bug or an API failure: fail the pod visibly, not silently
             log.exception("preparing pod %s failed", self.label)
             self._report(rejected_status(f"the local pod runner could not prepare the pod: {exc}"))
-            self._finalise_deletion()
             return
         if self._wake.is_set():  # deleted or stopped while preparing: never start
-            self._finalise_deletion()
             return
         started_at = _now()
         try:
@@ -560,7 +554,6 @@ class _PodWorker:
                     pid=None,
                 )
             )
-            self._finalise_deletion()
             return
         log.info("pod %s: started pid %d: %s", self.label, proc.pid, " ".join(launch.argv))
         self._report(running_status(container, started_at, proc.pid))
@@ -580,7 +573,6 @@ class _PodWorker:
                 node_shutdown=shutdown,
             )
         )
-        self._finalise_deletion()
 
     def _supervise(self, proc: subprocess.Popen[bytes]) -> int:
         """Waits for the process, or stops it when asked; returns the container exit code."""
@@ -615,11 +607,10 @@ class _PodWorker:
             attempts = 1 if self._shutdown else _STATUS_ATTEMPTS
         self._runner._patch_pod_status(self.namespace, self.name, self.uid, status, attempts)
 
-    def _finalise_deletion(self) -> None:
+    def must_finalise_deletion(self) -> bool:
+        """Whether the pod awaits its deletion being finalised (asked once it finished)."""
         with self._lock:
-            finalise = self._deleting and not self._gone
-        if finalise:
-            self._runner._delete_pod(self.namespace, self.name, self.uid)
+            return self._deleting and not self._gone
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -799,10 +790,20 @@ class PodRunner:
         }
 
     def _heartbeat(self) -> None:
-        for name in self._nodes:
-            self._core.patch_node_status(
-                name, {"status": self._node_status(name)}, _request_timeout=_API_TIMEOUT
-            )
+        for name, manifest in self._nodes.items():
+            try:
+                self._core.patch_node_status(
+                    name, {"status": self._node_status(name)}, _request_timeout=_API_TIMEOUT
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                # Someone deleted the node; like the kubelet, register it again.
+                log.warning("node %s was deleted; registering it again", name)
+                self._register_node(name, manifest)
+                self._core.patch_node_status(
+                    name, {"status": self._node_status(name)}, _request_timeout=_API_TIMEOUT
+                )
             self._renew_lease(name)
 
     def _renew_lease(self, name: str) -> None:
@@ -945,9 +946,12 @@ class PodRunner:
                     self._workers[worker.uid] = worker
                     worker.thread.start()
                     return
-        if worker is not None:
-            if deleting:
+            # Decided under the lock that _worker_finished takes, so a deletion racing
+            # with the worker's end is finalised by exactly one of the two.
+            finished = worker is not None and worker.finished
+            if worker is not None and deleting and not finished:
                 worker.request_stop(_grace_seconds(pod), deleting=True)
+        if worker is not None and not (deleting and finished):
             return
         phase = pod.get("status", {}).get("phase", "Pending")
         if deleting:
@@ -987,6 +991,10 @@ class PodRunner:
             worker.finished = True
             if worker.gone:
                 self._workers.pop(worker.uid, None)
+            finalise = worker.must_finalise_deletion()
+        if finalise:
+            # As the kubelet does once a deleted pod's containers are gone.
+            self._delete_pod(worker.namespace, worker.name, worker.uid)
 
     def _patch_pod_status(
         self,
@@ -1263,7 +1271,7 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _parser() -> argparse.ArgumentParser:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bpj_devstack.podrunner",
         description="Run pods bound to local nodes as processes (development only).",
@@ -1302,7 +1310,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = argument_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,12 +112,39 @@ async def _resync(settings: Settings) -> None:
             log.exception("resync failed; trying again at the next interval")
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in with $KUBECONFIG as it is now, else in-cluster.
+
+    kopf's own client login reads the kubeconfig path the kubernetes library
+    captured at import time; reading it here honours a KUBECONFIG set later
+    (the local stack and the tests set it per run).
+    """
+    path = os.environ.get("KUBECONFIG")
+    if not path:
+        return kopf.login_via_client(**kwargs)
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=path, client_configuration=cfg)
+    token = (cfg.api_key or {}).get("authorization", "")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        token=token.removeprefix("Bearer ").strip() or None,
+    )
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _runtime
     ours = Settings.from_env()
     # Our own Events are precise; kopf's per-handler events would only repeat them.
     settings.posting.enabled = False
+    # One line per watch event of every pod would drown the reconcile log.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
@@ -125,7 +153,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.mandatory = True
     api_client = load_config(os.environ.get("KUBECONFIG") or None)
     _runtime = Runtime(controller=Controller(Kube(api_client), ours))
-    for _ in range(WORKERS):
+    for _worker in range(WORKERS):
         _runtime.tasks.append(asyncio.create_task(_runtime.queue.run_worker(_process)))
     _runtime.tasks.append(asyncio.create_task(_resync(ours)))
     if ours.metrics_port:
@@ -149,8 +177,8 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(contract.API_GROUP, contract.API_VERSION, contract.PLURAL)
-def job_event(event: dict[str, Any], namespace: str | None, name: str | None, **_: Any) -> None:
-    if event.get("type") == "DELETED":
+def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if type == "DELETED":
         if _runtime is not None and namespace and name:
             _runtime.phases.pop((namespace, name), None)
         return
@@ -158,10 +186,10 @@ def job_event(event: dict[str, Any], namespace: str | None, name: str | None, **
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT})
-def child_job_event(namespace: str | None, labels: dict[str, str], **_: Any) -> None:
+def child_job_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     _enqueue(namespace, labels.get(names.LABEL_JOB))
 
 
 @kopf.on.event("", "v1", "pods", labels={names.LABEL_JOB: kopf.PRESENT})
-def child_pod_event(namespace: str | None, labels: dict[str, str], **_: Any) -> None:
+def child_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     _enqueue(namespace, labels.get(names.LABEL_JOB))

@@ -38,3 +38,18 @@ def operator(devstack: plane.StackState, crd_installed: None) -> Iterator[Any]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def namespace(namespace: str, kubectl: Any) -> str:
+    """A fresh namespace with the trainer's ServiceAccount and Role, as the chart installs."""
+    import json
+
+    from bert_pretrain_operator.rbac import trainer_rbac
+    from bert_pretrain_operator.settings import Settings
+
+    objects = trainer_rbac(namespace, Settings().trainer_service_account)
+    kubectl(
+        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    )
+    return namespace

@@ -166,7 +166,7 @@ def decide(job: BertPretrainJob, observed: Observed, now: dt.datetime) -> Decisi
         b.condition(SUSPENDED, False, "Resumed", "spec.runPolicy.suspend was cleared")
         b.event("Normal", "Resumed", "resuming from the last checkpoint in GCS")
         # Resuming starts a fresh training attempt; it is not a restart after failure.
-        if b.status.attempt and b.status.attempt in observed.train:
+        if b.status.attempt:
             b.set(attempt=b.status.attempt + 1)
         b.phase(Phase.PENDING)
 
