@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from bpj_devstack import kwok_config, plane
 from bpj_devstack.versions import KUBERNETES_VERSION
 from tests.support import Kubectl, kubectl_json, wait_for

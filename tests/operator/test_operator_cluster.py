@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bpj_devstack import kwok_config, plane
 from bert_pretrain_operator.render import names
+from bpj_devstack import kwok_config, plane
 from tests.support import Kubectl, kubectl_json, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
