@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,9 +17,13 @@ from typing import Any, Final, TextIO
 
 import yaml
 
+from bert_pretrain_operator import inputs
 from bert_pretrain_operator.api.crd import crd_yaml
 from bert_pretrain_operator.api.job import API_GROUP, KIND, BertPretrainJob
 from bert_pretrain_operator.api.validation import validate_document
+from bert_pretrain_operator.render import render_all
+from bert_pretrain_operator.render.trainer_config import ResolvedInputs
+from bert_trainer import storage
 
 EXIT_OK: Final = 0
 EXIT_INVALID: Final = 1
@@ -28,7 +31,6 @@ EXIT_INVALID: Final = 1
 EXIT_USAGE: Final = 2
 """Bad arguments (argparse's convention), or a command that is not available."""
 STDIN: Final = "-"
-RENDER_MODULE: Final = "bert_pretrain_operator.render"
 
 
 @dataclass(frozen=True)
@@ -117,18 +119,16 @@ def _render(args: argparse.Namespace) -> int:
         for problem in problems:
             _print(sys.stderr, f"  {problem}")
         return EXIT_INVALID
-    try:
-        # The renderer is another layer (render/), looked up at run time so that this
-        # command works, and says so plainly, in a tree where it does not exist yet.
-        render_all = importlib.import_module(RENDER_MODULE).render_all
-    except (ImportError, AttributeError):
-        _print(
-            sys.stderr,
-            f"bpj render: not implemented yet ({RENDER_MODULE}.render_all "
-            "is not available in this version)",
-        )
-        return EXIT_USAGE
-    objects: Iterable[Any] = render_all(BertPretrainJob.from_manifest(jobs[0].body))
+    job = BertPretrainJob.from_manifest(jobs[0].body)
+    resolved = ResolvedInputs()
+    if job.spec.model.init_checkpoint:
+        # The dimensions live in the checkpoint's bert_config.json, as for the operator.
+        try:
+            resolved = inputs.resolve(job)
+        except (inputs.InputProblem, storage.InputError) as error:
+            _print(sys.stderr, f"{jobs[0].source}: {error}")
+            return EXIT_INVALID
+    objects: Iterable[Any] = render_all(job, resolved=resolved)
     sys.stdout.write(yaml.safe_dump_all(list(objects), sort_keys=False))
     return EXIT_OK
 

@@ -20,7 +20,7 @@ from bert_pretrain_operator.api import BertPretrainJob, BertPretrainJobStatus
 from bert_pretrain_operator.kube import Kube
 from bert_pretrain_operator.reconcile.decide import Decision, decide, fail_inputs
 from bert_pretrain_operator.reconcile.observe import observe
-from bert_pretrain_operator.render import workloads
+from bert_pretrain_operator.render import render_stage, workloads
 from bert_pretrain_operator.render.trainer_config import ResolvedInputs, trainer_config
 from bert_pretrain_operator.settings import Settings
 
@@ -43,21 +43,6 @@ def status_patch(status: BertPretrainJobStatus) -> dict[str, Any]:
         by_alias=True, exclude_none=True, mode="json", exclude=_NOT_OURS
     )
     return patch
-
-
-def render_stage(
-    job: BertPretrainJob, settings: Settings, stage: str, attempt: int
-) -> list[dict[str, Any]]:
-    """The objects one stage needs besides the shared ConfigMap."""
-    if stage == "prepare":
-        return [workloads.prepare_job(job, settings)]
-    if stage == "export":
-        return [workloads.export_job(job, settings)]
-    objects = []
-    if workloads.slice_shape(job).multi_host:
-        objects.append(workloads.workers_service(job))
-    objects.append(workloads.train_job(job, settings, attempt))
-    return objects
 
 
 class Controller:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -82,32 +81,25 @@ def test_crd_prints_the_generated_crd(capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().out == crd_yaml()
 
 
-def test_render_without_a_renderer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_render_prints_the_children_the_operator_creates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "RENDER_MODULE", "bert_pretrain_operator._no_such_renderer")
-    assert cli.main(["render", _write(tmp_path, "job.yaml", BASES["corpus"])]) == cli.EXIT_USAGE
-    assert "not implemented" in capsys.readouterr().err
-
-
-def test_render_prints_what_the_renderer_returns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    seen = []
-
-    def render_all(job: Any) -> list[dict[str, Any]]:
-        seen.append(job)
-        return [{"kind": "Job", "metadata": {"name": f"{job.metadata.name}-prepare"}}]
-
-    fake = types.ModuleType("fake_render")
-    fake.render_all = render_all  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "fake_render", fake)
-    monkeypatch.setattr(cli, "RENDER_MODULE", "fake_render")
     assert cli.main(["render", _write(tmp_path, "job.yaml", BASES["corpus"])]) == cli.EXIT_OK
-    assert list(yaml.safe_load_all(capsys.readouterr().out)) == [
-        {"kind": "Job", "metadata": {"name": "case-prepare"}}
+    objects = list(yaml.safe_load_all(capsys.readouterr().out))
+    kinds = [o["kind"] for o in objects]
+    assert kinds[0] == "ConfigMap"
+    stages = [
+        o["metadata"]["labels"].get("pretraining.bert.dev/stage")
+        for o in objects
+        if o["kind"] == "Job"
     ]
-    assert seen[0].spec.tpu.topology == "2x2x1"
+    assert stages[0] == "prepare" and "train" in stages
+    train = next(
+        o
+        for o in objects
+        if o["kind"] == "Job" and o["metadata"]["labels"]["pretraining.bert.dev/stage"] == "train"
+    )
+    assert train["spec"]["completionMode"] == "Indexed"
 
 
 def test_render_refuses_an_invalid_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,8 +11,7 @@ import yaml
 
 from bert_pretrain_operator import tpu_catalogue
 from bert_pretrain_operator.api import BertPretrainJob
-from bert_pretrain_operator.controller import render_stage
-from bert_pretrain_operator.render import names, workloads
+from bert_pretrain_operator.render import names, render_stage, workloads
 from bert_pretrain_operator.render.trainer_config import ResolvedInputs, trainer_config
 from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
