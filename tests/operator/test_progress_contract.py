@@ -1,0 +1,96 @@
+"""The trainer's service account may patch its own job's status.progress, and nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bpj_devstack import plane
+from bert_pretrain_operator.rbac import progress_policy
+from bert_pretrain_operator.settings import Settings
+from bert_trainer import contract
+from tests.support import Kubectl
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="session")
+def policy_installed(kubectl: Kubectl) -> None:
+    objects = progress_policy(Settings().trainer_service_account)
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": objects}))
+
+
+def _job(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    doc["metadata"]["name"] = name
+    return dict(doc)
+
+
+def _trainer_client(kubectl: Kubectl, devstack: plane.StackState, namespace: str,
+                    pod: str) -> Any:
+    """An API client authenticated as the trainer SA with a token bound to ``pod``."""
+    from kubernetes import client
+
+    sa = Settings().trainer_service_account
+    manifest = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "namespace": namespace},
+        "spec": {"serviceAccountName": sa, "nodeSelector": {"no-such-node": "true"},
+                 "containers": [{"name": "c", "image": "trainer:test"}]},
+    }
+    kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    token = kubectl("create", "token", sa, "-n", namespace, "--bound-object-kind=Pod",
+                    f"--bound-object-name={pod}").stdout.strip()
+    cfg = client.Configuration()
+    cfg.host = devstack.apiserver_url
+    cfg.ssl_ca_cert = devstack.ca_cert
+    cfg.api_key = {"authorization": token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    return client.CustomObjectsApi(client.ApiClient(cfg))
+
+
+def _patch_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -> Any:
+    return api.patch_namespaced_custom_object_status(
+        contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, name,
+        {"status": status})
+
+
+def test_trainer_token_patches_only_its_own_jobs_progress(
+    kubectl: Kubectl, devstack: plane.StackState, namespace: str, crd_installed: None,
+    policy_installed: None,
+) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    for name in ("alpha", "beta"):
+        kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_job(name)))
+    api = _trainer_client(kubectl, devstack, namespace, "alpha-train-1-0-abcde")
+
+    progress = {"step": 7, "totalSteps": 20, "loss": 5.25}
+    patched = _patch_status(api, namespace, "alpha", {"progress": progress})
+    assert patched["status"]["progress"] == progress
+
+    with pytest.raises(ApiException) as other_job:
+        _patch_status(api, namespace, "beta", {"progress": progress})
+    assert other_job.value.status in (403, 422)
+    assert "only report the progress of its own BertPretrainJob" in other_job.value.body
+
+    with pytest.raises(ApiException) as phase:
+        _patch_status(api, namespace, "alpha", {"phase": "Succeeded"})
+    assert phase.value.status in (403, 422)
+    assert "may only write status.progress" in phase.value.body
+
+    with pytest.raises(ApiException) as spec:
+        api.patch_namespaced_custom_object(
+            contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, "alpha",
+            {"spec": {"training": {"trainSteps": 99}}})
+    assert spec.value.status == 403
+
+    can_i = kubectl("auth", "can-i", "delete", "bertpretrainjobs", "-n", namespace,
+                    f"--as=system:serviceaccount:{namespace}:{Settings().trainer_service_account}",
+                    check=False)
+    assert can_i.stdout.strip() == "no"
