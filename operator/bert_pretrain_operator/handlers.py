@@ -103,11 +103,11 @@ async def _resync(settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.resync_seconds)
         try:
-            namespaces = settings.namespaces or (None,)
-            for namespace in namespaces:
-                jobs = await asyncio.to_thread(rt.controller.kube.list_jobs, namespace)
-                for job in jobs:
-                    _enqueue(job["metadata"]["namespace"], job["metadata"]["name"])
+            jobs = await asyncio.to_thread(rt.controller.kube.list_jobs, None)
+            for job in jobs:
+                namespace = job["metadata"]["namespace"]
+                if settings.watches(namespace):
+                    _enqueue(namespace, job["metadata"]["name"])
         except Exception:
             log.exception("resync failed; trying again at the next interval")
 

@@ -5,6 +5,7 @@ Every field documents its unit, what None means, and why its default was chosen.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ class Settings:
     (BPJ_TRAINER_SERVICE_ACCOUNT). The chart creates it in each namespace it serves
     with a Role that may patch BertPretrainJob status only."""
     namespaces: tuple[str, ...] = ()
-    """Namespaces to watch (BPJ_NAMESPACES, comma-separated); empty means cluster-wide."""
+    """Namespaces to watch (BPJ_NAMESPACES, comma-separated, glob patterns such as
+    ``team-*`` allowed, as kopf accepts); empty means cluster-wide."""
     peering_name: str | None = None
     """kopf peering object for active/standby HA (BPJ_PEERING); None runs standalone."""
     metrics_port: int | None = 8080
@@ -41,6 +43,11 @@ class Settings:
     extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
     """Environment added to every trainer container (BPJ_TRAINER_ENV_<NAME>=value);
     the local stack uses it to point TensorFlow at the GCS emulator."""
+
+    def watches(self, namespace: str) -> bool:
+        return not self.namespaces or any(
+            fnmatch.fnmatchcase(namespace, pattern) for pattern in self.namespaces
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

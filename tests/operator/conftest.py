@@ -22,11 +22,14 @@ def operator(devstack: plane.StackState, crd_installed: None) -> Iterator[Any]:
         "BPJ_HEALTH_PORT": "0",
         "BPJ_RESYNC_SECONDS": "3",
         "BPJ_TRAINER_IMAGE": "localhost/bert-trainer:test",
+        "BPJ_NAMESPACES": "t-*",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     runner = KopfRunner(
-        ["run", "--standalone", "--all-namespaces", "-m", "bert_pretrain_operator.handlers"],
+        # Namespaces of other suites (e.g. the operator-restart test, which runs its own
+        # operator process) start with other letters.
+        ["run", "--standalone", "--namespace=t-*", "-m", "bert_pretrain_operator.handlers"],
         timeout=60,
     )
     try:

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from bpj_devstack import plane
 from bert_pretrain_operator.rbac import progress_policy
 from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
+from bpj_devstack import plane
 from tests.support import Kubectl
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -21,8 +21,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 @pytest.fixture(scope="session")
 def policy_installed(kubectl: Kubectl) -> None:
     objects = progress_policy(Settings().trainer_service_account)
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                  "items": objects}))
+    kubectl(
+        "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    )
 
 
 def _job(name: str) -> dict[str, Any]:
@@ -31,21 +32,31 @@ def _job(name: str) -> dict[str, Any]:
     return dict(doc)
 
 
-def _trainer_client(kubectl: Kubectl, devstack: plane.StackState, namespace: str,
-                    pod: str) -> Any:
+def _trainer_client(kubectl: Kubectl, devstack: plane.StackState, namespace: str, pod: str) -> Any:
     """An API client authenticated as the trainer SA with a token bound to ``pod``."""
     from kubernetes import client
 
     sa = Settings().trainer_service_account
     manifest = {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": pod, "namespace": namespace},
-        "spec": {"serviceAccountName": sa, "nodeSelector": {"no-such-node": "true"},
-                 "containers": [{"name": "c", "image": "trainer:test"}]},
+        "spec": {
+            "serviceAccountName": sa,
+            "nodeSelector": {"no-such-node": "true"},
+            "containers": [{"name": "c", "image": "trainer:test"}],
+        },
     }
     kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
-    token = kubectl("create", "token", sa, "-n", namespace, "--bound-object-kind=Pod",
-                    f"--bound-object-name={pod}").stdout.strip()
+    token = kubectl(
+        "create",
+        "token",
+        sa,
+        "-n",
+        namespace,
+        "--bound-object-kind=Pod",
+        f"--bound-object-name={pod}",
+    ).stdout.strip()
     cfg = client.Configuration()
     cfg.host = devstack.apiserver_url
     cfg.ssl_ca_cert = devstack.ca_cert
@@ -56,12 +67,20 @@ def _trainer_client(kubectl: Kubectl, devstack: plane.StackState, namespace: str
 
 def _patch_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -> Any:
     return api.patch_namespaced_custom_object_status(
-        contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, name,
-        {"status": status})
+        contract.API_GROUP,
+        contract.API_VERSION,
+        namespace,
+        contract.PLURAL,
+        name,
+        {"status": status},
+    )
 
 
 def test_trainer_token_patches_only_its_own_jobs_progress(
-    kubectl: Kubectl, devstack: plane.StackState, namespace: str, crd_installed: None,
+    kubectl: Kubectl,
+    devstack: plane.StackState,
+    namespace: str,
+    crd_installed: None,
     policy_installed: None,
 ) -> None:
     from kubernetes.client.exceptions import ApiException
@@ -86,11 +105,23 @@ def test_trainer_token_patches_only_its_own_jobs_progress(
 
     with pytest.raises(ApiException) as spec:
         api.patch_namespaced_custom_object(
-            contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, "alpha",
-            {"spec": {"training": {"trainSteps": 99}}})
+            contract.API_GROUP,
+            contract.API_VERSION,
+            namespace,
+            contract.PLURAL,
+            "alpha",
+            {"spec": {"training": {"trainSteps": 99}}},
+        )
     assert spec.value.status == 403
 
-    can_i = kubectl("auth", "can-i", "delete", "bertpretrainjobs", "-n", namespace,
-                    f"--as=system:serviceaccount:{namespace}:{Settings().trainer_service_account}",
-                    check=False)
+    can_i = kubectl(
+        "auth",
+        "can-i",
+        "delete",
+        "bertpretrainjobs",
+        "-n",
+        namespace,
+        f"--as=system:serviceaccount:{namespace}:{Settings().trainer_service_account}",
+        check=False,
+    )
     assert can_i.stdout.strip() == "no"
