@@ -1,0 +1,92 @@
+"""Fixtures for trainer tests: a small synthetic corpus and prepare configs around it."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bert_trainer.config import PrepareConfig
+
+_ONSETS = ["b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "v", "w", "st", "tr"]
+_VOWELS = ["a", "e", "i", "o", "u", "ea", "ou"]
+_CODAS = ["", "", "", "", "n", "r", "s", "t", "l", "nd", "ng"]
+_SUFFIXES = ["", "", "", "ing", "ed", "s", "ly", "tion", "ness", "able"]
+
+
+def _word_pool(rng: random.Random, size: int) -> list[str]:
+    words: set[str] = set()
+    while len(words) < size:
+        syllables = rng.choice([1, 1, 1, 2, 2, 3])
+        stem = "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)
+        )
+        words.add(stem + rng.choice(_SUFFIXES))
+    ordered = sorted(words)
+    rng.shuffle(ordered)
+    return ordered
+
+
+def synthetic_corpus(num_documents: int, seed: int = 7) -> str:
+    """English-like text: Zipf-distributed words, one sentence per line, blank-line documents.
+
+    Long invented words make WordPiece split them into ``##`` pieces, which the
+    whole-word-masking tests rely on.
+    """
+    rng = random.Random(seed)
+    pool = _word_pool(rng, 3000)
+    cumulative = list(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(pool))))
+    documents = []
+    for _ in range(num_documents):
+        sentences = []
+        for _ in range(rng.randint(2, 14)):
+            words = rng.choices(pool, cum_weights=cumulative, k=rng.randint(4, 24))
+            words[0] = words[0].capitalize()
+            if len(words) > 8 and rng.random() < 0.5:
+                words[rng.randint(2, len(words) - 3)] += ","
+            sentences.append(" ".join(words) + rng.choice([".", ".", ".", "?", "!"]))
+        documents.append("\n".join(sentences))
+    return "\n\n".join(documents) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two files, 300 documents in all (about 110 KB)."""
+    directory = tmp_path_factory.mktemp("corpus")
+    (directory / "part-a.txt").write_text(synthetic_corpus(180, seed=1))
+    (directory / "part-b.txt").write_text(synthetic_corpus(120, seed=2))
+    return directory
+
+
+PrepareConfigFactory = Callable[..., PrepareConfig]
+
+
+def small_prepare_config(corpus_dir: Path, out_dir: Path, **overrides: Any) -> PrepareConfig:
+    """A PrepareConfig over ``corpus_dir`` that runs in about a second; keywords override."""
+    fields: dict[str, Any] = {
+        "corpus": [str(corpus_dir / "*.txt")],
+        "vocab_size": 800,
+        "max_seq_length": 64,
+        "max_predictions_per_seq": 10,
+        "dupe_factor": 2,
+        "num_shards": 3,
+        "workers": 2,
+        "output_vocab": str(out_dir / "vocab.txt"),
+        "output_tfrecords": str(out_dir / "tfrecords"),
+    }
+    fields.update(overrides)
+    return PrepareConfig(**fields)
+
+
+@pytest.fixture
+def prepare_config(corpus_dir: Path, tmp_path: Path) -> PrepareConfigFactory:
+    """``small_prepare_config`` writing under this test's ``tmp_path / "out"``."""
+
+    def make(**overrides: Any) -> PrepareConfig:
+        return small_prepare_config(corpus_dir, tmp_path / "out", **overrides)
+
+    return make

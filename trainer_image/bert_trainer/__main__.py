@@ -1,0 +1,185 @@
+"""``python -m bert_trainer {prepare,train,export} [--config PATH]``: the trainer pod's entry point.
+
+Loads the ``TrainerConfig`` JSON (``--config``, else ``$BERT_TRAINER_CONFIG``,
+else ``contract.CONFIG_PATH``), runs the command's stage, and turns failures
+into the exit codes of ``contract``: bad input (a missing corpus, an invalid
+config) exits with ``EXIT_BAD_INPUT`` so the operator fails the job at once;
+anything else exits with ``EXIT_INFRASTRUCTURE`` so it retries. Either way one
+line saying why goes to the termination message file and to the log. A stage
+may also end with its own exit code by raising ``SystemExit`` (train's
+``Preempted`` exits with ``EXIT_PREEMPTED``); its message is written the same way.
+
+Logs are JSON lines on stderr, each naming the job when the config has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from bert_trainer import contract, storage
+from bert_trainer.config import TrainerConfig
+from bert_trainer.storage import InputError
+
+log = logging.getLogger("bert_trainer")
+
+COMMANDS = ("prepare", "train", "export")
+_T = TypeVar("_T")
+
+# Attributes every LogRecord has; anything else was passed with ``extra=``.
+_STANDARD_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, job, and any ``extra`` fields."""
+
+    def __init__(self, job: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self._job = job or {}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self._job,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_RECORD_FIELDS:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    _configure_logging(None)
+    try:
+        config = _load_config(args.config)
+    except (InputError, ValidationError, ValueError) as e:
+        return _fail(
+            contract.EXIT_BAD_INPUT, f"invalid configuration {args.config}: {_one_line(e)}"
+        )
+    except Exception as e:
+        return _fail(contract.EXIT_INFRASTRUCTURE, f"cannot read {args.config}: {_one_line(e)}")
+
+    if config.job is not None:
+        _configure_logging({"namespace": config.job.namespace, "job": config.job.name})
+    try:
+        _command(args.command)(config)
+    except InputError as e:
+        return _fail(contract.EXIT_BAD_INPUT, f"{args.command}: {_one_line(e)}")
+    except SystemExit as e:
+        # A stage's own exit, e.g. train's Preempted (EXIT_PREEMPTED) after a checkpoint.
+        if e.code in (None, 0):
+            return contract.EXIT_OK
+        code = e.code if isinstance(e.code, int) else contract.EXIT_INFRASTRUCTURE
+        return _fail(code, f"{args.command}: {_one_line(e)}")
+    except Exception as e:
+        log.exception("%s failed", args.command)
+        return _fail(contract.EXIT_INFRASTRUCTURE, f"{args.command}: {_one_line(e)}")
+    log.info("%s finished", args.command)
+    return contract.EXIT_OK
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bert_trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(contract.ENV_CONFIG_PATH, contract.CONFIG_PATH),
+        help=f"TrainerConfig JSON (default: ${contract.ENV_CONFIG_PATH} or {contract.CONFIG_PATH})",
+    )
+    return parser.parse_args(argv)
+
+
+def _load_config(path: str) -> TrainerConfig:
+    return TrainerConfig.model_validate_json(storage.read_bytes(path))
+
+
+def _command(name: str) -> Callable[[TrainerConfig], None]:
+    def prepare(config: TrainerConfig) -> None:
+        from bert_trainer.prepare import run_prepare
+
+        run_prepare(_section(config.prepare, "prepare"))
+
+    # Sections are checked before the (TensorFlow-heavy) stage modules are imported.
+    def train(config: TrainerConfig) -> None:
+        _section(config.train, "train")
+        from bert_trainer.train.run import run_train
+
+        run_train(config)
+
+    def export(config: TrainerConfig) -> None:
+        _section(config.export, "export")
+        from bert_trainer.export.run import run_export
+
+        run_export(config)
+
+    commands: dict[str, Callable[[TrainerConfig], None]] = {
+        "prepare": prepare,
+        "train": train,
+        "export": export,
+    }
+    return commands[name]
+
+
+def _section(section: _T | None, name: str) -> _T:
+    if section is None:
+        raise InputError(f"the configuration has no {name!r} section")
+    return section
+
+
+def _fail(code: int, message: str) -> int:
+    log.error(message, extra={"exit_code": code})
+    path = os.environ.get(contract.ENV_TERMINATION_MESSAGE_PATH, contract.TERMINATION_MESSAGE_PATH)
+    try:
+        with open(path, "w") as f:
+            f.write(message + "\n")
+    except OSError:
+        pass  # Outside Kubernetes the default path may not be writable.
+    return code
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        text = "; ".join(
+            ": ".join(filter(None, (".".join(str(p) for p in e["loc"]), e["msg"])))
+            for e in error.errors()
+        )
+    else:
+        text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so reconfiguring replaces it and leaves other handlers (pytest's) alone."""
+
+
+def _configure_logging(job: dict[str, str] | None) -> None:
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _JsonHandler)]:
+        root.removeHandler(old)
+    handler = _JsonHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(job))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
