@@ -91,13 +91,19 @@ def install(state: plane.StackState) -> None:
     )
 
 
-def upload_corpus(state: plane.StackState) -> None:
-    from google.api_core.exceptions import Conflict
+def _storage_client() -> Any:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
+    # The emulator takes no credentials; anonymous ones keep the client from looking.
+    return storage.Client(project="bpj-devstack", credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+
+
+def upload_corpus(state: plane.StackState) -> None:
+    from google.api_core.exceptions import Conflict
+
     os.environ["STORAGE_EMULATOR_HOST"] = state.gcs_endpoint
-    client = storage.Client(project="bpj-devstack", credentials=AnonymousCredentials())
+    client = _storage_client()
     try:
         bucket = client.create_bucket(BUCKET)
     except Conflict:
@@ -152,10 +158,7 @@ def describe(status: dict[str, Any]) -> str:
 
 
 def download_export(state: plane.StackState, target: Path) -> list[str]:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(project="bpj-devstack", credentials=AnonymousCredentials())
+    client = _storage_client()
     prefix = "runs/quickstart/export/huggingface/"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)

@@ -16,6 +16,8 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 FAKE_GCS_SERVER_VERSION = "v1.56.1"
+HELM_VERSION = "v3.22.0"
+KUBECONFORM_VERSION = "v0.8.0"
 
 GOMODS_DIR = Path(__file__).resolve().parent.parent / "gomods"
 
@@ -83,7 +85,29 @@ FAKE_GCS_SERVER = Component(
     packages={"fake-gcs-server": "github.com/fsouza/fake-gcs-server"},
 )
 
-ALL_COMPONENTS = (ETCD, KUBERNETES, KWOK, FAKE_GCS_SERVER)
+HELM = Component(
+    name="helm",
+    version=HELM_VERSION,
+    packages={"helm": "helm.sh/helm/v3/cmd/helm"},
+    # As Helm's Makefile: `helm version`, and the default Kubernetes version of template/lint
+    # from the client-go it is built with (v0.37 -> 1.37); unset, Helm assumes 1.20.
+    ldflags=(
+        f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+        "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+        "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37",
+        "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+        "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37",
+    ),
+)
+KUBECONFORM = Component(
+    name="kubeconform",
+    version=KUBECONFORM_VERSION,
+    packages={"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"},
+    ldflags=(f"-X main.version={KUBECONFORM_VERSION}",),
+)
+
+ALL_COMPONENTS = (ETCD, KUBERNETES, KWOK, FAKE_GCS_SERVER, HELM, KUBECONFORM)
 
 
 def cache_root() -> Path:
