@@ -290,18 +290,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if the committed file is out of date"
     )
-    parser.add_argument("--path", type=Path, default=REPO_ROOT / CRD_RELATIVE_PATH)
+    parser.add_argument(
+        "--path",
+        type=Path,
+        action="append",
+        help="file to write (default: crds/ and the Helm chart's copy in its crds/)",
+    )
     args = parser.parse_args(argv)
+    paths: list[Path] = args.path or [
+        REPO_ROOT / CRD_RELATIVE_PATH,
+        REPO_ROOT / "charts" / "bert-pretrain-operator" / CRD_RELATIVE_PATH,
+    ]
     text = crd_yaml()
     if args.check:
-        current = args.path.read_text() if args.path.exists() else ""
-        if current != text:
-            print(f"{args.path} is out of date; run python -m {_MODULE}", file=sys.stderr)
-            return 1
-        return 0
-    args.path.parent.mkdir(parents=True, exist_ok=True)
-    args.path.write_text(text)
-    print(f"wrote {args.path}")
+        stale = [p for p in paths if not p.exists() or p.read_text() != text]
+        for path in stale:
+            print(f"{path} is out of date; run python -m {_MODULE}", file=sys.stderr)
+        return 1 if stale else 0
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 
