@@ -113,9 +113,9 @@ def _pod_spec(job: BertPretrainJob, settings: Settings, container: dict[str, Any
         "serviceAccountName": job.spec.service_account_name or settings.trainer_service_account,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
