@@ -1,4 +1,4 @@
-"""The operator as a process, as the chart runs it: killed repeatedly, it converges without duplicates.
+"""The operator as a process, as the chart runs it: killed often, it converges, no duplicates.
 
 It also serves /metrics and /healthz. The namespace starts with "k-" so that
 the suite's in-process operator (watching "t-*") leaves it to this one.

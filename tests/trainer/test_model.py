@@ -1,0 +1,156 @@
+"""The pretraining model: keras-hub backbone, Google's heads, loss and weight names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.trainer.helpers import PREDICTIONS, SEQ_LENGTH, TINY, batch_of, make_instance
+
+pytestmark = pytest.mark.tensorflow
+
+
+@pytest.fixture(scope="module")
+def model():  # type: ignore[no-untyped-def]
+    from bert_trainer.model import build_pretrainer
+
+    return build_pretrainer(TINY)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    return batch_of([make_instance(rng) for _ in range(3)])
+
+
+def test_outputs_have_pretraining_shapes(model, batch) -> None:  # type: ignore[no-untyped-def]
+    outputs = model(batch[0], training=False)
+
+    assert tuple(outputs["mlm_logits"].shape) == (3, PREDICTIONS, TINY.vocab_size)
+    assert tuple(outputs["nsp_logits"].shape) == (3, 2)
+
+
+def test_masked_lm_logits_use_the_token_embedding(model, batch) -> None:  # type: ignore[no-untyped-def]
+    """The output projection is the embedding table itself, as in Google's BERT."""
+    vocab_sized = [w.path for w in model.weights if TINY.vocab_size in tuple(w.shape)]
+    assert sorted(vocab_sized) == ["masked_lm_head/output_bias", "token_embedding/embeddings"]
+
+    # Perturb the row of a token absent from the input: only its logit can move.
+    absent = next(t for t in range(TINY.vocab_size) if t not in batch[0]["token_ids"])
+    table = model.backbone.token_embedding.embeddings
+    before = np.asarray(model(batch[0], training=False)["mlm_logits"])
+    original = table.numpy()
+    try:
+        perturbed = original.copy()
+        perturbed[absent] += np.linspace(
+            -1.0, 1.0, TINY.hidden_size
+        )  # not constant: the head layer-normalises
+        table.assign(perturbed)
+        after = np.asarray(model(batch[0], training=False)["mlm_logits"])
+    finally:
+        table.assign(original)
+    changed = np.abs(after - before).max(axis=(0, 1)) > 1e-6
+    assert np.flatnonzero(changed).tolist() == [absent]
+
+
+def test_config_round_trips(model) -> None:  # type: ignore[no-untyped-def]
+    from bert_trainer.model import BertPretrainer
+
+    config = model.get_config()
+    clone = BertPretrainer.from_config(config)
+
+    assert clone.get_config() == config
+    assert [w.path for w in clone.weights] == [w.path for w in model.weights]
+    assert clone.backbone.get_config()["vocabulary_size"] == TINY.vocab_size
+
+
+def test_attention_dropout_is_separate_from_hidden_dropout() -> None:
+    import keras
+
+    from bert_trainer.model import build_pretrainer
+
+    model = build_pretrainer(TINY.model_copy(update={"attention_dropout": 0.0}))
+    layer = model.backbone.transformer_layers[0]
+
+    assert layer._self_attention_layer._dropout == 0.0
+    assert layer._feedforward_dropout.rate == pytest.approx(TINY.hidden_dropout)
+    assert model.get_config()["attention_dropout"] == 0.0
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert restored.backbone.transformer_layers[0]._self_attention_layer._dropout == 0.0
+
+
+def test_loss_is_weighted_masked_lm_plus_next_sentence() -> None:
+    from bert_trainer.model import STATISTICS, PretrainingMetrics, pretraining_loss
+
+    rng = np.random.default_rng(0)
+    mlm_logits = rng.normal(size=(2, 3, 5)).astype("float32")
+    nsp_logits = rng.normal(size=(2, 2)).astype("float32")
+    ids = np.array([[1, 2, 3], [4, 0, 0]], dtype="int32")
+    weights = np.array([[1, 1, 1], [1, 0, 0]], dtype="float32")
+    nsp = np.array([0, 1], dtype="int32")
+
+    loss, statistics = pretraining_loss(
+        {"mlm_logits": mlm_logits, "nsp_logits": nsp_logits},
+        {"masked_lm_ids": ids, "masked_lm_weights": weights, "next_sentence_labels": nsp},
+    )
+
+    def nll(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        return -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+
+    expected_mlm = (nll(mlm_logits, ids) * weights).sum() / (weights.sum() + 1e-5)
+    expected_nsp = nll(nsp_logits, nsp).mean()
+    assert float(loss) == pytest.approx(expected_mlm + expected_nsp, rel=1e-5)
+
+    named = dict(zip(STATISTICS, np.asarray(statistics).tolist(), strict=True))
+    hits = (mlm_logits.argmax(-1) == ids) * weights
+    assert named["mlm_correct"] == pytest.approx(hits.sum())
+    assert named["mlm_weight"] == 4.0
+    assert named["nsp_count"] == 2.0
+    metrics = PretrainingMetrics.from_statistics(
+        (np.asarray(statistics) * 3).tolist()
+    )  # three steps
+    assert metrics.loss == pytest.approx(expected_mlm + expected_nsp, rel=1e-5)
+    assert metrics.mlm_accuracy == pytest.approx(hits.sum() / 4)
+
+
+def test_google_names_cover_every_variable_and_round_trip(model, batch) -> None:  # type: ignore[no-untyped-def]
+    from bert_trainer.model import assign_google_weights, build_pretrainer, google_weights
+
+    weights = google_weights(model)
+    other = build_pretrainer(TINY)
+    assign_google_weights(other, weights)
+
+    assert len(weights) == len(model.weights)
+    assert weights["bert/encoder/layer_1/attention/self/query/kernel"].shape == (32, 32)
+    assert weights["bert/encoder/layer_0/attention/output/dense/kernel"].shape == (32, 32)
+    assert weights["bert/encoder/layer_0/attention/self/key/bias"].shape == (32,)
+    assert weights["cls/seq_relationship/output_weights"].shape == (2, 32)
+    expected = model(batch[0], training=False)
+    actual = other(batch[0], training=False)
+    np.testing.assert_array_equal(actual["mlm_logits"], expected["mlm_logits"])
+    np.testing.assert_array_equal(actual["nsp_logits"], expected["nsp_logits"])
+
+
+def test_assigning_a_wrong_shape_changes_nothing(model) -> None:  # type: ignore[no-untyped-def]
+    from bert_trainer.model import assign_google_weights, google_weights
+
+    before = google_weights(model)
+    wrong = {
+        "bert/pooler/dense/bias": np.ones(32, "float32"),
+        "bert/embeddings/word_embeddings": np.zeros((99, 32), "float32"),
+    }
+    with pytest.raises(ValueError, match=r"word_embeddings: expected \[100, 32\], got \[99, 32\]"):
+        assign_google_weights(model, wrong)
+    np.testing.assert_array_equal(
+        google_weights(model)["bert/pooler/dense/bias"], before["bert/pooler/dense/bias"]
+    )
+
+
+def test_sequence_length_may_be_shorter_than_position_table(model) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(3)
+    features, _ = batch_of([make_instance(rng, seq_length=16) for _ in range(2)])
+
+    assert SEQ_LENGTH > 16
+    assert tuple(model(features)["mlm_logits"].shape) == (2, PREDICTIONS, TINY.vocab_size)

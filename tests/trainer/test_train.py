@@ -1,0 +1,479 @@
+"""Training on CPU with real TensorFlow: loss, checkpoints, resume, SIGTERM, reports."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bert_trainer import contract
+from bert_trainer.config import TrainConfig
+from tests.trainer.helpers import PREDICTIONS, SEQ_LENGTH, config_json, train_config, write_records
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, progress: Any) -> None:
+        self.sent.append(dict(progress))
+
+
+def checkpoint_values(prefix: str) -> dict[str, int]:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    return {
+        "step": int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")),
+        "iterations": int(reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")),
+    }
+
+
+def checkpoint_steps(directory: Path) -> list[int]:
+    return sorted(
+        int(p.name[len("ckpt-") : -len(".index")]) for p in directory.glob("ckpt-*.index")
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, ListSink]:
+    """40 steps of the tiny model, checkpointed every 20, reporting to a list."""
+    from bert_trainer.train.run import train
+
+    tmp_path = tmp_path_factory.mktemp("trained")
+    sink = ListSink()
+    result = train(train_config(tmp_path), progress_sink=sink)
+    return tmp_path, result, sink
+
+
+@pytest.mark.tensorflow
+def test_training_lowers_the_loss(trained: tuple[Path, Any, ListSink]) -> None:
+    _, result, sink = trained
+    losses = [report["loss"] for report in sink.sent]
+
+    assert result.first_step == 0
+    assert result.final_step == 40
+    # The first report covers step 1 only; the last, the steps since the previous report.
+    assert losses[-1] < losses[0] - 0.4
+    assert result.metrics.mlm_accuracy > 0.1  # the most frequent word alone gets ~20%
+    assert result.examples_per_second > 0
+    assert 0 <= result.input_wait_fraction < 1
+
+
+@pytest.mark.tensorflow
+def test_training_leaves_checkpoints_with_matching_step_counters(
+    trained: tuple[Path, Any, ListSink],
+) -> None:
+    tmp_path, result, _ = trained
+
+    assert checkpoint_steps(tmp_path / "checkpoints") == [20, 40]
+    assert result.last_checkpoint == str(tmp_path / "checkpoints" / "ckpt-40")
+    assert checkpoint_values(result.last_checkpoint) == {"step": 40, "iterations": 40}
+
+
+@pytest.mark.tensorflow
+def test_progress_reports_carry_the_contract_fields(trained: tuple[Path, Any, ListSink]) -> None:
+    tmp_path, _, sink = trained
+    final = sink.sent[-1]
+
+    assert all(tuple(report) == contract.PROGRESS_FIELDS for report in sink.sent)
+    assert final["step"] == final["totalSteps"] == 40
+    assert final["lastCheckpoint"] == str(tmp_path / "checkpoints" / "ckpt-40")
+    assert final["lastCheckpointStep"] == 40
+    assert final["examplesPerSecond"] > 0
+    assert 0 <= final["mlmAccuracy"] <= 1
+    assert datetime.strptime(final["updatedTime"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    ) <= datetime.now(UTC)
+
+
+@pytest.mark.tensorflow
+def test_summaries_are_written_for_tensorboard(trained: tuple[Path, Any, ListSink]) -> None:
+    import tensorflow as tf
+
+    tmp_path, _, _ = trained
+    tags: dict[str, list[int]] = {}
+    for path in (tmp_path / "summaries").glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                assert value.metadata.plugin_data.plugin_name == "scalars"
+                tags.setdefault(value.tag, []).append(event.step)
+
+    assert {"loss", "mlm_accuracy", "nsp_accuracy", "learning_rate", "input_wait_fraction"} <= set(
+        tags
+    )
+    assert max(tags["loss"]) == 40
+
+
+@pytest.mark.tensorflow
+def test_a_finished_run_restarted_does_nothing(trained: tuple[Path, Any, ListSink]) -> None:
+    from bert_trainer.train.run import train
+
+    tmp_path, _, _ = trained
+    result = train(train_config(tmp_path), progress_sink=ListSink())
+
+    assert (result.first_step, result.final_step) == (40, 40)
+    assert checkpoint_steps(tmp_path / "checkpoints") == [20, 40]
+
+
+@pytest.mark.tensorflow
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(
+    trained: tuple[Path, Any, ListSink], tmp_path: Path
+) -> None:
+    import shutil
+
+    import tensorflow as tf
+
+    from bert_trainer.model import build_pretrainer
+    from bert_trainer.train.checkpoint import Checkpointer
+    from bert_trainer.train.optimizer import make_optimizer
+
+    source, _, _ = trained
+    shutil.copytree(source / "checkpoints", tmp_path / "checkpoints")
+    for data in (tmp_path / "checkpoints").glob("ckpt-40.data-*"):
+        data.write_bytes(data.read_bytes()[:100])
+    settings = train_config(source).train
+    assert settings is not None
+
+    model = build_pretrainer(settings.model)
+    optimizer = make_optimizer(settings)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"), model, optimizer, step, keep=3)
+
+    assert checkpointer.restore_latest() == 20
+    assert int(optimizer.iterations.numpy()) == 20
+    assert checkpointer.current == str(tmp_path / "checkpoints" / "ckpt-20")
+
+
+class TrainerProcess:
+    """``python -m bert_trainer train`` in a child process, as a pod runs it; logs read live."""
+
+    def __init__(self, config_path: Path, termination_log: Path) -> None:
+        env = dict(os.environ)
+        env[contract.ENV_TERMINATION_MESSAGE_PATH] = str(termination_log)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bert_trainer", "train", "--config", str(config_path)],
+            cwd=REPO_ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, fragment: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.log.append(line)
+            if fragment in line:
+                return line
+        raise AssertionError(f"no log line with {fragment!r}; log:\n{''.join(self.log[-30:])}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[TrainerProcess]]:
+    started: list[TrainerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+@pytest.mark.tensorflow
+def test_sigterm_checkpoints_exits_preempted_and_the_next_attempt_finishes(
+    tmp_path: Path, processes: list[TrainerProcess]
+) -> None:
+    from bert_trainer.train.run import train
+
+    config = train_config(tmp_path, train_steps=120, checkpoint_every_steps=1000)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(config_json(config))
+    checkpoints = tmp_path / "checkpoints"
+
+    termination_log = tmp_path / "termination-log"
+
+    trainer = TrainerProcess(config_path, termination_log)
+    processes.append(trainer)
+    trainer.wait_for("/120 loss")
+    trainer.process.send_signal(signal.SIGTERM)
+    assert trainer.process.wait(timeout=120) == contract.EXIT_PREEMPTED
+    trainer.wait_for("saved checkpoint")
+    [preempted_at] = checkpoint_steps(checkpoints)  # no periodic checkpoint came before
+    assert 0 < preempted_at < 120
+    assert f"preempted (SIGTERM) at step {preempted_at}" in termination_log.read_text()
+    assert checkpoint_values(str(checkpoints / f"ckpt-{preempted_at}")) == {
+        "step": preempted_at,
+        "iterations": preempted_at,
+    }
+
+    result = train(config, progress_sink=ListSink())
+
+    assert result.first_step == preempted_at
+    assert result.final_step == 120
+    assert checkpoint_values(str(checkpoints / "ckpt-120")) == {"step": 120, "iterations": 120}
+
+
+@pytest.mark.tensorflow
+def test_a_run_killed_between_checkpoints_resumes_from_the_last_one(
+    trained: tuple[Path, Any, ListSink], tmp_path: Path
+) -> None:
+    """As if the pod died after step 20's checkpoint: ckpt-40 never got written."""
+    import shutil
+
+    from bert_trainer.train.run import train
+
+    source, _, _ = trained
+    shutil.copytree(source / "records", tmp_path / "records")
+    shutil.copytree(source / "checkpoints", tmp_path / "checkpoints")
+    for path in (tmp_path / "checkpoints").glob("ckpt-40.*"):
+        path.unlink()  # the manager's state file still names it, as after a kill mid-save
+
+    result = train(train_config(tmp_path), progress_sink=ListSink())
+
+    assert (result.first_step, result.final_step) == (20, 40)
+    assert checkpoint_values(str(tmp_path / "checkpoints" / "ckpt-40")) == {
+        "step": 40,
+        "iterations": 40,
+    }
+
+
+@pytest.mark.tensorflow
+def test_gradients_are_summed_once_across_replicas() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.trainer.helpers", "two-replicas"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    difference = float(completed.stdout.split("max difference ")[1])
+    assert difference < 1e-5
+
+
+@pytest.mark.tensorflow
+def test_records_of_another_shape_are_an_input_error(tmp_path: Path) -> None:
+    from bert_trainer.storage import InputError
+    from bert_trainer.train.data import RecordShape, list_records
+
+    pattern = write_records(tmp_path / "records", count=4, shards=1)
+
+    assert list_records(pattern, RecordShape(SEQ_LENGTH, PREDICTIONS))
+    with pytest.raises(InputError, match="input_ids has 32 values, expected 64"):
+        list_records(pattern, RecordShape(64, PREDICTIONS))
+    with pytest.raises(InputError, match="no TFRecord files match"):
+        list_records(str(tmp_path / "none-*.tfrecord"), RecordShape(SEQ_LENGTH, PREDICTIONS))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.tfrecord").write_bytes(b"")
+    with pytest.raises(InputError, match="hold no records"):
+        list_records(str(tmp_path / "empty" / "*.tfrecord"), RecordShape(SEQ_LENGTH, PREDICTIONS))
+
+
+@pytest.mark.tensorflow
+def test_batches_have_fixed_shapes_and_model_names(tmp_path: Path) -> None:
+    from bert_trainer.train.data import RecordShape, make_dataset
+
+    pattern = write_records(tmp_path / "records", count=10, shards=3)
+    files = sorted(str(p) for p in (tmp_path / "records").glob("*.tfrecord"))
+    dataset = make_dataset(files, RecordShape(SEQ_LENGTH, PREDICTIONS), batch_size=4, seed=1)
+    features, labels = next(iter(dataset))
+
+    assert pattern.endswith("*.tfrecord")
+    assert {k: tuple(v.shape) for k, v in dataset.element_spec[0].items()} == {
+        "token_ids": (4, SEQ_LENGTH),
+        "segment_ids": (4, SEQ_LENGTH),
+        "padding_mask": (4, SEQ_LENGTH),
+        "mask_positions": (4, PREDICTIONS),
+    }
+    assert tuple(dataset.element_spec[1]["next_sentence_labels"].shape) == (4,)
+    assert features["token_ids"].dtype.name == "int32"
+    assert labels["masked_lm_weights"].dtype.name == "float32"
+    assert int(features["token_ids"][0, 0]) == 2  # [CLS]
+
+
+@pytest.mark.tensorflow
+def test_config_errors_are_input_errors(tmp_path: Path) -> None:
+    from bert_trainer.storage import InputError
+    from bert_trainer.train.run import run_train
+
+    too_long = train_config(tmp_path, max_seq_length=128)
+    with pytest.raises(InputError, match="exceeds the model's maxPositionEmbeddings 64"):
+        run_train(too_long)
+    with pytest.raises(InputError, match="no 'train' section"):
+        run_train(too_long.model_copy(update={"train": None}))
+
+
+@pytest.mark.tensorflow
+def test_learning_rate_warms_up_then_decays_linearly() -> None:
+    from bert_trainer.train.optimizer import WarmupLinearDecay
+
+    schedule = WarmupLinearDecay(peak=1.0, warmup_steps=10, total_steps=110)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
+
+    assert rates == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.0])
+    assert WarmupLinearDecay.from_config(schedule.get_config()).total_steps == 110
+
+
+@pytest.mark.tensorflow
+def test_weight_decay_skips_biases_and_layer_norms(tmp_path: Path) -> None:
+    from bert_trainer.model import build_pretrainer
+    from bert_trainer.train.optimizer import make_optimizer
+
+    settings = train_config(tmp_path, optimizer="lamb").train
+    assert isinstance(settings, TrainConfig)
+    optimizer = make_optimizer(settings)
+    decayed = {
+        w.path for w in build_pretrainer(settings.model).weights if optimizer._use_weight_decay(w)
+    }
+
+    assert "transformer_layer_0/feedforward_output_dense/kernel" in decayed
+    assert "token_embedding/embeddings" in decayed
+    assert not any(p.endswith(("bias", "gamma", "beta")) for p in decayed)
+    assert type(optimizer).__name__ == "Lamb"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def report(step: int) -> Any:
+    from bert_trainer.train.progress import Progress
+
+    return Progress(step=step, total_steps=100, loss=float("nan"), eta_seconds=12.6)
+
+
+def test_reporter_rate_limits_and_sends_the_newest_report() -> None:
+    from bert_trainer.train.progress import ProgressReporter
+
+    sent = threading.Event()
+
+    class Sink(ListSink):
+        def send(self, progress: Any) -> None:
+            super().send(progress)
+            sent.set()
+
+    sink = Sink()
+    clock = FakeClock()
+    reporter = ProgressReporter(sink, min_interval_seconds=3600, clock=clock)
+    reporter.report(report(1))
+    assert sent.wait(5)
+    reporter.report(report(2))
+    reporter.report(report(3))
+    time.sleep(0.2)
+    assert [r["step"] for r in sink.sent] == [1]  # 2 and 3 wait for the interval
+    sent.clear()
+    reporter.report(report(4), force=True)
+    assert sent.wait(5)
+    reporter.report(report(5))
+    reporter.close()
+
+    assert [r["step"] for r in sink.sent] == [1, 4, 5]  # close flushes the pending one
+    assert sink.sent[0]["loss"] is None  # NaN is not JSON
+    assert sink.sent[0]["etaSeconds"] == 13
+
+
+def test_reporter_survives_a_failing_api(caplog: pytest.LogCaptureFixture) -> None:
+    from bert_trainer.train.progress import ProgressReporter
+
+    class Broken:
+        calls = 0
+
+        def send(self, progress: Any) -> None:
+            Broken.calls += 1
+            raise ConnectionError("API server unreachable")
+
+    reporter = ProgressReporter(Broken(), min_interval_seconds=0)
+    reporter.report(report(1))
+    reporter.report(report(2), force=True)
+    reporter.close()
+
+    assert Broken.calls >= 1
+    assert "progress report dropped" in caplog.text
+
+
+def test_kubernetes_sink_merge_patches_the_status_subresource() -> None:
+    from bert_trainer.config import JobRef
+    from bert_trainer.train.progress import KubernetesStatusSink
+
+    calls: list[dict[str, Any]] = []
+
+    class Api:
+        def patch_namespaced_custom_object_status(self, **kwargs: Any) -> None:
+            calls.append(kwargs)
+
+    sink = KubernetesStatusSink(JobRef(namespace="ml", name="bert-small"))
+    sink._api = Api()
+    sink.send({"step": 3})
+
+    assert calls[0]["group"] == contract.API_GROUP
+    assert calls[0]["version"] == contract.API_VERSION
+    assert calls[0]["plural"] == contract.PLURAL
+    assert (calls[0]["namespace"], calls[0]["name"]) == ("ml", "bert-small")
+    assert calls[0]["body"] == {"status": {"progress": {"step": 3}}}
+
+
+def test_only_worker_zero_of_a_reporting_job_reports() -> None:
+    from bert_trainer.config import JobRef
+    from bert_trainer.train.progress import make_reporter
+
+    job = JobRef(namespace="ml", name="bert-small")
+
+    assert make_reporter(None, is_chief=True) is None
+    assert make_reporter(job, is_chief=False) is None
+    assert make_reporter(job.model_copy(update={"report_progress": False}), is_chief=True) is None
+    reporter = make_reporter(job, is_chief=True)
+    assert reporter is not None
+    reporter.close()
+
+
+def test_placement_comes_from_tpu_device_files_not_env() -> None:
+    from bert_trainer.train.strategy import detect_placement
+
+    def no_devices(pattern: str) -> list[str]:
+        return []
+
+    def v4_devices(pattern: str) -> list[str]:
+        return ["/dev/accel0", "/dev/accel1"] if pattern == "/dev/accel*" else []
+
+    cpu_pod = detect_placement({"TPU_WORKER_ID": "2", "TPU_WORKER_HOSTNAMES": "a,b"}, no_devices)
+    tpu_host = detect_placement({"TPU_WORKER_ID": "0"}, v4_devices)
+
+    assert (cpu_pod.on_tpu, cpu_pod.worker_id, cpu_pod.is_chief) == (False, 2, False)
+    assert (tpu_host.on_tpu, tpu_host.is_chief) == (True, True)
+    assert detect_placement({}, no_devices).is_chief

@@ -1,0 +1,120 @@
+"""Checkpoints of the model, the optimizer and the step, under one prefix.
+
+``tf.train.CheckpointManager`` names them ``ckpt-<step>`` and keeps the newest
+few. Restoring walks from the newest to the oldest, so a checkpoint cut short
+(a preempted upload, a truncated file) costs the steps since the one before it
+rather than the whole run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import tensorflow as tf
+
+from bert_trainer.storage import InputError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "ckpt"
+_NUMBERED = re.compile(rf"{CHECKPOINT_NAME}-(\d+)\.index$")
+
+
+class Checkpointer:
+    """Saves and restores ``model``, ``optimizer`` and ``step`` in ``directory``.
+
+    Create it inside the strategy's scope, after the optimizer is built, so
+    every variable a checkpoint holds already exists when it is restored.
+    """
+
+    def __init__(
+        self, directory: str, model: Any, optimizer: Any, step: tf.Variable, keep: int
+    ) -> None:
+        self.directory = directory
+        self.step = step
+        self.current: str | None = None
+        """The checkpoint the variables last came from or went to."""
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, directory, max_to_keep=keep, checkpoint_name=CHECKPOINT_NAME
+        )
+
+    def save(self) -> str:
+        """Write a checkpoint numbered with the current step; returns its prefix."""
+        path: str = self.manager.save(checkpoint_number=int(self.step.numpy()))
+        log.info("saved checkpoint %s", path)
+        self.current = path
+        return path
+
+    def restore_latest(self) -> int | None:
+        """Restore the newest readable checkpoint; returns its step, None if there is none.
+
+        Raises InputError when checkpoints exist but none can be restored (all
+        corrupt, or written by a model of other dimensions): a retry would
+        meet the same files.
+        """
+        path = _restore_newest(
+            self.checkpoint, self.directory, self.manager.checkpoints, partial=False
+        )
+        if path is None:
+            return None
+        self.current = path
+        step = int(self.step.numpy())
+        log.info("restored %s at step %d", path, step)
+        return step
+
+
+def restore_model(directory: str, model: Any) -> str:
+    """Restore only ``model`` from the newest readable checkpoint in ``directory``.
+
+    For the export, which has no optimizer. Returns the checkpoint's prefix;
+    raises InputError when there is none or none can be restored.
+    """
+    path = _restore_newest(tf.train.Checkpoint(model=model), directory, [], partial=True)
+    if path is None:
+        raise InputError(f"no checkpoint in {directory}")
+    return path
+
+
+def _restore_newest(
+    checkpoint: tf.train.Checkpoint, directory: str, listed: list[str], partial: bool
+) -> str | None:
+    failures = []
+    for path in _candidates(directory, listed):
+        try:
+            status = checkpoint.restore(path)
+            if partial:
+                status.expect_partial()
+            status.assert_existing_objects_matched()
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError):
+            raise  # storage trouble, not a bad checkpoint: the attempt should be retried
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+            # IndexError: the checkpoint reader's answer to a truncated file.
+            log.warning("cannot restore %s, trying an older checkpoint: %s", path, e)
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            failures.append(f"{path}: {first_line}")
+            continue
+        return path
+    if failures:
+        raise InputError(
+            f"no checkpoint in {directory} can be restored (a different model, or "
+            "corrupt files; remove them to start over): " + "; ".join(failures)
+        )
+    return None
+
+
+def _candidates(directory: str, listed: list[str]) -> list[str]:
+    # The manager's state file lists what it kept; the directory listing also
+    # finds checkpoints when that small file is itself lost or stale.
+    found = set(listed)
+    if tf.io.gfile.isdir(directory):
+        pattern = tf.io.gfile.join(directory, f"{CHECKPOINT_NAME}-*.index")
+        found.update(path[: -len(".index")] for path in tf.io.gfile.glob(pattern))
+    return sorted(found, key=_number, reverse=True)
+
+
+def _number(prefix: str) -> int:
+    match = _NUMBERED.search(prefix + ".index")
+    return int(match.group(1)) if match else -1

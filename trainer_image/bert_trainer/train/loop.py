@@ -1,0 +1,233 @@
+"""The host side of training: call the compiled steps, checkpoint, report, stop.
+
+Each call of the train function runs a chunk of steps sized to take about
+``target_call_seconds`` (few Python round trips, yet frequent enough for
+summaries, progress and a prompt reaction to SIGTERM), never crossing a
+checkpoint boundary or the last step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from bert_trainer.model import PretrainingMetrics
+from bert_trainer.train.checkpoint import Checkpointer
+from bert_trainer.train.progress import Progress, ProgressReporter
+from bert_trainer.train.signals import Preempted, StopFlag
+from bert_trainer.train.step import TrainFunction
+
+log = logging.getLogger(__name__)
+
+MAX_STEPS_PER_CALL = 1000
+
+# TensorFlow 2.21 no longer ships TensorBoard, whose tf.summary.scalar this
+# replaces: a scalar tensor tagged for TensorBoard's "scalars" plugin.
+_SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
+    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
+).SerializeToString()
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop paces itself; everything but the step counts has a default."""
+
+    train_steps: int
+    checkpoint_every_steps: int
+    global_batch_size: int
+    target_call_seconds: float = 2.0
+    """Wall time one call of the train function should take once warmed up."""
+    first_call_steps: int = 1
+    """Steps in the first call, which also traces (and compiles) the function."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or stopped) run measured."""
+
+    first_step: int
+    final_step: int
+    metrics: PretrainingMetrics | None
+    """Of the last call; None when no step ran."""
+    examples_per_second: float | None
+    """Steady state: excludes the first call (tracing)."""
+    input_wait_fraction: float | None
+    """Share of steady-state wall time the loop waited for input batches."""
+    last_checkpoint: str | None
+
+
+@dataclass
+class _Throughput:
+    steps: int = 0
+    seconds: float = 0.0
+    waited: float = 0.0
+
+
+class TrainLoop:
+    """Drives ``train_function`` from the current step to ``settings.train_steps``."""
+
+    def __init__(
+        self,
+        train_function: TrainFunction,
+        iterator: Any,
+        step: tf.Variable,
+        checkpointer: Checkpointer,
+        settings: LoopSettings,
+        reporter: ProgressReporter | None = None,
+        summary_writer: Any = None,
+        learning_rate: Callable[[int], float] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._train = train_function
+        self._iterator = iterator
+        self._step = step
+        self._checkpointer = checkpointer
+        self._settings = settings
+        self._reporter = reporter
+        self._writer = summary_writer
+        self._learning_rate = learning_rate
+        self._clock = clock
+        self._last_checkpoint = checkpointer.current
+        self._last_checkpoint_step: int | None = (
+            int(step.numpy()) if self._last_checkpoint else None
+        )
+
+    @property
+    def step(self) -> int:
+        return int(self._step.numpy())
+
+    def run(self, stop: StopFlag) -> TrainResult:
+        """Train to the last step; raises Preempted (after a checkpoint) if ``stop`` is set."""
+        first_step = self.step
+        steady = _Throughput()
+        metrics: PretrainingMetrics | None = None
+        chunk = self._settings.first_call_steps
+        first_call = True
+        while self.step < self._settings.train_steps:
+            if stop.is_set:
+                path = self._save()
+                self._report(metrics, steady, force=True)
+                raise Preempted(self.step, path)
+            steps = self._steps_for_next_call(chunk)
+            started = self._clock()
+            sums, waited = self._train(self._iterator, tf.constant(steps, tf.int32))
+            sums = np.asarray(sums)  # waits for the device
+            seconds = self._clock() - started
+            metrics = PretrainingMetrics.from_statistics(sums.tolist())
+            if not first_call:
+                steady.steps += steps
+                steady.seconds += seconds
+                steady.waited += float(waited)
+            first_call = False
+            chunk = self._next_chunk(steps, seconds)
+            self._after_call(metrics, steps, seconds, float(waited), steady)
+        if self._last_checkpoint_step != self.step:
+            self._save()
+        self._report(metrics, steady, force=True)
+        return TrainResult(
+            first_step=first_step,
+            final_step=self.step,
+            metrics=metrics,
+            examples_per_second=self._examples_per_second(steady),
+            input_wait_fraction=steady.waited / steady.seconds if steady.seconds else None,
+            last_checkpoint=self._last_checkpoint,
+        )
+
+    def _steps_for_next_call(self, chunk: int) -> int:
+        step = self.step
+        every = self._settings.checkpoint_every_steps
+        next_checkpoint = (step // every + 1) * every
+        return max(1, min(chunk, next_checkpoint - step, self._settings.train_steps - step))
+
+    def _next_chunk(self, steps: int, seconds: float) -> int:
+        per_step = seconds / steps if steps else 0.0
+        if per_step <= 0:
+            return MAX_STEPS_PER_CALL
+        wanted = int(self._settings.target_call_seconds / per_step)
+        return max(1, min(MAX_STEPS_PER_CALL, wanted))
+
+    def _after_call(
+        self,
+        metrics: PretrainingMetrics,
+        steps: int,
+        seconds: float,
+        waited: float,
+        steady: _Throughput,
+    ) -> None:
+        step = self.step
+        examples_per_second = self._settings.global_batch_size * steps / seconds
+        log.info(
+            "step %d/%d loss %.4f mlm_acc %.4f nsp_acc %.4f %.1f examples/s input wait %.1f%%",
+            step,
+            self._settings.train_steps,
+            metrics.loss,
+            metrics.mlm_accuracy,
+            metrics.nsp_accuracy,
+            examples_per_second,
+            100 * waited / seconds,
+        )
+        self._summarise(step, metrics, examples_per_second, waited / seconds)
+        saved = step % self._settings.checkpoint_every_steps == 0
+        if saved:
+            self._save()
+        self._report(metrics, steady, force=saved)
+
+    def _save(self) -> str:
+        path = self._checkpointer.save()
+        self._last_checkpoint = path
+        self._last_checkpoint_step = self.step
+        return path
+
+    def _summarise(
+        self, step: int, metrics: PretrainingMetrics, examples_per_second: float, wait: float
+    ) -> None:
+        if self._writer is None:
+            return
+        scalars = {
+            "loss": metrics.loss,
+            "mlm_loss": metrics.mlm_loss,
+            "nsp_loss": metrics.nsp_loss,
+            "mlm_accuracy": metrics.mlm_accuracy,
+            "nsp_accuracy": metrics.nsp_accuracy,
+            "examples_per_second": examples_per_second,
+            "input_wait_fraction": wait,
+        }
+        if self._learning_rate is not None:
+            scalars["learning_rate"] = self._learning_rate(step)
+        with self._writer.as_default(step=step):
+            for tag, value in scalars.items():
+                tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+        self._writer.flush()
+
+    def _report(self, metrics: PretrainingMetrics | None, steady: _Throughput, force: bool) -> None:
+        if self._reporter is None:
+            return
+        step = self.step
+        rate = self._examples_per_second(steady)
+        steps_per_second = steady.steps / steady.seconds if steady.seconds else None
+        eta = (self._settings.train_steps - step) / steps_per_second if steps_per_second else None
+        self._reporter.report(
+            Progress(
+                step=step,
+                total_steps=self._settings.train_steps,
+                loss=metrics.loss if metrics else None,
+                mlm_accuracy=metrics.mlm_accuracy if metrics else None,
+                nsp_accuracy=metrics.nsp_accuracy if metrics else None,
+                examples_per_second=rate,
+                eta_seconds=eta,
+                last_checkpoint=self._last_checkpoint,
+                last_checkpoint_step=self._last_checkpoint_step,
+            ),
+            force=force,
+        )
+
+    def _examples_per_second(self, steady: _Throughput) -> float | None:
+        if not steady.seconds:
+            return None
+        return self._settings.global_batch_size * steady.steps / steady.seconds

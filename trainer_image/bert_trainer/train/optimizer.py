@@ -1,0 +1,91 @@
+"""AdamW (or LAMB) with BERT's learning-rate schedule and gradient handling.
+
+The schedule rises linearly from 0 to the peak over the warm-up steps, then
+falls linearly to 0 at the last step. Like google-research/bert, biases and
+layer-norm parameters get no weight decay and gradients are clipped to a global
+norm of 1 after they are summed across replicas. The train step does that sum
+itself (clipping needs it), so the optimizers here skip Keras' own all-reduce,
+which would otherwise add the already-summed gradients a second time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from bert_trainer.config import TrainConfig
+
+CLIP_NORM = 1.0
+NO_DECAY = ("bias", "gamma", "beta")
+"""Variable-name fragments exempt from weight decay (biases and layer norms)."""
+
+
+@keras.saving.register_keras_serializable(package="bert_trainer")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then linear decay to 0."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
+        super().__init__()
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        step = tf.cast(step, tf.float32)
+        warmup = float(max(self.warmup_steps, 1))
+        decay_span = float(max(self.total_steps - self.warmup_steps, 1))
+        rising = self.peak * step / warmup
+        falling = self.peak * tf.maximum(float(self.total_steps) - step, 0.0) / decay_span
+        return tf.where(step < float(self.warmup_steps), rising, falling)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+class _SummedGradients:
+    """Mixin: gradients arrive already summed across replicas (and clipped)."""
+
+    def _all_reduce_sum_gradients(self, grads_and_vars: Any) -> list[Any]:
+        return list(grads_and_vars)
+
+
+class AdamW(_SummedGradients, keras.optimizers.AdamW):  # type: ignore[misc]
+    """Keras' AdamW, fed gradients the train step already all-reduced."""
+
+
+class Lamb(_SummedGradients, keras.optimizers.Lamb):  # type: ignore[misc]
+    """Keras' LAMB, fed gradients the train step already all-reduced."""
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer ``config`` names, with BERT's schedule and decay exemptions.
+
+    Create it inside the distribution strategy's scope: its slots are variables.
+    """
+    if not hasattr(keras.optimizers.AdamW, "_all_reduce_sum_gradients"):
+        # Without this hook Keras would sum our summed gradients again on every
+        # replica: fail loudly rather than train with N-times-too-large steps.
+        raise RuntimeError("this Keras has no _all_reduce_sum_gradients; see optimizer.py")
+    schedule = WarmupLinearDecay(config.learning_rate, config.warmup_steps, config.train_steps)
+    kind = AdamW if config.optimizer == "adamw" else Lamb
+    optimizer = kind(
+        learning_rate=schedule,
+        weight_decay=config.weight_decay,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-6,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return optimizer
+
+
+def clip_gradients(gradients: list[Any]) -> list[Any]:
+    """Scale ``gradients`` down to a global norm of at most ``CLIP_NORM``."""
+    clipped, _ = tf.clip_by_global_norm(gradients, CLIP_NORM)
+    return list(clipped)
