@@ -115,9 +115,13 @@ def upload_corpus(state: plane.StackState) -> None:
 
 
 def start_operator(state: plane.StackState) -> subprocess.Popen[bytes]:
+    # Settings are explicit, never inherited: an operator's BPJ_* variables in the caller's
+    # environment (a test session's, say) must not change what the demo runs.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BPJ_")}
     env = dict(
-        os.environ,
+        inherited,
         **state.env(),
+        BPJ_NAMESPACES=NAMESPACE,
         BPJ_METRICS_PORT=str(plane.free_port()),
         BPJ_HEALTH_PORT="0",
         BPJ_PROGRESS_SECONDS="2",
