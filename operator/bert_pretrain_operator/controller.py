@@ -45,6 +45,33 @@ def status_patch(status: BertPretrainJobStatus) -> dict[str, Any]:
     return patch
 
 
+def _jobs_missing_pods(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[str]:
+    """Unfinished, unsuspended Jobs with fewer pods than they run at once.
+
+    Only for these is it worth reading Events: a refused pod creation (a quota, an
+    admission policy) leaves no pod to look at, only the Job controller's Event.
+    """
+    counts: dict[str, int] = {}
+    for pod in pods:
+        owner = pod.get("metadata", {}).get("labels", {}).get("job-name", "")
+        counts[owner] = counts.get(owner, 0) + 1
+    missing = []
+    for job in jobs:
+        spec, status = job.get("spec", {}), job.get("status", {})
+        finished = any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        name = job["metadata"]["name"]
+        if (
+            not finished
+            and not spec.get("suspend")
+            and (counts.get(name, 0) < int(spec.get("parallelism") or 1))
+        ):
+            missing.append(name)
+    return missing
+
+
 class Controller:
     def __init__(
         self,
@@ -73,8 +100,9 @@ class Controller:
             self._report_invalid(raw, exc)
             return None
         jobs, pods = self.kube.children(namespace, name)
+        events = self.kube.job_events(namespace, _jobs_missing_pods(jobs, pods))
         now = self.clock()
-        decision = decide(job, observe(jobs, pods), now)
+        decision = decide(job, observe(jobs, pods, events), now)
         if decision.create:
             try:
                 resolved = self._resolve(job)

@@ -77,6 +77,19 @@ class Kube:
         items: list[Obj] = out.get("items", [])
         return items
 
+    def job_events(self, namespace: str, job_names: list[str]) -> list[Obj]:
+        """FailedCreate Events of these Jobs (why the Job controller could not make pods)."""
+        found: list[Obj] = []
+        for name in job_names:
+            self._count()
+            events = self._core.list_namespaced_event(
+                namespace,
+                field_selector=f"involvedObject.kind=Job,involvedObject.name={name},"
+                "reason=FailedCreate",
+            )
+            found += [self._client.sanitize_for_serialization(e) for e in events.items]
+        return found
+
     def children(self, namespace: str, job: str) -> tuple[list[Obj], list[Obj]]:
         """The child Jobs and their pods, found by the job label."""
         selector = f"{names.LABEL_JOB}={job}"

@@ -145,3 +145,31 @@ def test_unschedulable_and_image_pull_trouble() -> None:
     trouble = pod_trouble([image])
     assert trouble is not None and trouble.reason == "ImagePullFailure"
     assert "img:1" in trouble.message
+
+
+def test_a_quota_refusing_pods_is_named_from_the_jobs_events() -> None:
+    train = job("bpj-train-1", "train", 1)
+    train["spec"]["parallelism"] = 2
+    quota = {
+        "involvedObject": {"kind": "Job", "name": "bpj-train-1"},
+        "reason": "FailedCreate",
+        "lastTimestamp": "2026-01-01T00:00:05Z",
+        "message": 'Error creating: pods "bpj-train-1-1-x" is forbidden: exceeded quota: '
+        "tpu, requested: requests.google.com/tpu=4, used: 4, limited: 4",
+    }
+    observed = observe([train], [pod("bpj-train-1", "Running")], [quota])
+    assert observed.train[1].state is JobState.PENDING
+    trouble = observed.train[1].trouble
+    assert trouble is not None and trouble.reason == "QuotaExceeded"
+    assert "requests.google.com/tpu=4" in trouble.message
+
+
+def test_all_pods_running_is_running_even_with_old_creation_events() -> None:
+    train = job("bpj-train-1", "train", 1)
+    stale = {
+        "involvedObject": {"name": "bpj-train-1"},
+        "reason": "FailedCreate",
+        "message": "exceeded quota",
+    }
+    observed = observe([train], [pod("bpj-train-1", "Running")], [stale])
+    assert observed.train[1].state is JobState.RUNNING

@@ -191,7 +191,20 @@ def pod_trouble(pods: Iterable[Obj]) -> Trouble | None:
     return None
 
 
-def observe_job(job: Obj, pods: Iterable[Obj]) -> ObservedJob:
+def creation_trouble(events: Iterable[Obj]) -> Trouble | None:
+    """Why the Job controller could not create pods (its FailedCreate events), newest first."""
+    failed = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    message = str(newest.get("message") or "the Job controller could not create pods")
+    # ResourceQuota admission words it "exceeded quota"; everything else is kept as said.
+    reason = "QuotaExceeded" if "exceeded quota" in message else "FailedCreate"
+    return Trouble(reason, message)
+
+
+def observe_job(job: Obj, pods: Iterable[Obj], events: Iterable[Obj] = ()) -> ObservedJob:
+    """One child Job; ``events`` are the Job's own Events (pod-creation failures)."""
     pods = list(pods)
     name = job.get("metadata", {}).get("name", "")
     if _condition_true(job, "Complete"):
@@ -200,14 +213,26 @@ def observe_job(job: Obj, pods: Iterable[Obj]) -> ObservedJob:
         return ObservedJob(name, JobState.FAILED, failure=classify_job_failure(job, pods))
     if job.get("spec", {}).get("suspend"):
         return ObservedJob(name, JobState.QUEUED)
-    running = any(p.get("status", {}).get("phase") == "Running" for p in pods)
-    if running and all(p.get("status", {}).get("phase") != "Pending" for p in pods):
+    phases = [p.get("status", {}).get("phase") for p in pods]
+    present = [ph for ph in phases if ph in ("Pending", "Running", "Succeeded")]
+    wanted = int(job.get("spec", {}).get("parallelism") or 1)
+    if len(present) < wanted:
+        # Some pods do not even exist: a quota or an admission policy refused them.
+        trouble = creation_trouble(events) or pod_trouble(pods)
+        return ObservedJob(name, JobState.PENDING, trouble=trouble)
+    if "Running" in present and "Pending" not in present:
         return ObservedJob(name, JobState.RUNNING)
     return ObservedJob(name, JobState.PENDING, trouble=pod_trouble(pods))
 
 
-def observe(jobs: Iterable[Obj], pods: Iterable[Obj]) -> Observed:
-    """Group a BertPretrainJob's child Jobs by stage (and attempt) and observe each."""
+def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()) -> Observed:
+    """Group a BertPretrainJob's child Jobs by stage (and attempt) and observe each.
+
+    ``events`` are Events whose involvedObject is one of the Jobs.
+    """
+    events_by_job: dict[str, list[Obj]] = {}
+    for event in events:
+        events_by_job.setdefault(event.get("involvedObject", {}).get("name", ""), []).append(event)
     pods_by_job: dict[str, list[Obj]] = {}
     for pod in pods:
         job_name = pod.get("metadata", {}).get("labels", {}).get("job-name")
@@ -218,7 +243,11 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj]) -> Observed:
     for job in jobs:
         meta = job.get("metadata", {})
         labels = meta.get("labels", {})
-        observed = observe_job(job, pods_by_job.get(meta.get("name", ""), []))
+        observed = observe_job(
+            job,
+            pods_by_job.get(meta.get("name", ""), []),
+            events_by_job.get(meta.get("name", ""), []),
+        )
         stage = labels.get(names.LABEL_STAGE)
         if stage == names.STAGE_PREPARE:
             prepare = observed
