@@ -52,6 +52,15 @@ def manifest(bucket: str, name: str, *, records: bool = False, **spec: Any) -> d
     return copy.deepcopy(doc)
 
 
+def stuck_manifest(bucket: str, name: str) -> dict[str, Any]:
+    """A job whose slice (v5e 4x4) no node pool offers: its training pods stay Pending."""
+    doc = manifest(
+        bucket, name, records=True, tpu={"accelerator": "tpu-v5-lite-podslice", "topology": "4x4"}
+    )
+    doc["spec"]["training"]["globalBatchSize"] = 16
+    return doc
+
+
 def apply(kubectl: Kubectl, namespace: str, doc: dict[str, Any]) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(doc))
 
@@ -169,13 +178,7 @@ def test_corpus_job_runs_every_stage_to_succeeded(
 def test_slice_without_node_pool_reports_unschedulable(
     kubectl: Kubectl, namespace: str, bucket: str
 ) -> None:
-    doc = manifest(
-        bucket,
-        "nowhere",
-        records=True,
-        tpu={"accelerator": "tpu-v5-lite-podslice", "topology": "4x4"},
-    )
-    doc["spec"]["training"]["globalBatchSize"] = 16
+    doc = stuck_manifest(bucket, "nowhere")
     apply(kubectl, namespace, doc)
 
     def unschedulable() -> bool:
@@ -276,13 +279,7 @@ def test_suspend_stops_the_attempt_and_resume_starts_a_new_one(
     kubectl: Kubectl, namespace: str, bucket: str
 ) -> None:
     # A slice no node pool offers keeps the attempt Pending for as long as we need.
-    doc = manifest(
-        bucket,
-        "pausable",
-        records=True,
-        tpu={"accelerator": "tpu-v5-lite-podslice", "topology": "4x4"},
-    )
-    doc["spec"]["training"]["globalBatchSize"] = 16
+    doc = stuck_manifest(bucket, "pausable")
     apply(kubectl, namespace, doc)
     wait_for(
         lambda: (
@@ -365,13 +362,7 @@ def test_kueue_queue_label_and_waiting_status(
 def test_deleting_the_job_garbage_collects_its_children(
     kubectl: Kubectl, namespace: str, bucket: str
 ) -> None:
-    doc = manifest(
-        bucket,
-        "doomed",
-        records=True,
-        tpu={"accelerator": "tpu-v5-lite-podslice", "topology": "4x4"},
-    )
-    doc["spec"]["training"]["globalBatchSize"] = 16
+    doc = stuck_manifest(bucket, "doomed")
     apply(kubectl, namespace, doc)
     wait_for(
         lambda: (

@@ -188,11 +188,11 @@ def decide(job: BertPretrainJob, observed: Observed, now: dt.datetime) -> Decisi
             return b.build()
         b.requeue_after = policy.active_deadline_seconds - elapsed
 
-    if needs_prepare(job) and not _prepare(b, observed):
+    if needs_prepare(job) and not _cpu_stage(b, _PREPARE, observed.prepare):
         return b.build()
     if not _train(b, observed):
         return b.build()
-    if job.spec.export.hugging_face and not _export(b, observed):
+    if job.spec.export.hugging_face and not _cpu_stage(b, _EXPORT, observed.export):
         return b.build()
     b.phase(Phase.SUCCEEDED)
     b.set(completion_time=now)
@@ -250,27 +250,45 @@ def _failed_stage(b: _Builder, failure: Failure | None, stage: str) -> None:
         b.fail(failure.reason, failure.message)
 
 
-def _prepare(b: _Builder, observed: Observed) -> bool:
-    """Run the prepare stage; True once its output exists."""
-    name = names.prepare_job(_name(b))
-    child = observed.prepare
+@dataclass(frozen=True)
+class _CpuStage:
+    """What differs between the two CPU stages (prepare and export); the logic does not."""
+
+    stage: Literal["prepare", "export"]
+    phase: Phase
+    condition: str
+    started_reason: str
+    done_message: str
+
+
+_PREPARE = _CpuStage(
+    "prepare", Phase.PREPARING, PREPARED, "Preparing", "vocabulary and TFRecords are in GCS"
+)
+_EXPORT = _CpuStage(
+    "export", Phase.EXPORTING, EXPORTED, "Exporting", "the HuggingFace checkpoint is in GCS"
+)
+
+
+def _cpu_stage(b: _Builder, spec: _CpuStage, child: ObservedJob | None) -> bool:
+    """Run a CPU stage's Job; True once it succeeded."""
+    name = (names.prepare_job if spec.stage == "prepare" else names.export_job)(_name(b))
     if child is None:
-        b.create.append(("prepare", 0))
-        b.jobs(prepare=name)
-        b.phase(Phase.PREPARING)
-        b.condition(PREPARED, False, "Creating", f"creating the prepare Job {name}")
-        b.event("Normal", "Preparing", f"created the prepare Job {name}")
+        b.create.append((spec.stage, 0))
+        b.jobs(**{spec.stage: name})
+        b.phase(spec.phase)
+        b.condition(spec.condition, False, "Creating", f"creating the {spec.stage} Job {name}")
+        b.event("Normal", spec.started_reason, f"created the {spec.stage} Job {name}")
         return False
     if child.state is JobState.SUCCEEDED:
-        if not _is_true(b, PREPARED):
-            b.condition(PREPARED, True, "Prepared", "vocabulary and TFRecords are in GCS")
-            b.event("Normal", "Prepared", f"the prepare Job {name} succeeded")
+        if not _is_true(b, spec.condition):
+            b.condition(spec.condition, True, spec.condition, spec.done_message)
+            b.event("Normal", spec.condition, f"the {spec.stage} Job {name} succeeded")
         return True
     if child.state is JobState.FAILED:
-        _failed_stage(b, child.failure, "prepare")
+        _failed_stage(b, child.failure, spec.stage)
         return False
-    b.phase(Phase.PREPARING)
-    _stage_in_progress(b, child, PREPARED, f"the prepare Job {name} is")
+    b.phase(spec.phase)
+    _stage_in_progress(b, child, spec.condition, f"the {spec.stage} Job {name} is")
     return False
 
 
@@ -360,28 +378,6 @@ def _failed_attempt(b: _Builder, attempt: int, child: ObservedJob) -> None:
         f"restart {restarts + 1} of {limit}: attempt {attempt + 1} resumes from the last "
         "checkpoint",
     )
-
-
-def _export(b: _Builder, observed: Observed) -> bool:
-    name = names.export_job(_name(b))
-    child = observed.export
-    if child is None:
-        b.create.append(("export", 0))
-        b.jobs(export=name)
-        b.phase(Phase.EXPORTING)
-        b.condition(EXPORTED, False, "Creating", f"creating the export Job {name}")
-        b.event("Normal", "Exporting", f"created the export Job {name}")
-        return False
-    if child.state is JobState.SUCCEEDED:
-        if not _is_true(b, EXPORTED):
-            b.condition(EXPORTED, True, "Exported", "the HuggingFace checkpoint is in GCS")
-        return True
-    if child.state is JobState.FAILED:
-        _failed_stage(b, child.failure, "export")
-        return False
-    b.phase(Phase.EXPORTING)
-    _stage_in_progress(b, child, EXPORTED, f"the export Job {name} is")
-    return False
 
 
 def _is_true(b: _Builder, kind: str) -> bool:
