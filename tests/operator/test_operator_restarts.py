@@ -28,7 +28,7 @@ from bpj_devstack import plane
 from tests.support import Kubectl, kubectl_json, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-KILLS = 8
+KILLS = 20
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_operator_killed_repeatedly_leaves_no_duplicate_children(
     metrics_port, health_port = plane.free_port(), plane.free_port()
     for _ in range(KILLS):
         proc = _start_operator(devstack, k_namespace, log, metrics_port, health_port)
-        time.sleep(rng.uniform(0.5, 3.0))
+        time.sleep(rng.uniform(0.3, 2.0))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
