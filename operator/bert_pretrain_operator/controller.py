@@ -45,7 +45,9 @@ def status_patch(status: BertPretrainJobStatus) -> dict[str, Any]:
     return patch
 
 
-def _jobs_missing_pods(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[str]:
+def _jobs_missing_pods(
+    jobs: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> list[tuple[str, str]]:
     """Unfinished, unsuspended Jobs with fewer pods than they run at once.
 
     Only for these is it worth reading Events: a refused pod creation (a quota, an
@@ -55,7 +57,7 @@ def _jobs_missing_pods(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -
     for pod in pods:
         owner = pod.get("metadata", {}).get("labels", {}).get("job-name", "")
         counts[owner] = counts.get(owner, 0) + 1
-    missing = []
+    missing: list[tuple[str, str]] = []
     for job in jobs:
         spec, status = job.get("spec", {}), job.get("status", {})
         finished = any(
@@ -68,7 +70,7 @@ def _jobs_missing_pods(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -
             and not spec.get("suspend")
             and (counts.get(name, 0) < int(spec.get("parallelism") or 1))
         ):
-            missing.append(name)
+            missing.append((name, job["metadata"]["uid"]))
     return missing
 
 

@@ -77,15 +77,18 @@ class Kube:
         items: list[Obj] = out.get("items", [])
         return items
 
-    def job_events(self, namespace: str, job_names: list[str]) -> list[Obj]:
-        """FailedCreate Events of these Jobs (why the Job controller could not make pods)."""
+    def job_events(self, namespace: str, jobs: list[tuple[str, str]]) -> list[Obj]:
+        """FailedCreate Events of these (name, uid) Jobs: why their pods could not be made.
+
+        Selected by uid: a job deleted and re-created under the same name reuses its
+        children's names, and the old Jobs' Events outlive them by an hour.
+        """
         found: list[Obj] = []
-        for name in job_names:
+        for _name, uid in jobs:
             self._count()
             events = self._core.list_namespaced_event(
                 namespace,
-                field_selector=f"involvedObject.kind=Job,involvedObject.name={name},"
-                "reason=FailedCreate",
+                field_selector=f"involvedObject.uid={uid},reason=FailedCreate",
             )
             found += [self._client.sanitize_for_serialization(e) for e in events.items]
         return found

@@ -392,6 +392,7 @@ ALLOWED = [
     ("patch", "configmaps", ()),
     ("create", "services", ()),
     ("create", "events", ()),
+    ("list", "events", ()),
     ("list", "customresourcedefinitions.apiextensions.k8s.io", ()),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io", ()),
     ("list", "namespaces", ()),

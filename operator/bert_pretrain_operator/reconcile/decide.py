@@ -325,6 +325,23 @@ def _train(b: _Builder, observed: Observed) -> bool:
         )
         b.condition(TRAINED, False, "Queued", f"the training Job {child.name} is queued")
         return False
+    if child.trouble is not None and child.trouble.reason == "QuotaExceeded":
+        # No TPU is held yet: to the user the job still waits, like one queued in Kueue.
+        b.phase(Phase.PENDING)
+        if _reason(b, TRAINED) != "QuotaExceeded":
+            b.event(
+                "Warning",
+                "QuotaExceeded",
+                f"the training Job {child.name} cannot create its pods: {child.trouble.message}",
+            )
+        b.condition(
+            TRAINED,
+            False,
+            "QuotaExceeded",
+            f"the training Job {child.name} cannot create its pods: {child.trouble.message}; "
+            "it retries when the namespace's TPU quota frees up",
+        )
+        return False
     b.phase(Phase.TRAINING)
     if job.spec.queue_name:
         b.condition(ADMITTED, True, "Admitted", f"Kueue admitted {child.name}")
@@ -378,6 +395,10 @@ def _failed_attempt(b: _Builder, attempt: int, child: ObservedJob) -> None:
         f"restart {restarts + 1} of {limit}: attempt {attempt + 1} resumes from the last "
         "checkpoint",
     )
+
+
+def _reason(b: _Builder, kind: str) -> str | None:
+    return next((c.reason for c in b.status.conditions or [] if c.type == kind), None)
 
 
 def _is_true(b: _Builder, kind: str) -> bool:

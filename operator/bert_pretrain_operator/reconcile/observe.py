@@ -198,6 +198,10 @@ def creation_trouble(events: Iterable[Obj]) -> Trouble | None:
         return None
     newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
     message = str(newest.get("message") or "the Job controller could not create pods")
+    # Each retry names a new random pod; keep the stable part so the condition does not
+    # change (and the status is not rewritten) on every retry.
+    message = message.removeprefix("(combined from similar events): ")
+    message = message.split(" is forbidden: ", 1)[-1]
     # ResourceQuota admission words it "exceeded quota"; everything else is kept as said.
     reason = "QuotaExceeded" if "exceeded quota" in message else "FailedCreate"
     return Trouble(reason, message)
