@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bpj_devstack import plane
-from tests.support import Kubectl, wait_for
+from tests.support import Kubectl, kubectl_json, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRDS_DIR = REPO_ROOT / "crds"
@@ -82,7 +82,19 @@ def crd_installed(kubectl: Kubectl) -> None:
         pytest.fail("crds/ holds no CRD; run `python -m bert_pretrain_operator.api.crd`")
     for path in files:
         kubectl("apply", "--server-side", "-f", str(path))
-    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+    def established() -> bool:
+        # `kubectl wait` errors out on a CRD whose status is not written yet; poll instead.
+        crds = kubectl_json(kubectl, "get", "crd")["items"]
+        return all(
+            any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in (crd.get("status") or {}).get("conditions", [])
+            )
+            for crd in crds
+        )
+
+    wait_for(established, 60, "every CRD to be Established")
 
 
 @pytest.fixture
