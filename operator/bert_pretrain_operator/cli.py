@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -133,13 +134,36 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats (``1e-4``), as kubectl reads them.
+
+    YAML 1.1 wants a dot in a float, so PyYAML reads ``learningRate: 1e-4`` as a
+    string and offline validation would reject what the API server accepts.
+    """
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$"
+        r"|^\.(nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_documents(text: str) -> Iterator[Any]:
+    """Every YAML document in ``text``, numbers read as kubectl reads them."""
+    return iter(yaml.load_all(text, Loader=_Yaml12Loader))
+
+
 def _read(path: str) -> Iterator[Document]:
     if path == STDIN:
         text, label = sys.stdin.read(), "<stdin>"
     else:
         with open(path, encoding="utf-8") as handle:
             text, label = handle.read(), path
-    bodies = [body for body in yaml.safe_load_all(text) if body is not None]
+    bodies = [body for body in load_yaml_documents(text) if body is not None]
     for index, body in enumerate(bodies, start=1):
         yield Document(label if len(bodies) == 1 else f"{label}#{index}", body)
 

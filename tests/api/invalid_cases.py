@@ -110,6 +110,280 @@ def apply(doc: dict[str, Any], path: str, value: Any) -> None:
 
 _CKPT = "gs://bpj-test/ckpt/multi_cased_L-12_H-768_A-12/bert_model.ckpt"
 
+
+#: Issue 9's categories of bad input; each case is one more minimal change to a base.
+CATEGORIES: dict[str, tuple[Case, ...]] = {
+    "wrong-type": (
+        Case("spec-string", "spec", {"spec": "train bert"}),
+        Case("model-list", "spec.model", {"spec.model": ["tiny"]}),
+        Case("tpu-string", "spec.tpu", {"spec.tpu": "v4-8"}),
+        Case("corpus-string", "spec.data.corpus", {"spec.data.corpus": "gs://bpj-test/c/*.txt"}),
+        Case("corpus-item-int", "spec.data.corpus", {"spec.data.corpus": [42]}),
+        Case("output-list", "spec.output", {"spec.output": ["gs://bpj-test/runs/case"]}),
+        Case(
+            "batch-size-string",
+            "spec.training.globalBatchSize",
+            {"spec.training.globalBatchSize": "8"},
+        ),
+        Case("train-steps-float", "spec.training.trainSteps", {"spec.training.trainSteps": 100.5}),
+        Case(
+            "learning-rate-string",
+            "spec.training.learningRate",
+            {"spec.training.learningRate": "0.0001"},
+        ),
+        Case("seed-bool", "spec.training.seed", {"spec.training.seed": True}),
+        Case("lowercase-string", "spec.data.lowercase", {"spec.data.lowercase": "false"}),
+        Case(
+            "num-heads-float", "spec.model.numHeads", {"spec.model.numHeads": 4.5}, base="records"
+        ),
+        Case("suspend-string", "spec.runPolicy.suspend", {"spec.runPolicy.suspend": "yes"}),
+        Case("hugging-face-int", "spec.export.huggingFace", {"spec.export.huggingFace": 1}),
+        Case("image-int", "spec.image", {"spec.image": 42}),
+        Case("size-int", "spec.model.size", {"spec.model.size": 12}),
+    ),
+    "missing-required": (
+        Case("missing-model", "spec.model", {"spec.model": UNSET}),
+        Case("missing-training", "spec.training", {"spec.training": UNSET}),
+        Case("missing-tpu", "spec.tpu", {"spec.tpu": UNSET}),
+        Case(
+            "batch-size-missing",
+            "spec.training.globalBatchSize",
+            {"spec.training.globalBatchSize": UNSET},
+        ),
+        Case("accelerator-missing", "spec.tpu.accelerator", {"spec.tpu.accelerator": UNSET}),
+        Case(
+            "explicit-without-num-layers",
+            "spec.model.numLayers",
+            {"spec.model.numLayers": UNSET},
+            base="records",
+        ),
+    ),
+    "impossible-topology": (
+        Case(
+            "v5p-with-2d-topology",
+            "spec.tpu.topology",
+            {"spec.tpu.topology": "2x4"},
+            base="checkpoint",
+        ),
+        Case(
+            "v6e-with-3d-topology",
+            "spec.tpu.topology",
+            {"spec.tpu.accelerator": "tpu-v6e-slice"},
+        ),
+        Case("v4-with-v5p-only-shape", "spec.tpu.topology", {"spec.tpu.topology": "16x16x24"}),
+        Case(
+            "v5p-with-v4-only-shape",
+            "spec.tpu.topology",
+            {"spec.tpu.topology": "8x8x12"},
+            base="checkpoint",
+        ),
+        Case(
+            "v5e-with-3d-topology",
+            "spec.tpu.topology",
+            {"spec.tpu.topology": "8x8x8"},
+            base="records",
+        ),
+        Case("v4-transposed", "spec.tpu.topology", {"spec.tpu.topology": "1x2x2"}),
+        Case("v5e-transposed", "spec.tpu.topology", {"spec.tpu.topology": "4x2"}, base="records"),
+        Case(
+            "v6e-beyond-the-pod",
+            "spec.tpu.topology",
+            {"spec.tpu": {"accelerator": "tpu-v6e-slice", "topology": "32x32"}},
+            base="records",
+        ),
+        Case("topology-zero-side", "spec.tpu.topology", {"spec.tpu.topology": "0x2x2"}),
+        Case("topology-four-axes", "spec.tpu.topology", {"spec.tpu.topology": "2x2x1x1"}),
+        Case("topology-side-too-long", "spec.tpu.topology", {"spec.tpu.topology": "2x2x1000"}),
+        Case("topology-uppercase-x", "spec.tpu.topology", {"spec.tpu.topology": "2X2X1"}),
+        Case("topology-chip-count", "spec.tpu.topology", {"spec.tpu.topology": "v4-8"}),
+    ),
+    "batch-not-divisible": (
+        Case(
+            "batch-not-divisible-v5p",
+            "spec.training.globalBatchSize",
+            {"spec.training.globalBatchSize": 36},
+            base="checkpoint",
+        ),
+        Case(
+            "batch-not-divisible-v5e-2x4",
+            "spec.training.globalBatchSize",
+            {"spec.training.globalBatchSize": 12},
+            base="records",
+        ),
+        Case(
+            "batch-fits-old-slice-not-new",
+            "spec.training.globalBatchSize",
+            {"spec.tpu.topology": "2x2x4"},
+        ),
+        Case(
+            "batch-one-on-four-chips",
+            "spec.training.globalBatchSize",
+            {"spec.training.globalBatchSize": 1},
+        ),
+        Case(
+            "batch-below-v6e-pod",
+            "spec.training.globalBatchSize",
+            {"spec.tpu": {"accelerator": "tpu-v6e-slice", "topology": "16x16"}},
+            base="records",
+        ),
+    ),
+    "not-gcs-path": (
+        Case(
+            "output-https",
+            "spec.output",
+            {"spec.output": "https://storage.googleapis.com/bpj-test/runs"},
+        ),
+        Case("output-local", "spec.output", {"spec.output": "/tmp/runs"}),
+        Case("output-no-bucket", "spec.output", {"spec.output": "gs://"}),
+        Case("output-single-slash", "spec.output", {"spec.output": "gs:/bpj-test/runs"}),
+        Case("output-uppercase-scheme", "spec.output", {"spec.output": "GS://bpj-test/runs"}),
+        Case("output-with-space", "spec.output", {"spec.output": "gs://bpj-test/my runs"}),
+        Case("corpus-s3", "spec.data.corpus", {"spec.data.corpus": ["s3://bpj-test/c/*.txt"]}),
+        Case("corpus-file-uri", "spec.data.corpus", {"spec.data.corpus": ["file:///data/c.txt"]}),
+        Case(
+            "tfrecords-local",
+            "spec.data.tfrecords",
+            {"spec.data.tfrecords": "/data/*.tfrecord"},
+            base="records",
+        ),
+        Case(
+            "vocab-https",
+            "spec.data.vocab",
+            {"spec.data.vocab": "https://example.com/vocab.txt"},
+            base="records",
+        ),
+        Case(
+            "init-checkpoint-local",
+            "spec.model.initCheckpoint",
+            {"spec.model.initCheckpoint": "/ckpt/bert_model.ckpt"},
+            base="checkpoint",
+        ),
+        Case(
+            "init-checkpoint-bucket-only",
+            "spec.model.initCheckpoint",
+            {"spec.model.initCheckpoint": "gs://bpj-test"},
+            base="checkpoint",
+        ),
+    ),
+    "over-long": (
+        Case("name-63-chars", "metadata.name", {"metadata.name": "a" * 63}),
+        Case("name-254-chars", "metadata.name", {"metadata.name": "a" * 254}),
+        Case("name-uppercase", "metadata.name", {"metadata.name": "Bert"}),
+        Case("name-ends-with-dash", "metadata.name", {"metadata.name": "bert-"}),
+        Case("name-with-underscore", "metadata.name", {"metadata.name": "bert_run"}),
+        Case(
+            "service-account-too-long",
+            "spec.serviceAccountName",
+            {"spec.serviceAccountName": "a" * 254},
+        ),
+        Case("queue-name-too-long", "spec.queueName", {"spec.queueName": "q" * 64}),
+        Case("image-too-long", "spec.image", {"spec.image": "x" * 513}),
+        Case("output-too-long", "spec.output", {"spec.output": "gs://bpj-test/" + "a" * 1011}),
+        Case(
+            "corpus-too-many",
+            "spec.data.corpus",
+            {"spec.data.corpus": [f"gs://bpj-test/c/{i}.txt" for i in range(65)]},
+        ),
+    ),
+    "huge-number": (
+        Case(
+            "batch-size-huge",
+            "spec.training.globalBatchSize",
+            {"spec.training.globalBatchSize": 2**31},
+        ),
+        Case("train-steps-huge", "spec.training.trainSteps", {"spec.training.trainSteps": 10**12}),
+        Case(
+            "train-steps-beyond-int64",
+            "spec.training.trainSteps",
+            {"spec.training.trainSteps": 10**20},
+        ),
+        Case(
+            "hidden-size-huge",
+            "spec.model.hiddenSize",
+            {"spec.model.hiddenSize": 100000},
+            base="records",
+        ),
+        Case(
+            "max-restarts-huge", "spec.runPolicy.maxRestarts", {"spec.runPolicy.maxRestarts": 1000}
+        ),
+        Case(
+            "active-deadline-huge",
+            "spec.runPolicy.activeDeadlineSeconds",
+            {"spec.runPolicy.activeDeadlineSeconds": 10**9},
+        ),
+        Case(
+            "ttl-negative",
+            "spec.runPolicy.ttlSecondsAfterFinished",
+            {"spec.runPolicy.ttlSecondsAfterFinished": -1},
+        ),
+        Case(
+            "learning-rate-huge", "spec.training.learningRate", {"spec.training.learningRate": 10.0}
+        ),
+        Case("weight-decay-huge", "spec.training.weightDecay", {"spec.training.weightDecay": 2.0}),
+        Case("vocab-size-huge", "spec.data.vocabSize", {"spec.data.vocabSize": 10**7}),
+        Case("seed-huge", "spec.training.seed", {"spec.training.seed": 2**32}),
+        Case(
+            "keep-checkpoints-huge",
+            "spec.training.keepCheckpoints",
+            {"spec.training.keepCheckpoints": 1000},
+        ),
+        Case(
+            "checkpoint-every-zero",
+            "spec.training.checkpointEverySteps",
+            {"spec.training.checkpointEverySteps": 0},
+        ),
+        Case(
+            "max-predictions-huge",
+            "spec.data.maxPredictionsPerSeq",
+            {"spec.data.maxPredictionsPerSeq": 10000},
+        ),
+        Case("min-frequency-huge", "spec.data.minFrequency", {"spec.data.minFrequency": 10**7}),
+    ),
+    "unicode": (
+        Case("name-accented", "metadata.name", {"metadata.name": "b\u00e9rt"}),
+        Case("name-cyrillic-homoglyph", "metadata.name", {"metadata.name": "b\u0435rt"}),
+        Case("output-unicode-bucket", "spec.output", {"spec.output": "gs://bpj-t\u00ebst/runs"}),
+        Case(
+            "topology-multiplication-sign",
+            "spec.tpu.topology",
+            {"spec.tpu.topology": "2\u00d72\u00d71"},
+        ),
+        Case(
+            "accelerator-unicode-hyphen",
+            "spec.tpu.accelerator",
+            {"spec.tpu.accelerator": "tpu\u2010v4\u2010podslice"},
+        ),
+        Case("queue-name-unicode", "spec.queueName", {"spec.queueName": "qu\u00e9ue"}),
+        Case(
+            "service-account-unicode",
+            "spec.serviceAccountName",
+            {"spec.serviceAccountName": "train\u00e9r"},
+        ),
+        Case(
+            "optimizer-fullwidth",
+            "spec.training.optimizer",
+            {"spec.training.optimizer": "\uff41\uff44\uff41\uff4d\uff57"},
+        ),
+        Case("size-unicode", "spec.model.size", {"spec.model.size": "t\u0131ny"}),
+    ),
+    "unknown-field": (
+        Case("spec-unknown-field", "spec.resources", {"spec.resources": {"cpu": "1"}}),
+        Case("training-unknown-field", "spec.training.lr", {"spec.training.lr": 0.001}),
+        Case("model-unknown-field", "spec.model.layers", {"spec.model.layers": 2}),
+        Case(
+            "run-policy-unknown-field",
+            "spec.runPolicy.backoffLimit",
+            {"spec.runPolicy.backoffLimit": 3},
+        ),
+        Case(
+            "snake-case-field",
+            "spec.training.train_steps",
+            {"spec.training.train_steps": 100},
+        ),
+        Case("miscased-field", "spec.tpu.Topology", {"spec.tpu.Topology": "2x2x1"}),
+    ),
+}
+
 CASES: tuple[Case, ...] = (
     # --- schema: required fields, types, enums, ranges, patterns, unknown fields ---
     Case("missing-data", "spec.data", {"spec.data": UNSET}),
@@ -310,6 +584,7 @@ CASES: tuple[Case, ...] = (
     Case("name-too-long", "metadata.name", {"metadata.name": "a" * 41}),
     Case("name-starts-with-digit", "metadata.name", {"metadata.name": "1st-run"}),
     Case("name-with-dot", "metadata.name", {"metadata.name": "bert.v1"}),
+    *(case for cases in CATEGORIES.values() for case in cases),
 )
 
 #: Updates frozen once the job started (status.startTime set), one per immutable field.

@@ -38,9 +38,12 @@ from bert_pretrain_operator.tpu_catalogue import Accelerator
 URI_MAX_LENGTH: Final = 1024
 _BUCKET = r"gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]"
 #: An object or glob inside a bucket: gs://bucket/path, not ending in "/".
-GCS_OBJECT_PATTERN: Final = rf"^{_BUCKET}/\S*[^/\s]$"
+# Spelled out instead of \S and \s: the API server's RE2 treats those as ASCII only and
+# Python's re as Unicode, so the two would disagree on e.g. a no-break space.
+_NON_SPACE = r"[^ \t\n\r\f\v]"
+GCS_OBJECT_PATTERN: Final = rf"^{_BUCKET}/{_NON_SPACE}*[^/ \t\n\r\f\v]$"
 #: A bucket or a prefix inside one: gs://bucket or gs://bucket/some/prefix.
-GCS_PREFIX_PATTERN: Final = rf"^{_BUCKET}(/\S*)?$"
+GCS_PREFIX_PATTERN: Final = rf"^{_BUCKET}(/{_NON_SPACE}*)?$"
 #: A DNS-1123 subdomain (service account names).
 DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: A label value that is also a DNS-1123 subdomain (Kueue LocalQueue names).
