@@ -61,6 +61,15 @@ def stuck_manifest(bucket: str, name: str) -> dict[str, Any]:
     return doc
 
 
+def wait_job(kubectl: Kubectl, namespace: str, job: str, timeout: float = 60) -> None:
+    """Wait until the operator created the child Job ``job``."""
+
+    def exists() -> bool:
+        return kubectl("get", "job", job, "-n", namespace, check=False).returncode == 0
+
+    wait_for(exists, timeout, f"the Job {job}")
+
+
 def apply(kubectl: Kubectl, namespace: str, doc: dict[str, Any]) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(doc))
 
@@ -281,13 +290,7 @@ def test_suspend_stops_the_attempt_and_resume_starts_a_new_one(
     # A slice no node pool offers keeps the attempt Pending for as long as we need.
     doc = stuck_manifest(bucket, "pausable")
     apply(kubectl, namespace, doc)
-    wait_for(
-        lambda: (
-            kubectl("get", "job", "pausable-train-1", "-n", namespace, check=False).returncode == 0
-        ),
-        60,
-        "the first attempt",
-    )
+    wait_job(kubectl, namespace, "pausable-train-1")
     kubectl(
         "patch",
         "bpj",
@@ -317,13 +320,7 @@ def test_suspend_stops_the_attempt_and_resume_starts_a_new_one(
         "-p",
         '{"spec": {"runPolicy": {"suspend": false}}}',
     )
-    wait_for(
-        lambda: (
-            kubectl("get", "job", "pausable-train-2", "-n", namespace, check=False).returncode == 0
-        ),
-        60,
-        "the resumed attempt",
-    )
+    wait_job(kubectl, namespace, "pausable-train-2")
     st = status(kubectl, namespace, "pausable")
     assert st.get("restarts") in (None, 0)
     assert condition(st, "Suspended")["reason"] == "Resumed"
@@ -364,13 +361,7 @@ def test_deleting_the_job_garbage_collects_its_children(
 ) -> None:
     doc = stuck_manifest(bucket, "doomed")
     apply(kubectl, namespace, doc)
-    wait_for(
-        lambda: (
-            kubectl("get", "job", "doomed-train-1", "-n", namespace, check=False).returncode == 0
-        ),
-        60,
-        "the training Job",
-    )
+    wait_job(kubectl, namespace, "doomed-train-1")
     kubectl("delete", "bpj", "doomed", "-n", namespace)
 
     def children_gone() -> bool:
