@@ -2,7 +2,7 @@
 
 - ``learningRate: 1e-4``: PyYAML reads it as a string under YAML 1.1; ``bpj`` now
   reads YAML as kubectl does (``cli.load_yaml_documents``).
-- a no-break space in a gs:// path: RE2's ``\S`` is ASCII-only, Python's is not;
+- a no-break space in a gs:// path: RE2's ``\\S`` is ASCII-only, Python's is not;
   the patterns now spell the whitespace class out.
 """
 
