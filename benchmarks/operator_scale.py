@@ -20,8 +20,10 @@ What it does, in one run on one machine:
    pod runs and the rest wait, Pending, as jobs queue for capacity on a real
    cluster (the scheduler and the operator's pod watch see all of them).
 4. Creates more jobs until ``--total`` are present, waits until all their
-   training Jobs exist and one full resync has run, then reads the operator's
-   peak resident set (VmHWM in /proc/<pid>/status).
+   training Jobs exist, then for ``--settle`` seconds (more than one 30 s
+   resync), and reads the operator's peak resident set (VmHWM in
+   /proc/<pid>/status). The window is timed, not waited out until the operator
+   is idle: with 1,000 jobs the resync alone keeps it busy.
 5. Reads the operator's own metrics: reconciles (``bpj_reconcile_seconds_count``)
    and Kubernetes API requests (``bpj_api_requests_total``, which counts every
    call of ``Kube``); requests per reconcile are reported per phase.
@@ -483,8 +485,8 @@ def counts(operator: Operator) -> Counts:
     )
 
 
-def wait_until_idle(operator: Operator, timeout: float) -> None:
-    """Until the work queue is empty and no reconcile ran for two seconds."""
+def wait_until_idle(operator: Operator, timeout: float) -> bool:
+    """Until the work queue is empty and no reconcile ran for two seconds; False on timeout."""
     deadline = time.monotonic() + timeout
     last = -1.0
     quiet_since = time.monotonic()
@@ -494,9 +496,10 @@ def wait_until_idle(operator: Operator, timeout: float) -> None:
         if done != last or samples.get("bpj_workqueue_depth", 0.0) > 0:
             last, quiet_since = done, time.monotonic()
         elif time.monotonic() - quiet_since >= 2.0:
-            return
+            return True
         time.sleep(0.25)
-    raise SystemExit(f"the operator was still busy after {timeout:.0f}s")
+    print(f"(the operator was still busy after {timeout:.0f}s)", flush=True)
+    return False
 
 
 def _sample_memory(operator: Operator, stop: threading.Event, peak: list[float]) -> None:
@@ -601,15 +604,15 @@ def _measure(
         f"{time.perf_counter() - started:.1f}s after the first create",
         flush=True,
     )
-    wait_until_idle(operator, 300)
     after_fill = counts(operator)
     print(f"fill: {after_fill.minus(after_burst).describe()}", flush=True)
 
-    # Phase 3: steady state with every job present, through at least one full resync.
+    # Phase 3: every job present, for `settle` seconds (at least one full resync).
+    # With this many jobs the periodic resync alone may keep the operator busy, so
+    # this window is timed rather than waited out until idle.
     time.sleep(settle)
-    wait_until_idle(operator, 300)
     steady = counts(operator).minus(after_fill)
-    print(f"steady {settle:.0f}s with {total} jobs: {steady.describe()}", flush=True)
+    print(f"{settle:.0f}s with {total} jobs present: {steady.describe()}", flush=True)
     stop_sampling.set()
     memory = operator.memory()
     print(
