@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from machine import machine  # benchmarks/ is the script's directory
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "quickstart.yaml"
 TARGET_P99_SECONDS = 2.0
@@ -72,22 +74,6 @@ REQUESTS_METRIC = "bpj_api_requests_total"
 
 
 # --------------------------------------------------------------------------- stack and operator
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {memory:.1f} GiB RAM, "
-        f"load average at start {os.getloadavg()[0]:.2f}"
-    )
 
 
 def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:

@@ -52,6 +52,8 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
+from machine import machine  # benchmarks/ is the script's directory
+
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 1.3
 TARGET_INPUT_WAIT = 0.05
@@ -337,22 +339,6 @@ def _run_side(side: str, setup: Setup, log: Path) -> RunResult:
     if done.returncode != 0:
         raise SystemExit(f"{side} failed (exit {done.returncode}); see {log}")
     return RunResult(**json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {memory:.1f} GiB RAM, "
-        f"load average at start {os.getloadavg()[0]:.2f}"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
