@@ -55,9 +55,21 @@ def test_multi_host_slice_gets_one_pod_per_vm_and_a_headless_service() -> None:
     c = container(train)
     assert c["resources"]["requests"] == {"google.com/tpu": "4"}
     assert c["resources"]["limits"] == {"google.com/tpu": "4"}
-    assert {p["containerPort"] for p in c["ports"]} == {8471, 8080}
+    assert {p["containerPort"] for p in c["ports"]} == {8471, contract.DEFAULT_COORDINATOR_PORT}
     assert c["args"] == ["train", "--config", contract.CONFIG_PATH]
     assert c["image"] == "registry.example/trainer:1"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["TPU_WORKER_HOSTNAMES"]["value"] == (
+        "bert-base-scratch-train-1-0.bert-base-scratch-workers,"
+        "bert-base-scratch-train-1-1.bert-base-scratch-workers"
+    )
+    assert env["TPU_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    assert env["JAX_COORDINATOR_PORT"]["value"] == str(contract.DEFAULT_COORDINATOR_PORT)
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["jax-coordinator"] == (
+        contract.DEFAULT_COORDINATOR_PORT
+    )
 
 
 def test_single_host_slice_needs_no_service() -> None:
@@ -65,6 +77,8 @@ def test_single_host_slice_needs_no_service() -> None:
     assert train["metadata"]["name"] == "quickstart-train-3"
     assert train["spec"]["completions"] == 1
     assert "subdomain" not in train["spec"]["template"]["spec"]
+    env_names = {e["name"] for e in container(train)["env"]}
+    assert not env_names & {"TPU_WORKER_ID", "TPU_WORKER_HOSTNAMES"}, "one host trains alone"
     assert train["metadata"]["labels"][names.LABEL_ATTEMPT] == "3"
 
 

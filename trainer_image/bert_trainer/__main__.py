@@ -28,6 +28,8 @@ from pydantic import ValidationError
 from bert_trainer import contract, storage
 from bert_trainer.config import TrainerConfig
 from bert_trainer.storage import InputError
+from bert_trainer.supervise import supervise
+from bert_trainer.train.cluster import SliceHosts, choose_runtime
 
 log = logging.getLogger("bert_trainer")
 
@@ -69,6 +71,15 @@ class JsonFormatter(logging.Formatter):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     _configure_logging(None)
+    if args.command == "train" and not os.environ.get(contract.ENV_SUPERVISED):
+        try:
+            hosts = SliceHosts.from_environ()
+            runtime = choose_runtime(hosts)
+        except InputError as e:
+            return _fail(contract.EXIT_BAD_INPUT, f"train: {_one_line(e)}")
+        if runtime == "jax" and hosts.size > 1:
+            code, message = supervise(list(sys.argv[1:] if argv is None else argv), hosts.worker_id)
+            return _fail(code, message) if message else code
     try:
         config = _load_config(args.config)
     except (InputError, ValidationError, ValueError) as e:
@@ -92,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(code, f"{args.command}: {_one_line(e)}")
     except Exception as e:
         log.exception("%s failed", args.command)
+        masked = _stage_exit_behind(e)
+        if masked is not None:
+            # Cleaning up after a stage's own exit failed too (e.g. closing the summary
+            # writer during the storage outage that ended training): the exit says why.
+            return _fail(masked[0], f"{args.command}: {masked[1]}")
         return _fail(contract.EXIT_INFRASTRUCTURE, f"{args.command}: {_one_line(e)}")
     log.info("%s finished", args.command)
     return contract.EXIT_OK
@@ -121,6 +137,14 @@ def _command(name: str) -> Callable[[TrainerConfig], None]:
     # Sections are checked before the (TensorFlow-heavy) stage modules are imported.
     def train(config: TrainerConfig) -> None:
         _section(config.train, "train")
+        hosts = SliceHosts.from_environ()
+        if choose_runtime(hosts) == "jax":
+            # Keras reads its backend once, on first import.
+            os.environ["KERAS_BACKEND"] = "jax"
+            from bert_trainer.train.multihost import run_multihost
+
+            run_multihost(config, hosts)
+            return
         from bert_trainer.train.run import run_train
 
         run_train(config)
@@ -143,6 +167,19 @@ def _section(section: _T | None, name: str) -> _T:
     if section is None:
         raise InputError(f"the configuration has no {name!r} section")
     return section
+
+
+def _stage_exit_behind(error: BaseException) -> tuple[int, str] | None:
+    """The code and message of a non-zero SystemExit that ``error`` was raised while handling."""
+    seen = 0
+    cause = error.__context__
+    while cause is not None and seen < 20:
+        if isinstance(cause, SystemExit) and cause.code not in (None, 0):
+            code = cause.code if isinstance(cause.code, int) else contract.EXIT_INFRASTRUCTURE
+            return code, _one_line(cause)
+        cause = cause.__context__
+        seen += 1
+    return None
 
 
 def _fail(code: int, message: str) -> int:

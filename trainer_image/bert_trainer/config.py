@@ -94,6 +94,13 @@ class TrainConfig(_Model):
     """The checkpoint's bert_config.json; its dimensions must equal ``model``."""
     vocab: str | None = None
     """The vocab the records were made with; checked against the init checkpoint's."""
+    shuffle: bool = True
+    """False reads files and records in order (reproducible runs and comparisons)."""
+    startup_timeout_seconds: int = Field(default=600, ge=1)
+    """Multi-host: how long the hosts of a slice wait for each other at start-up."""
+    peer_timeout_seconds: int = Field(default=60, ge=2)
+    """Multi-host: a host silent this long is lost; every host then exits with
+    ``EXIT_INFRASTRUCTURE`` so the operator restarts the slice."""
 
 
 class ExportConfig(_Model):

@@ -32,7 +32,8 @@ EXIT_OK: Final = 0
 EXIT_BAD_INPUT: Final = 10
 """Invalid configuration or data (missing objects, vocab mismatch, corrupt records)."""
 EXIT_INFRASTRUCTURE: Final = 20
-"""Transient failure after retries (storage unreachable, a lost peer worker)."""
+"""Transient failure after retries (storage unreachable for longer than the retry
+budget, see ``ENV_STORAGE_RETRY_SECONDS``; a lost peer worker)."""
 EXIT_PREEMPTED: Final = 21
 """SIGTERM received (e.g. a spot VM's notice); a checkpoint was written before exit."""
 
@@ -45,6 +46,19 @@ ENV_POD_NAMESPACE: Final = "POD_NAMESPACE"
 ENV_WORKER_ID: Final = "TPU_WORKER_ID"
 """Injected by GKE on TPU pods (and by the Indexed Job's completion index otherwise)."""
 ENV_WORKER_HOSTNAMES: Final = "TPU_WORKER_HOSTNAMES"
+ENV_STORAGE_RETRY_SECONDS: Final = "BERT_TRAINER_STORAGE_RETRY_SECONDS"
+"""How long the trainer retries a failing storage call before exiting with
+``EXIT_INFRASTRUCTURE`` (``bert_trainer.retry``; default 600, 0 disables). Set it for
+every trainer pod with the operator's ``BPJ_TRAINER_ENV_<NAME>`` settings."""
+"""Every host of the slice, comma-separated, in worker-id order (rendered by the operator)."""
+ENV_COORDINATOR_PORT: Final = "JAX_COORDINATOR_PORT"
+"""Where host 0 runs JAX's coordination service on a multi-host slice (JAX's own name)."""
+DEFAULT_COORDINATOR_PORT: Final = 8482
+"""JAX's default for Cloud TPU (``jax._src.clusters.cloud_tpu_cluster``)."""
+ENV_RUNTIME: Final = "BERT_TRAINER_RUNTIME"
+"""``tensorflow`` or ``jax``; unset: JAX on a multi-host slice, TensorFlow otherwise."""
+ENV_SUPERVISED: Final = "BERT_TRAINER_SUPERVISED"
+"""Set by the multi-host supervisor in the environment of the process it starts."""
 
 #: Keys of ``status.progress`` written by worker 0 (camelCase, as in the CRD).
 PROGRESS_FIELDS: Final = (

@@ -7,8 +7,12 @@
   (completions = parallelism = VMs, backoffLimit 0). A failed attempt is
   replaced by a new Job (the operator counts restarts), so the whole slice
   restarts together and resumes from the last checkpoint. Multi-host slices get
-  a headless Service as the pods' subdomain, which is how GKE gives each TPU VM
-  a stable hostname and injects TPU_WORKER_ID / TPU_WORKER_HOSTNAMES.
+  a headless Service as the pods' subdomain, which gives each TPU VM a stable
+  hostname (``<job>-<index>.<service>``), and every pod gets TPU_WORKER_ID (its
+  completion index) and TPU_WORKER_HOSTNAMES (all of them, in index order):
+  the values GKE's TPU webhook injects, rendered here so the trainer sees the
+  same on any cluster. Host 0 runs JAX's coordination service on
+  JAX_COORDINATOR_PORT (docs/multi-host.md).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from bert_trainer.config import TrainerConfig
 
 Manifest = dict[str, Any]
 
-#: The TPU runtime's port and the trainer's coordination port (GKE's TPU examples
-#: expose both on every host of a multi-host slice).
+#: The TPU runtime's port (GKE's TPU examples expose it on every host) and the port
+#: of JAX's coordination service, which host 0 of a multi-host slice runs.
 TPU_RUNTIME_PORT: Final = 8471
-COORDINATOR_PORT: Final = 8080
+COORDINATOR_PORT: Final = contract.DEFAULT_COORDINATOR_PORT
+COMPLETION_INDEX_ANNOTATION: Final = "batch.kubernetes.io/job-completion-index"
 #: Retries of the CPU stages on failures that are not bad input (e.g. a lost node).
 CPU_STAGE_BACKOFF_LIMIT: Final = 2
 CONTAINER_NAME: Final = "trainer"
@@ -199,7 +204,7 @@ def workers_service(job: BertPretrainJob) -> Manifest:
             "selector": {names.LABEL_JOB: owner, names.LABEL_STAGE: names.STAGE_TRAIN},
             "ports": [
                 {"name": "tpu-runtime", "port": TPU_RUNTIME_PORT},
-                {"name": "coordinator", "port": COORDINATOR_PORT},
+                {"name": "jax-coordinator", "port": COORDINATOR_PORT},
             ],
         },
     }
@@ -226,7 +231,7 @@ def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifes
     )
     container["ports"] = [
         {"name": "tpu-runtime", "containerPort": TPU_RUNTIME_PORT},
-        {"name": "coordinator", "containerPort": COORDINATOR_PORT},
+        {"name": "jax-coordinator", "containerPort": COORDINATOR_PORT},
     ]
     node_selector = {
         tpu_catalogue.LABEL_ACCELERATOR: tpu.accelerator.value,
@@ -241,6 +246,7 @@ def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifes
     ]
     if shape.multi_host:
         pod_spec["subdomain"] = names.workers_service(owner)
+        container["env"] += slice_env(owner, attempt, shape.vms)
     spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": shape.vms,
@@ -257,6 +263,26 @@ def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifes
         "metadata": _metadata(job, names.train_job(owner, attempt), job_labels),
         "spec": spec,
     }
+
+
+def slice_env(owner: str, attempt: int, vms: int) -> list[dict[str, Any]]:
+    """What each host of a multi-host slice needs to find the others."""
+    job_name = names.train_job(owner, attempt)
+    service = names.workers_service(owner)
+    return [
+        {
+            "name": contract.ENV_WORKER_ID,
+            "valueFrom": {
+                "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
+            },
+        },
+        {
+            "name": contract.ENV_WORKER_HOSTNAMES,
+            # An Indexed Job's pod <index> has the hostname <job>-<index>.
+            "value": ",".join(f"{job_name}-{index}.{service}" for index in range(vms)),
+        },
+        {"name": contract.ENV_COORDINATOR_PORT, "value": str(COORDINATOR_PORT)},
+    ]
 
 
 def canonical(manifest: Manifest) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
 STATISTICS = (
     "loss",
@@ -30,45 +30,40 @@ STATISTICS = (
 _EPSILON = 1e-5  # Google's: keeps a batch without predictions from dividing by 0.
 
 
-def pretraining_loss(
-    outputs: Mapping[str, Any], labels: Mapping[str, Any]
-) -> tuple[tf.Tensor, tf.Tensor]:
+def pretraining_loss(outputs: Mapping[str, Any], labels: Mapping[str, Any]) -> tuple[Any, Any]:
     """The loss of one replica's batch and a float32 vector of ``STATISTICS``.
 
     ``outputs`` holds ``mlm_logits`` and ``nsp_logits``; ``labels`` holds
     ``masked_lm_ids``, ``masked_lm_weights`` and ``next_sentence_labels``
-    (shape ``[batch]`` or ``[batch, 1]``).
+    (shape ``[batch]`` or ``[batch, 1]``). Written with ``keras.ops`` so the
+    TensorFlow step and the JAX step (multi-host slices) share one objective.
     """
-    mlm_logits = tf.cast(outputs["mlm_logits"], tf.float32)
-    nsp_logits = tf.cast(outputs["nsp_logits"], tf.float32)
-    mlm_ids = tf.cast(labels["masked_lm_ids"], tf.int32)
-    weights = tf.cast(labels["masked_lm_weights"], tf.float32)
-    nsp_labels = tf.reshape(tf.cast(labels["next_sentence_labels"], tf.int32), [-1])
+    mlm_logits = ops.cast(outputs["mlm_logits"], "float32")
+    nsp_logits = ops.cast(outputs["nsp_logits"], "float32")
+    mlm_ids = ops.cast(labels["masked_lm_ids"], "int32")
+    weights = ops.cast(labels["masked_lm_weights"], "float32")
+    nsp_labels = ops.reshape(ops.cast(labels["next_sentence_labels"], "int32"), [-1])
 
-    mlm_nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=mlm_ids, logits=mlm_logits)
-    weight_sum = tf.reduce_sum(weights)
-    mlm_loss = tf.reduce_sum(mlm_nll * weights) / (weight_sum + _EPSILON)
-    nsp_loss = tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=nsp_labels, logits=nsp_logits)
+    mlm_nll = ops.sparse_categorical_crossentropy(mlm_ids, mlm_logits, from_logits=True)
+    weight_sum = ops.sum(weights)
+    mlm_loss = ops.sum(mlm_nll * weights) / (weight_sum + _EPSILON)
+    nsp_loss = ops.mean(
+        ops.sparse_categorical_crossentropy(nsp_labels, nsp_logits, from_logits=True)
     )
     loss = mlm_loss + nsp_loss
 
-    mlm_hits = tf.cast(
-        tf.equal(tf.argmax(mlm_logits, -1, output_type=tf.int32), mlm_ids), tf.float32
-    )
-    nsp_hits = tf.cast(
-        tf.equal(tf.argmax(nsp_logits, -1, output_type=tf.int32), nsp_labels), tf.float32
-    )
-    statistics = tf.stack(
+    mlm_hits = ops.cast(ops.equal(ops.argmax(mlm_logits, axis=-1), mlm_ids), "float32")
+    nsp_hits = ops.cast(ops.equal(ops.argmax(nsp_logits, axis=-1), nsp_labels), "float32")
+    statistics = ops.stack(
         [
             loss,
             mlm_loss,
             nsp_loss,
-            tf.constant(1.0),
-            tf.reduce_sum(mlm_hits * weights),
+            ops.ones((), "float32"),
+            ops.sum(mlm_hits * weights),
             weight_sum,
-            tf.reduce_sum(nsp_hits),
-            tf.cast(tf.size(nsp_labels), tf.float32),
+            ops.sum(nsp_hits),
+            ops.cast(ops.size(nsp_labels), "float32"),
         ]
     )
     return loss, statistics

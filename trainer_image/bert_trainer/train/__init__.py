@@ -1,4 +1,8 @@
-"""The ``train`` command: masked-LM + next-sentence pretraining with ``tf.distribute``.
+"""The ``train`` command: masked-LM + next-sentence pretraining.
+
+One host trains with ``tf.distribute`` (``run``); a slice of several hosts
+trains the same Keras model on JAX (``multihost``, chosen by ``cluster``,
+checkpointing with ``array_checkpoint``; ``docs/multi-host.md``).
 
 ``run`` wires the pieces: ``strategy`` (TPU or default), ``data`` (TFRecords
 to fixed-shape batches), ``optimizer`` (AdamW/LAMB and the schedule), ``step``

@@ -15,6 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from bert_trainer import retry
 from bert_trainer.storage import InputError
 
 INT_FEATURES = ("input_ids", "input_mask", "segment_ids")
@@ -50,7 +51,16 @@ def list_records(pattern: str, shape: RecordShape) -> list[str]:
     Raises InputError when nothing matches, when no file holds a record, or when
     the first record's features are missing or sized differently from ``shape``
     (a mismatch would otherwise surface as an opaque error deep in training).
+    Retried while storage is unavailable (``retry.retry_transient``).
     """
+    return retry.retry_transient(
+        lambda: _list_records(pattern, shape),
+        what=f"listing training records {pattern}",
+        budget_seconds=retry.budget_seconds(),
+    )
+
+
+def _list_records(pattern: str, shape: RecordShape) -> list[str]:
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise InputError(f"no TFRecord files match {pattern}")
@@ -94,45 +104,60 @@ def make_dataset(
     seed: int,
     input_context: tf.distribute.InputContext | None = None,
     shuffle_buffer: int = 10_000,
+    shuffle: bool = True,
 ) -> tf.data.Dataset:
     """Endless ``(features, labels)`` batches of ``batch_size`` for one input pipeline.
 
     ``features`` are the model's inputs (``token_ids``, ``segment_ids``,
     ``padding_mask``, ``mask_positions``, all int32); ``labels`` are
     ``masked_lm_ids`` (int32), ``masked_lm_weights`` (float32) and
-    ``next_sentence_labels`` (int32, shape ``[batch]``).
+    ``next_sentence_labels`` (int32, shape ``[batch]``). ``shuffle=False``
+    reads files and records in order, for reproducible comparisons.
     """
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline = input_context.input_pipeline_id if input_context else 0
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    shard_files = pipelines > 1 and len(files) >= pipelines
-    shard_records = pipelines > 1 and not shard_files
-    if shard_files:
-        dataset = dataset.shard(pipelines, pipeline)
-    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    dataset = dataset.interleave(
+    mine = pipeline_files(files, pipelines, pipeline)
+    shard_records = pipelines > 1 and mine == files
+    deterministic = shard_records or not shuffle
+    dataset = tf.data.Dataset.from_tensor_slices(mine)
+    if shuffle:
+        dataset = dataset.shuffle(len(mine), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat().interleave(
         lambda path: tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES),
-        cycle_length=min(len(files), _MAX_PARALLEL_FILES),
+        cycle_length=min(len(mine), _MAX_PARALLEL_FILES),
         num_parallel_calls=tf.data.AUTOTUNE,
         # Splitting records between pipelines needs every pipeline to see them in
         # the same order (same seed, deterministic reads); otherwise order is free.
-        deterministic=shard_records,
+        deterministic=deterministic,
     )
     if shard_records:
         # Too few files to give each pipeline its own: split the records instead.
         dataset = dataset.shard(pipelines, pipeline)
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if shuffle:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     spec = feature_spec(shape)
     dataset = dataset.map(
         lambda records: _to_model_inputs(tf.io.parse_example(records, spec)),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=False,
+        deterministic=deterministic,
     )
     options = tf.data.Options()
-    options.deterministic = shard_records
+    options.deterministic = deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline_files(files: list[str], pipelines: int, pipeline: int) -> list[str]:
+    """The files input pipeline ``pipeline`` of ``pipelines`` reads.
+
+    Each pipeline (one per host) gets its own files, so hosts read disjoint
+    data; with fewer files than pipelines every pipeline reads all files and
+    keeps every ``pipelines``-th record.
+    """
+    if pipelines > 1 and len(files) >= pipelines:
+        return files[pipeline::pipelines]
+    return files
 
 
 def _to_model_inputs(parsed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -3,22 +3,39 @@
 Each call of the train function runs a chunk of steps sized to take about
 ``target_call_seconds`` (few Python round trips, yet frequent enough for
 summaries, progress and a prompt reaction to SIGTERM), never crossing a
-checkpoint boundary or the last step.
+checkpoint boundary or the last step. On a multi-host slice every host must
+run the same chunks and stop at the same step, or the hosts that go on wait
+forever in a collective for the one that left: an ``agree`` function makes the
+hosts settle each chunk's size and the stop decision together.
+
+Storage outages: a call whose input reads fail with a transient storage error
+(``retry.is_transient``) goes on with the rest of the same chunk, from the
+step it reached, within the retry budget (``retry.retry_transient``), so no
+step is lost or repeated and the hosts of a slice stay in step; checkpoints are
+retried by the saver. Input calls are retried every ``INPUT_RETRY_SECONDS``,
+not with a growing backoff: a read that really reaches storage fails only
+after the gs:// filesystem's own backoff, while tf.data's parallel stages keep
+the errors met during an outage in their buffers, and once storage is back
+each call pops one of those in an instant; they must drain fast.
+TensorBoard summaries are best effort: a flush that fails for the same reason
+is logged and skipped, and its events stay in the writer's buffer for the next
+flush.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
 
+from bert_trainer import retry
 from bert_trainer.model import PretrainingMetrics
-from bert_trainer.train.checkpoint import Checkpointer
 from bert_trainer.train.progress import Progress, ProgressReporter
 from bert_trainer.train.signals import Preempted, StopFlag
 from bert_trainer.train.step import TrainFunction
@@ -26,12 +43,32 @@ from bert_trainer.train.step import TrainFunction
 log = logging.getLogger(__name__)
 
 MAX_STEPS_PER_CALL = 1000
+INPUT_RETRY_SECONDS = 0.5
+"""Pause before a call whose input reads failed is made again (within the budget)."""
 
 # TensorFlow 2.21 no longer ships TensorBoard, whose tf.summary.scalar this
 # replaces: a scalar tensor tagged for TensorBoard's "scalars" plugin.
 _SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
     plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
 ).SerializeToString()
+
+
+class StepCounter(Protocol):
+    """The global step: a ``tf.Variable``, or the JAX runtime's counter."""
+
+    def numpy(self) -> Any: ...
+
+
+class Saver(Protocol):
+    """Writes a checkpoint of the current step; ``current`` is the last one read or written."""
+
+    current: str | None
+
+    def save(self) -> str: ...
+
+
+Agree = Callable[[int, bool], tuple[int, bool]]
+"""``(steps this host wants next, this host's stop flag) -> (steps, stop)`` for all hosts."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +82,8 @@ class LoopSettings:
     """Wall time one call of the train function should take once warmed up."""
     first_call_steps: int = 1
     """Steps in the first call, which also traces (and compiles) the function."""
+    storage_retry_seconds: float | None = None
+    """Retry budget of a call whose input reads fail (None: ``retry.budget_seconds()``)."""
 
 
 @dataclass(frozen=True)
@@ -76,13 +115,14 @@ class TrainLoop:
         self,
         train_function: TrainFunction,
         iterator: Any,
-        step: tf.Variable,
-        checkpointer: Checkpointer,
+        step: StepCounter,
+        checkpointer: Saver,
         settings: LoopSettings,
         reporter: ProgressReporter | None = None,
         summary_writer: Any = None,
         learning_rate: Callable[[int], float] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        agree: Agree | None = None,
     ) -> None:
         self._train = train_function
         self._iterator = iterator
@@ -93,6 +133,12 @@ class TrainLoop:
         self._writer = summary_writer
         self._learning_rate = learning_rate
         self._clock = clock
+        self._agree = agree
+        self._retry_seconds = (
+            retry.budget_seconds()
+            if settings.storage_retry_seconds is None
+            else settings.storage_retry_seconds
+        )
         self._last_checkpoint = checkpointer.current
         self._last_checkpoint_step: int | None = (
             int(step.numpy()) if self._last_checkpoint else None
@@ -110,23 +156,29 @@ class TrainLoop:
         chunk = self._settings.first_call_steps
         first_call = True
         while self.step < self._settings.train_steps:
-            if stop.is_set:
+            steps = self._steps_for_next_call(chunk)
+            stopping = stop.is_set
+            if self._agree is not None:
+                steps, stopping = self._agree(steps, stopping)
+            if stopping:
                 path = self._save()
                 self._report(metrics, steady, force=True)
                 raise Preempted(self.step, path)
-            steps = self._steps_for_next_call(chunk)
-            started = self._clock()
-            sums, waited = self._train(self._iterator, tf.constant(steps, tf.int32))
-            sums = np.asarray(sums)  # waits for the device
-            seconds = self._clock() - started
+            sums, waited, seconds = retry.retry_transient(
+                functools.partial(self._call, self.step + steps),
+                what=f"training steps {self.step + 1}-{self.step + steps} (reading input records)",
+                budget_seconds=self._retry_seconds,
+                first_delay_seconds=INPUT_RETRY_SECONDS,
+                max_delay_seconds=INPUT_RETRY_SECONDS,
+            )
             metrics = PretrainingMetrics.from_statistics(sums.tolist())
             if not first_call:
                 steady.steps += steps
                 steady.seconds += seconds
-                steady.waited += float(waited)
+                steady.waited += waited
             first_call = False
             chunk = self._next_chunk(steps, seconds)
-            self._after_call(metrics, steps, seconds, float(waited), steady)
+            self._after_call(metrics, steps, seconds, waited, steady)
         if self._last_checkpoint_step != self.step:
             self._save()
         self._report(metrics, steady, force=True)
@@ -138,6 +190,17 @@ class TrainLoop:
             input_wait_fraction=steady.waited / steady.seconds if steady.seconds else None,
             last_checkpoint=self._last_checkpoint,
         )
+
+    def _call(self, until: int) -> tuple[Any, float, float]:
+        """Train up to step ``until``: statistic sums, seconds waited for input, seconds.
+
+        After a call cut short by an input error, the steps it finished are
+        trained and counted in ``step``; the retry runs only the rest.
+        """
+        started = self._clock()
+        sums, waited = self._train(self._iterator, tf.constant(until - self.step, tf.int32))
+        sums = np.asarray(sums)  # waits for the device
+        return sums, float(waited), self._clock() - started
 
     def _steps_for_next_call(self, chunk: int) -> int:
         step = self.step
@@ -200,10 +263,20 @@ class TrainLoop:
         }
         if self._learning_rate is not None:
             scalars["learning_rate"] = self._learning_rate(step)
-        with self._writer.as_default(step=step):
-            for tag, value in scalars.items():
-                tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
-        self._writer.flush()
+        try:
+            with self._writer.as_default(step=step):
+                for tag, value in scalars.items():
+                    tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
+            self._writer.flush()
+        except Exception as error:
+            if not retry.is_transient(error):
+                raise
+            log.warning(
+                "summaries of step %d not flushed, storage unavailable (kept for the next "
+                "flush): %s",
+                step,
+                retry.describe(error),
+            )
 
     def _report(self, metrics: PretrainingMetrics | None, steady: _Throughput, force: bool) -> None:
         if self._reporter is None:

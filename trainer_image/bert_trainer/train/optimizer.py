@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from bert_trainer.config import TrainConfig
 
@@ -32,13 +32,13 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):  # typ
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
 
-    def __call__(self, step: Any) -> tf.Tensor:
-        step = tf.cast(step, tf.float32)
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
         warmup = float(max(self.warmup_steps, 1))
         decay_span = float(max(self.total_steps - self.warmup_steps, 1))
         rising = self.peak * step / warmup
-        falling = self.peak * tf.maximum(float(self.total_steps) - step, 0.0) / decay_span
-        return tf.where(step < float(self.warmup_steps), rising, falling)
+        falling = self.peak * ops.maximum(float(self.total_steps) - step, 0.0) / decay_span
+        return ops.where(step < float(self.warmup_steps), rising, falling)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -68,11 +68,14 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
 
     Create it inside the distribution strategy's scope: its slots are variables.
     """
-    if not hasattr(keras.optimizers.AdamW, "_all_reduce_sum_gradients"):
+    if keras.backend.backend() == "tensorflow" and not hasattr(
+        keras.optimizers.AdamW, "_all_reduce_sum_gradients"
+    ):
         # Without this hook Keras would sum our summed gradients again on every
         # replica: fail loudly rather than train with N-times-too-large steps.
+        # (On JAX the step's sharding does the sum; Keras adds none.)
         raise RuntimeError("this Keras has no _all_reduce_sum_gradients; see optimizer.py")
-    schedule = WarmupLinearDecay(config.learning_rate, config.warmup_steps, config.train_steps)
+    schedule = learning_rate_schedule(config)
     kind = AdamW if config.optimizer == "adamw" else Lamb
     optimizer = kind(
         learning_rate=schedule,
@@ -85,7 +88,24 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
+def learning_rate_schedule(config: TrainConfig) -> WarmupLinearDecay:
+    return WarmupLinearDecay(config.learning_rate, config.warmup_steps, config.train_steps)
+
+
 def clip_gradients(gradients: list[Any]) -> list[Any]:
-    """Scale ``gradients`` down to a global norm of at most ``CLIP_NORM``."""
+    """Scale ``gradients`` down to a global norm of at most ``CLIP_NORM`` (TensorFlow step).
+
+    ``tf.clip_by_global_norm`` because TensorFlow's embedding gradients are
+    ``IndexedSlices``, which ``keras.ops`` cannot square.
+    """
+    import tensorflow as tf
+
     clipped, _ = tf.clip_by_global_norm(gradients, CLIP_NORM)
     return list(clipped)
+
+
+def clip_dense_gradients(gradients: list[Any]) -> list[Any]:
+    """``clip_gradients`` for dense gradients in any backend (the JAX step)."""
+    norm = ops.sqrt(sum(ops.sum(ops.square(g)) for g in gradients))
+    scale = CLIP_NORM / ops.maximum(norm, CLIP_NORM)
+    return [g * ops.cast(scale, g.dtype) for g in gradients]

@@ -57,7 +57,7 @@ def train(
     settings = config.train
     if settings is None:
         raise InputError("the trainer config has no 'train' section")
-    _check(settings)
+    check_settings(settings)
     placement = placement or detect_placement()
     shape = RecordShape(settings.max_seq_length, settings.max_predictions_per_seq)
     files = list_records(settings.tfrecords, shape)
@@ -71,7 +71,7 @@ def train(
         )
     keras.utils.set_random_seed(settings.seed)
     with strategy.scope():
-        model = build_pretrainer(settings.model, dtype=_policy(settings))
+        model = build_pretrainer(settings.model, dtype=dtype_policy(settings))
         optimizer = make_optimizer(settings)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(
@@ -105,6 +105,7 @@ def train(
             context.get_per_replica_batch_size(settings.global_batch_size),
             seed,
             context,
+            shuffle=settings.shuffle,
         )
     )
     train_function = make_train_function(
@@ -116,7 +117,7 @@ def train(
         measure_input_wait=not placement.on_tpu,
     )
     reporter = _reporter(config, placement, progress_sink)
-    writer = _summary_writer(settings) if placement.is_chief else None
+    writer = summary_writer(settings) if placement.is_chief else None
     loop = TrainLoop(
         train_function,
         iter(dataset),
@@ -149,7 +150,7 @@ def train(
     return result
 
 
-def _check(settings: TrainConfig) -> None:
+def check_settings(settings: TrainConfig) -> None:
     if settings.max_seq_length > settings.model.max_position_embeddings:
         raise InputError(
             f"maxSeqLength {settings.max_seq_length} exceeds the model's "
@@ -164,7 +165,7 @@ def _check(settings: TrainConfig) -> None:
         raise InputError("initCheckpointConfig is given without initCheckpoint")
 
 
-def _policy(settings: TrainConfig) -> str:
+def dtype_policy(settings: TrainConfig) -> str:
     return "mixed_bfloat16" if settings.precision == "bfloat16" else "float32"
 
 
@@ -177,6 +178,6 @@ def _reporter(
     return ProgressReporter(sink, interval) if placement.is_chief else None
 
 
-def _summary_writer(settings: TrainConfig) -> Any:
+def summary_writer(settings: TrainConfig) -> Any:
     directory = settings.summary_dir or tf.io.gfile.join(settings.checkpoint_dir, "summaries")
     return tf.summary.create_file_writer(directory)

@@ -1,0 +1,354 @@
+"""Training across the hosts of a slice: the same Keras model on JAX.
+
+Why JAX and not TensorFlow: ``docs/multi-host.md``. Every host runs this same
+program (SPMD). Host 0 runs JAX's coordination service; ``jax.distributed``
+connects the hosts; ``keras.distribution.DataParallel`` replicates the
+variables over every chip of the slice and splits each global batch across
+them, so the gradient of the global batch's loss is summed across hosts by
+the compiled step itself (over ICI on TPU, over Gloo on CPU).
+
+Each host reads its own TFRecord files (``data.pipeline_files``) into
+``global_batch_size / hosts`` examples per step, which become one global array.
+Hosts agree on every chunk of steps and on stopping (``TrainLoop``'s
+``agree``), only host 0 writes checkpoints (``array_checkpoint``), summaries
+and progress, and all hosts restore the same checkpoint.
+
+``KERAS_BACKEND`` must be ``jax`` before Keras is first imported: the entry
+point (``bert_trainer.__main__``) sets it before importing this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import jax
+import keras
+import numpy as np
+import tensorflow as tf
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from bert_trainer.config import TrainConfig, TrainerConfig
+from bert_trainer.model import build_pretrainer, pretraining_loss
+from bert_trainer.storage import InputError
+from bert_trainer.train import array_checkpoint
+from bert_trainer.train.cluster import SliceHosts
+from bert_trainer.train.data import RecordShape, list_records, make_dataset, pipeline_files
+from bert_trainer.train.loop import LoopSettings, TrainLoop, TrainResult
+from bert_trainer.train.optimizer import (
+    clip_dense_gradients,
+    learning_rate_schedule,
+    make_optimizer,
+)
+from bert_trainer.train.progress import ProgressReporter, ProgressSink, make_reporter
+from bert_trainer.train.run import check_settings, dtype_policy, summary_writer
+from bert_trainer.train.signals import StopFlag
+from bert_trainer.train.tf1_init import init_from_tf1_checkpoint
+
+log = logging.getLogger(__name__)
+
+BATCH_AXIS = "batch"
+
+
+def run_multihost(
+    config: TrainerConfig,
+    hosts: SliceHosts,
+    *,
+    progress_sink: ProgressSink | None = None,
+    stop: StopFlag | None = None,
+) -> TrainResult:
+    """Join the slice's other hosts and train to ``train_steps`` with them."""
+    settings = config.train
+    if settings is None:
+        raise InputError("the trainer config has no 'train' section")
+    check_settings(settings)
+    if keras.backend.backend() != "jax":
+        raise RuntimeError("the multi-host runtime needs KERAS_BACKEND=jax before Keras loads")
+    shape = RecordShape(settings.max_seq_length, settings.max_predictions_per_seq)
+    files = list_records(settings.tfrecords, shape)
+    if settings.global_batch_size % hosts.size:
+        raise InputError(
+            f"globalBatchSize {settings.global_batch_size} is not divisible by the "
+            f"{hosts.size} hosts of the slice"
+        )
+    _connect(hosts, settings)
+    try:
+        return _train(config, settings, hosts, files, shape, progress_sink, stop)
+    finally:
+        if hosts.size > 1:
+            log.info("host %d leaving the slice", hosts.worker_id)
+            jax.distributed.shutdown()
+
+
+def _connect(hosts: SliceHosts, settings: TrainConfig) -> None:
+    # Collectives between CPU processes (tests, CPU pods); TPUs ignore it and use
+    # ICI. Set before anything asks for a device, which would fix the backend.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if hosts.size == 1:
+        return
+    log.info(
+        "host %d of %d joining the slice at %s",
+        hosts.worker_id,
+        hosts.size,
+        hosts.coordinator_address,
+    )
+    jax.distributed.initialize(
+        coordinator_address=hosts.coordinator_address,
+        num_processes=hosts.size,
+        process_id=hosts.worker_id,
+        initialization_timeout=settings.startup_timeout_seconds,
+        heartbeat_timeout_seconds=settings.peer_timeout_seconds,
+    )
+
+
+def _train(
+    config: TrainerConfig,
+    settings: TrainConfig,
+    hosts: SliceHosts,
+    files: list[str],
+    shape: RecordShape,
+    progress_sink: ProgressSink | None,
+    stop: StopFlag | None,
+) -> TrainResult:
+    devices = jax.devices()
+    if settings.global_batch_size % len(devices):
+        raise InputError(
+            f"globalBatchSize {settings.global_batch_size} is not divisible by the "
+            f"{len(devices)} chips of the slice"
+        )
+    distribution = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(distribution)
+    keras.utils.set_random_seed(settings.seed)  # every host draws the same initial weights
+    model = build_pretrainer(settings.model, dtype=dtype_policy(settings))
+    optimizer = make_optimizer(settings)
+    optimizer.build(model.trainable_variables)
+    schedule = learning_rate_schedule(settings)
+
+    start = _restore(settings, model, optimizer, hosts)
+    if start is None and settings.init_checkpoint:
+        init_from_tf1_checkpoint(
+            model,
+            settings.model,
+            settings.init_checkpoint,
+            bert_config=settings.init_checkpoint_config,
+            vocab=settings.vocab,
+        )
+    start = start or 0
+    state = SlicedTrainer(model, optimizer, start, distribution)
+    checkpointer = ArrayCheckpointer(settings, state, writer=hosts.is_chief)
+    checkpointer.current = (
+        array_checkpoint.checkpoint_path(settings.checkpoint_dir, start) if start else None
+    )
+
+    mine = pipeline_files(files, hosts.size, hosts.worker_id)
+    log.info(
+        "host %d reads %d of %d TFRecord files",
+        hosts.worker_id,
+        len(mine),
+        len(files),
+        extra={"host": hosts.worker_id, "files": mine},
+    )
+    context = tf.distribute.InputContext(
+        num_input_pipelines=hosts.size,
+        input_pipeline_id=hosts.worker_id,
+        num_replicas_in_sync=len(devices),
+    )
+    dataset = make_dataset(
+        files,
+        shape,
+        settings.global_batch_size // hosts.size,
+        settings.seed + start,
+        context,
+        shuffle=settings.shuffle,
+    )
+    reporter = _reporter(config, hosts, progress_sink)
+    writer = summary_writer(settings) if hosts.is_chief else None
+    loop = TrainLoop(
+        state.train_function,
+        dataset.as_numpy_iterator(),
+        state,
+        checkpointer,
+        LoopSettings(
+            train_steps=settings.train_steps,
+            checkpoint_every_steps=settings.checkpoint_every_steps,
+            global_batch_size=settings.global_batch_size,
+        ),
+        reporter=reporter,
+        summary_writer=writer,
+        learning_rate=lambda at: float(schedule(at)),
+        agree=_agree if hosts.size > 1 else None,
+    )
+    log.info("training from step %d to %d on %d hosts", start, settings.train_steps, hosts.size)
+    try:
+        with stop or StopFlag() as flag:
+            result = loop.run(flag)
+    finally:
+        if reporter is not None:
+            reporter.close()
+        if writer is not None:
+            writer.close()
+    log.info(
+        "finished at step %d: %s examples/s, input wait %s",
+        result.final_step,
+        result.examples_per_second,
+        result.input_wait_fraction,
+    )
+    return result
+
+
+class SlicedTrainer:
+    """The model's state as JAX arrays over the slice, and the compiled step.
+
+    Keras' stateless API: the step takes and returns the variables' values, so
+    XLA sees the whole update and places the cross-host gradient sum itself.
+    Also the loop's step counter (``numpy()``).
+    """
+
+    def __init__(self, model: Any, optimizer: Any, step: int, distribution: Any) -> None:
+        self._model = model
+        self._optimizer = optimizer
+        self.step = step
+        mesh = distribution.device_mesh.backend_mesh
+        self._batch_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+        # Every variable whole on every chip; placed on the mesh explicitly, in
+        # and out of the step alike, or the second step would compile again.
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self._trainable, self._non_trainable, self._optimizer_state = (
+            [jax.device_put(v.value, replicated) for v in variables]
+            for variables in (
+                model.trainable_variables,
+                model.non_trainable_variables,
+                optimizer.variables,
+            )
+        )
+        self._step_fn = jax.jit(self._step, donate_argnums=(0, 1, 2), out_shardings=replicated)
+
+    def numpy(self) -> int:
+        return self.step
+
+    def _step(
+        self,
+        trainable: list[Any],
+        non_trainable: list[Any],
+        optimizer_state: list[Any],
+        features: dict[str, Any],
+        labels: dict[str, Any],
+    ) -> tuple[list[Any], list[Any], list[Any], Any]:
+        def loss_of(trainable: list[Any], non_trainable: list[Any]) -> tuple[Any, Any]:
+            outputs, non_trainable = self._model.stateless_call(
+                trainable, non_trainable, features, training=True
+            )
+            loss, statistics = pretraining_loss(outputs, labels)
+            return loss, (statistics, non_trainable)
+
+        (_, (statistics, non_trainable)), gradients = jax.value_and_grad(loss_of, has_aux=True)(
+            trainable, non_trainable
+        )
+        trainable, optimizer_state = self._optimizer.stateless_apply(
+            optimizer_state, clip_dense_gradients(gradients), trainable
+        )
+        return trainable, non_trainable, optimizer_state, statistics
+
+    def train_function(self, iterator: Any, num_steps: Any) -> tuple[np.ndarray, float]:
+        """``num_steps`` steps; returns the summed statistics and seconds waited for input."""
+        sums = None
+        waited = 0.0
+        for _ in range(int(num_steps)):
+            asked = time.perf_counter()
+            features, labels = next(iterator)
+            waited += time.perf_counter() - asked
+            features, labels = self._global(features), self._global(labels)
+            self._trainable, self._non_trainable, self._optimizer_state, statistics = self._step_fn(
+                self._trainable, self._non_trainable, self._optimizer_state, features, labels
+            )
+            sums = statistics if sums is None else sums + statistics
+            self.step += 1
+        assert sums is not None, "the loop never asks for zero steps"
+        return _local_value(sums), waited
+
+    def _global(self, local: dict[str, np.ndarray]) -> dict[str, Any]:
+        # Each host holds its part of the batch; together they are one array.
+        return {
+            name: jax.make_array_from_process_local_data(self._batch_sharding, value)
+            for name, value in local.items()
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every value a checkpoint holds, by Keras variable path."""
+        named: dict[str, np.ndarray] = {array_checkpoint.STEP_KEY: np.asarray(self.step)}
+        groups = (
+            ("model/", self._model.trainable_variables, self._trainable),
+            ("seed/", self._model.non_trainable_variables, self._non_trainable),
+            ("optimizer/", self._optimizer.variables, self._optimizer_state),
+        )
+        for prefix, variables, values in groups:
+            for variable, value in zip(variables, values, strict=True):
+                named[prefix + variable.path] = _local_value(value)
+        return named
+
+
+class ArrayCheckpointer:
+    """The loop's ``Saver`` on a slice: host 0 writes, every host knows the path."""
+
+    def __init__(self, settings: TrainConfig, state: SlicedTrainer, writer: bool) -> None:
+        self._settings = settings
+        self._state = state
+        self._writer = writer
+        self.current: str | None = None
+
+    def save(self) -> str:
+        path = array_checkpoint.checkpoint_path(self._settings.checkpoint_dir, self._state.step)
+        if self._writer:
+            array_checkpoint.write_arrays(path, self._state.arrays())
+            array_checkpoint.remove_older(
+                self._settings.checkpoint_dir, self._settings.keep_checkpoints
+            )
+            log.info("saved checkpoint %s", path)
+        self.current = path
+        return path
+
+
+def _restore(settings: TrainConfig, model: Any, optimizer: Any, hosts: SliceHosts) -> int | None:
+    """Load the newest checkpoint into the Keras variables; every host must load the same."""
+
+    def load(arrays: dict[str, np.ndarray]) -> None:
+        if array_checkpoint.STEP_KEY not in arrays:
+            raise ValueError(f"no {array_checkpoint.STEP_KEY!r} array")
+        array_checkpoint.assign(model.trainable_variables, arrays, "model/")
+        array_checkpoint.assign(model.non_trainable_variables, arrays, "seed/")
+        array_checkpoint.assign(optimizer.variables, arrays, "optimizer/")
+
+    restored = array_checkpoint.restore_newest(settings.checkpoint_dir, load)
+    step = int(restored[1][array_checkpoint.STEP_KEY]) if restored else None
+    if restored:
+        log.info("restored %s at step %d", restored[0], step)
+    if hosts.size > 1:
+        steps = multihost_utils.process_allgather(np.asarray(-1 if step is None else step))
+        if len(set(np.asarray(steps).ravel().tolist())) != 1:
+            # A retry sees a settled directory; training on different weights cannot work.
+            raise RuntimeError(f"the hosts restored different checkpoints (steps {steps})")
+    return step
+
+
+def _agree(steps: int, stop: bool) -> tuple[int, bool]:
+    wanted = np.asarray(multihost_utils.process_allgather(np.asarray([steps, int(stop)])))
+    wanted = wanted.reshape(-1, 2)
+    return int(wanted[:, 0].min()), bool(wanted[:, 1].any())
+
+
+def _local_value(array: Any) -> np.ndarray:
+    # Replicated over the slice: this host's copy is the whole value.
+    if isinstance(array, jax.Array) and not array.is_fully_addressable:
+        return np.asarray(array.addressable_data(0))
+    return np.asarray(array)
+
+
+def _reporter(
+    config: TrainerConfig, hosts: SliceHosts, sink: ProgressSink | None
+) -> ProgressReporter | None:
+    if sink is None:
+        return make_reporter(config.job, hosts.is_chief)
+    interval = config.job.min_report_interval_seconds if config.job else 0.0
+    return ProgressReporter(sink, interval) if hosts.is_chief else None
