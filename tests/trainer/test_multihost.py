@@ -317,7 +317,9 @@ def test_a_lost_host_makes_every_other_host_exit_with_the_infrastructure_code(
         assert f"host {host.index}" in host.termination_message()
         assert "lost" in host.termination_message()
     # Bounded by JAX's heartbeat timeout, not a hang.
-    assert time.monotonic() - started < PEER_TIMEOUT + 120
+    elapsed = time.monotonic() - started
+    print(f"surviving hosts exited {elapsed:.1f} s after losing host 2")
+    assert elapsed < PEER_TIMEOUT + 120
 
 
 @pytest.mark.tensorflow
