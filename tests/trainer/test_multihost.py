@@ -298,13 +298,20 @@ def test_hosts_training_apart_would_not_match_the_single_process(
     assert difference > 100 * TOLERANCE
 
 
+def start_endless_run(slices: list[Slice], records: Path, run: Path, hosts: int) -> Slice:
+    """A slice training far beyond the test's patience, once every host has trained a step."""
+    config = write_config(records, run, train_steps=1_000_000, checkpoint_every_steps=100_000)
+    group = launch(slices, config, hosts, run)
+    for index in range(hosts):
+        group.wait_for_message(index, "step 1/", timeout=300)
+    return group
+
+
 @pytest.mark.tensorflow
 def test_a_lost_host_makes_every_other_host_exit_with_the_infrastructure_code(
     records: Path, tmp_path: Path, slices: list[Slice]
 ) -> None:
-    config = write_config(records, tmp_path, train_steps=1_000_000, checkpoint_every_steps=100_000)
-    group = launch(slices, config, 4, tmp_path)
-    group.wait_for_message(0, "step 1/", timeout=300)
+    group = start_endless_run(slices, records, tmp_path, 4)
     lost = group.hosts[2]
     os.killpg(lost.process.pid, signal.SIGKILL)  # the pod and its node are gone
     lost.process.wait()
@@ -326,10 +333,7 @@ def test_a_lost_host_makes_every_other_host_exit_with_the_infrastructure_code(
 def test_sigterm_on_every_host_checkpoints_once_then_the_slice_resumes(
     records: Path, tmp_path: Path, slices: list[Slice]
 ) -> None:
-    config = write_config(records, tmp_path, train_steps=1_000_000, checkpoint_every_steps=100_000)
-    group = launch(slices, config, 2, tmp_path)
-    group.wait_for_message(0, "step 1/", timeout=300)
-    group.wait_for_message(1, "step 1/", timeout=60)
+    group = start_endless_run(slices, records, tmp_path, 2)
     for host in group.hosts:
         host.process.send_signal(signal.SIGTERM)  # a preemption notice reaches every pod
     assert group.wait(timeout=120) == [contract.EXIT_PREEMPTED] * 2

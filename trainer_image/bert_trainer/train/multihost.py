@@ -42,8 +42,14 @@ from bert_trainer.train.optimizer import (
     learning_rate_schedule,
     make_optimizer,
 )
-from bert_trainer.train.progress import ProgressReporter, ProgressSink, make_reporter
-from bert_trainer.train.run import check_settings, dtype_policy, summary_writer
+from bert_trainer.train.progress import ProgressSink
+from bert_trainer.train.run import (
+    check_settings,
+    dtype_policy,
+    reporter_for,
+    run_loop,
+    summary_writer,
+)
 from bert_trainer.train.signals import StopFlag
 from bert_trainer.train.tf1_init import init_from_tf1_checkpoint
 
@@ -163,7 +169,7 @@ def _train(
         context,
         shuffle=settings.shuffle,
     )
-    reporter = _reporter(config, hosts, progress_sink)
+    reporter = reporter_for(config, hosts.is_chief, progress_sink)
     writer = summary_writer(settings) if hosts.is_chief else None
     loop = TrainLoop(
         state.train_function,
@@ -181,21 +187,7 @@ def _train(
         agree=_agree if hosts.size > 1 else None,
     )
     log.info("training from step %d to %d on %d hosts", start, settings.train_steps, hosts.size)
-    try:
-        with stop or StopFlag() as flag:
-            result = loop.run(flag)
-    finally:
-        if reporter is not None:
-            reporter.close()
-        if writer is not None:
-            writer.close()
-    log.info(
-        "finished at step %d: %s examples/s, input wait %s",
-        result.final_step,
-        result.examples_per_second,
-        result.input_wait_fraction,
-    )
-    return result
+    return run_loop(loop, stop, reporter, writer)
 
 
 class SlicedTrainer:
@@ -343,12 +335,3 @@ def _local_value(array: Any) -> np.ndarray:
     if isinstance(array, jax.Array) and not array.is_fully_addressable:
         return np.asarray(array.addressable_data(0))
     return np.asarray(array)
-
-
-def _reporter(
-    config: TrainerConfig, hosts: SliceHosts, sink: ProgressSink | None
-) -> ProgressReporter | None:
-    if sink is None:
-        return make_reporter(config.job, hosts.is_chief)
-    interval = config.job.min_report_interval_seconds if config.job else 0.0
-    return ProgressReporter(sink, interval) if hosts.is_chief else None

@@ -116,7 +116,7 @@ def train(
         jit_compile=jit_compile and not placement.on_tpu,
         measure_input_wait=not placement.on_tpu,
     )
-    reporter = _reporter(config, placement, progress_sink)
+    reporter = reporter_for(config, placement.is_chief, progress_sink)
     writer = summary_writer(settings) if placement.is_chief else None
     loop = TrainLoop(
         train_function,
@@ -133,6 +133,13 @@ def train(
         learning_rate=lambda at: float(optimizer.learning_rate),
     )
     log.info("training from step %d to %d", start, settings.train_steps)
+    return run_loop(loop, stop, reporter, writer)
+
+
+def run_loop(
+    loop: TrainLoop, stop: StopFlag | None, reporter: ProgressReporter | None, writer: Any
+) -> TrainResult:
+    """Run ``loop`` under SIGTERM's flag; close the reporter and the summary writer after."""
     try:
         with stop or StopFlag() as flag:
             result = loop.run(flag)
@@ -169,13 +176,14 @@ def dtype_policy(settings: TrainConfig) -> str:
     return "mixed_bfloat16" if settings.precision == "bfloat16" else "float32"
 
 
-def _reporter(
-    config: TrainerConfig, placement: Placement, sink: ProgressSink | None
+def reporter_for(
+    config: TrainerConfig, is_chief: bool, sink: ProgressSink | None
 ) -> ProgressReporter | None:
+    """Worker 0's progress reporter: to ``sink`` if given, else to the job's status."""
     if sink is None:
-        return make_reporter(config.job, placement.is_chief)
+        return make_reporter(config.job, is_chief)
     interval = config.job.min_report_interval_seconds if config.job else 0.0
-    return ProgressReporter(sink, interval) if placement.is_chief else None
+    return ProgressReporter(sink, interval) if is_chief else None
 
 
 def summary_writer(settings: TrainConfig) -> Any:
