@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from bpj_devstack import plane
-from tests.support import Kubectl, kubectl_json, wait_for
+from tests.support import DemoRun, Kubectl, kubectl_json, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRDS_DIR = REPO_ROOT / "crds"
@@ -150,6 +151,25 @@ def gcs_bucket(gcs_emulator: str, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"bpj-test-{uuid.uuid4().hex[:10]}"
     client.create_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``./dev demo`` once per session, on a stack of its own that it stops at the end.
+
+    Shared by the tests that check what the demo produced (``tests/test_demo.py``,
+    ``tests/reliability/test_no_credentials.py``), so the slow run happens once.
+    """
+    run_dir = tmp_path_factory.mktemp("demo-run") / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "bpj_devstack.demo", "--run-dir", str(run_dir), "--timeout", "600"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    return DemoRun(run_dir, result.returncode, result.stdout, result.stderr)
 
 
 # Subprocesses that TensorFlow runs in should not fight pytest for both cores.

@@ -6,6 +6,8 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -26,3 +28,18 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def kubectl_json(kubectl: Kubectl, *args: str) -> Any:
     return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One ``./dev demo`` run (the ``demo_run`` fixture): its run directory and output.
+
+    The run directory keeps ``logs/``, ``pods/`` (each pod's log and kubeconfig),
+    ``pki/`` and ``objects.json`` (the job and its children, saved before the stack
+    stopped).
+    """
+
+    run_dir: Path
+    returncode: int
+    stdout: str
+    stderr: str

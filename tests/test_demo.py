@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import DemoRun
 
 
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.tensorflow
-def test_demo_trains_and_exports_the_quickstart_job(tmp_path: Path) -> None:
-    run_dir = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "bpj_devstack.demo", "--run-dir", str(run_dir), "--timeout", "600"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    out = result.stdout
-    assert result.returncode == 0, f"demo failed:\n{out}\n{result.stderr[-4000:]}"
+def test_demo_trains_and_exports_the_quickstart_job(demo_run: DemoRun) -> None:
+    run_dir = demo_run.run_dir
+    out = demo_run.stdout
+    assert demo_run.returncode == 0, f"demo failed:\n{out}\n{demo_run.stderr[-4000:]}"
     phases = re.findall(r"phase=(\w+)", out)
     assert phases[-1] == "Succeeded"
     for phase in ("Preparing", "Training", "Exporting"):

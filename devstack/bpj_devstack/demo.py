@@ -139,6 +139,23 @@ def start_operator(state: plane.StackState) -> subprocess.Popen[bytes]:
         )
 
 
+OBJECT_KINDS = "bertpretrainjobs,jobs,pods,configmaps,services,events"
+"""What ``save_objects`` keeps: the job (with its status), its children and the events."""
+
+
+def save_objects(state: plane.StackState, run_dir: Path) -> None:
+    """Write the demo namespace's objects to ``run_dir/objects.json`` before the stack stops.
+
+    For looking into a run afterwards; the tests also scan them for credentials.
+    """
+    try:
+        objects = kubectl(state, "get", OBJECT_KINDS, "-n", NAMESPACE, "-o", "json")
+    except SystemExit as e:  # kubectl failed: the stack may be half up
+        print(f"    (objects not saved: {e})")
+        return
+    (run_dir / "objects.json").write_text(objects)
+
+
 def read_status(state: plane.StackState) -> dict[str, Any]:
     obj = json.loads(kubectl(state, "get", "bpj", "quickstart", "-n", NAMESPACE, "-o", "json"))
     return dict(obj.get("status") or {})
@@ -220,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         status = wait(state, args.timeout)
         return summarize(state, status, Path(args.run_dir), time.monotonic() - started)
     finally:
+        save_objects(state, Path(args.run_dir))
         if operator is not None:
             os.killpg(operator.pid, signal.SIGTERM)
             try:
@@ -251,7 +269,7 @@ def summarize(
 ) -> int:
     if status.get("phase") != "Succeeded":
         print(f"==> the job failed: {describe(status)}")
-        print(f"    logs: {run_dir / 'logs'} and {run_dir / 'pods'}")
+        print(f"    logs: {run_dir / 'logs'} and {run_dir / 'pods'}; objects: objects.json")
         return 1
     target = run_dir / "export"
     files = download_export(state, target)

@@ -48,6 +48,11 @@ GOOGLE_STORAGE_HOSTS = ("www.googleapis.com", "storage.googleapis.com", "oauth2.
 
 LISTEN_HOST = "127.0.0.1"
 
+FAKE_ACCESS_TOKEN = "bpj-devstack-fake-gcs-access-token"
+"""TensorFlow's ``GOOGLE_AUTH_TOKEN_FOR_TESTING``: sent as ``Authorization: Bearer`` and
+ignored by the emulator. It stands in for a real access token, so tests check that it
+never shows up in specs, status or logs (``tests/reliability/test_no_credentials.py``)."""
+
 # Every wait is bounded, so a stuck peer frees its task instead of leaking it.
 _IDLE_TIMEOUT = 120.0  # between requests on a kept-alive tunnel
 _IO_TIMEOUT = 300.0  # any single read/write/connect during a transfer (large uploads finalise)
@@ -521,7 +526,7 @@ def tf_gcs_env(proxy_url: str, ca_bundle: Path) -> dict[str, str]:
         # Only the stack CA: the proxy is the only TLS peer, so no system CAs are needed.
         "CURL_CA_BUNDLE": str(ca_bundle),
         # Skips TF's credential search (gcloud files, GCE metadata); the emulator ignores it.
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "bpj-devstack",
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": FAKE_ACCESS_TOKEN,
         "NO_GCE_CHECK": "true",
         # Several processes (trainer, evaluator, operator) share the buckets: TF's block, stat
         # and glob caches could serve one process stale data another just replaced.

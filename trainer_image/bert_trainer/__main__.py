@@ -219,4 +219,14 @@ def _configure_logging(job: dict[str, str] | None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if exit_code == contract.EXIT_INFRASTRUCTURE:
+        # Every write has finished or failed and the termination message is out. Most
+        # often storage stopped answering: the interpreter's teardown would run
+        # TensorFlow's destructors, which retry requests to it (input reads in flight,
+        # the summary file) for up to minutes. Exit without them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)

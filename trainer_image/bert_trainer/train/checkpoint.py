@@ -4,6 +4,10 @@
 few. Restoring walks from the newest to the oldest, so a checkpoint cut short
 (a preempted upload, a truncated file) costs the steps since the one before it
 rather than the whole run.
+
+Saving and restoring go through ``retry.retry_transient``: while storage is
+unavailable they are retried for ``$BERT_TRAINER_STORAGE_RETRY_SECONDS``, so a
+short GCS outage delays the run instead of ending the attempt.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from bert_trainer import retry
 from bert_trainer.storage import InputError
 
 log = logging.getLogger(__name__)
@@ -27,12 +32,20 @@ class Checkpointer:
 
     Create it inside the strategy's scope, after the optimizer is built, so
     every variable a checkpoint holds already exists when it is restored.
+    ``retry_seconds`` is the storage retry budget (None: from the environment).
     """
 
     def __init__(
-        self, directory: str, model: Any, optimizer: Any, step: tf.Variable, keep: int
+        self,
+        directory: str,
+        model: Any,
+        optimizer: Any,
+        step: tf.Variable,
+        keep: int,
+        retry_seconds: float | None = None,
     ) -> None:
         self.directory = directory
+        self.retry_seconds = retry.budget_seconds() if retry_seconds is None else retry_seconds
         self.step = step
         self.current: str | None = None
         """The checkpoint the variables last came from or went to."""
@@ -42,8 +55,17 @@ class Checkpointer:
         )
 
     def save(self) -> str:
-        """Write a checkpoint numbered with the current step; returns its prefix."""
-        path: str = self.manager.save(checkpoint_number=int(self.step.numpy()))
+        """Write a checkpoint numbered with the current step; returns its prefix.
+
+        Retried while storage is unavailable (writing the same files again);
+        raises ``retry.StorageUnavailable`` once the retry budget is spent.
+        """
+        number = int(self.step.numpy())
+        path: str = retry.retry_transient(
+            lambda: self.manager.save(checkpoint_number=number),
+            what=f"saving checkpoint {self.directory}/{CHECKPOINT_NAME}-{number}",
+            budget_seconds=self.retry_seconds,
+        )
         log.info("saved checkpoint %s", path)
         self.current = path
         return path
@@ -53,10 +75,14 @@ class Checkpointer:
 
         Raises InputError when checkpoints exist but none can be restored (all
         corrupt, or written by a model of other dimensions): a retry would
-        meet the same files.
+        meet the same files. Storage errors are retried, not taken for corruption.
         """
-        path = _restore_newest(
-            self.checkpoint, self.directory, self.manager.checkpoints, partial=False
+        path = retry.retry_transient(
+            lambda: _restore_newest(
+                self.checkpoint, self.directory, self.manager.checkpoints, partial=False
+            ),
+            what=f"restoring the latest checkpoint in {self.directory}",
+            budget_seconds=self.retry_seconds,
         )
         if path is None:
             return None
@@ -69,10 +95,27 @@ class Checkpointer:
 def restore_model(directory: str, model: Any) -> str:
     """Restore only ``model`` from the newest readable checkpoint in ``directory``.
 
-    For the export, which has no optimizer. Returns the checkpoint's prefix;
-    raises InputError when there is none or none can be restored.
+    For the export, which has no optimizer. Reads both formats: TensorFlow's
+    (single-host training) and ``array_checkpoint``'s (multi-host training on
+    JAX). Returns the checkpoint's path; raises InputError when there is none
+    or none can be restored.
     """
-    path = _restore_newest(tf.train.Checkpoint(model=model), directory, [], partial=True)
+    from bert_trainer.train import array_checkpoint
+
+    arrays = array_checkpoint.list_checkpoints(directory)
+    tf_format = _candidates(directory, [])
+    if arrays and (not tf_format or array_checkpoint.step_of(arrays[0]) > _number(tf_format[0])):
+        restored = array_checkpoint.restore_newest(
+            directory, lambda found: array_checkpoint.assign(model.weights, found, "model/")
+        )
+        if restored is not None:
+            return restored[0]
+    checkpoint = tf.train.Checkpoint(model=model)
+    path = retry.retry_transient(
+        lambda: _restore_newest(checkpoint, directory, [], partial=True),
+        what=f"restoring the latest checkpoint in {directory}",
+        budget_seconds=retry.budget_seconds(),
+    )
     if path is None:
         raise InputError(f"no checkpoint in {directory}")
     return path
@@ -88,9 +131,9 @@ def _restore_newest(
             if partial:
                 status.expect_partial()
             status.assert_existing_objects_matched()
-        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError):
-            raise  # storage trouble, not a bad checkpoint: the attempt should be retried
         except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+            if retry.is_transient(e):
+                raise  # storage trouble (e.g. GCS's AbortedError), not a bad checkpoint
             # IndexError: the checkpoint reader's answer to a truncated file.
             log.warning("cannot restore %s, trying an older checkpoint: %s", path, e)
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -164,21 +164,24 @@ class TrainLoop:
                 path = self._save()
                 self._report(metrics, steady, force=True)
                 raise Preempted(self.step, path)
-            sums, waited, seconds = retry.retry_transient(
+            ran, sums, waited, seconds = retry.retry_transient(
                 functools.partial(self._call, self.step + steps),
                 what=f"training steps {self.step + 1}-{self.step + steps} (reading input records)",
                 budget_seconds=self._retry_seconds,
                 first_delay_seconds=INPUT_RETRY_SECONDS,
                 max_delay_seconds=INPUT_RETRY_SECONDS,
             )
+            if not ran:
+                self._after_lost_call(metrics, steady)
+                continue
             metrics = PretrainingMetrics.from_statistics(sums.tolist())
             if not first_call:
-                steady.steps += steps
+                steady.steps += ran
                 steady.seconds += seconds
                 steady.waited += waited
             first_call = False
-            chunk = self._next_chunk(steps, seconds)
-            self._after_call(metrics, steps, seconds, waited, steady)
+            chunk = self._next_chunk(ran, seconds)
+            self._after_call(metrics, ran, seconds, waited, steady)
         if self._last_checkpoint_step != self.step:
             self._save()
         self._report(metrics, steady, force=True)
@@ -191,16 +194,37 @@ class TrainLoop:
             last_checkpoint=self._last_checkpoint,
         )
 
-    def _call(self, until: int) -> tuple[Any, float, float]:
-        """Train up to step ``until``: statistic sums, seconds waited for input, seconds.
+    def _call(self, until: int) -> tuple[int, Any, float, float]:
+        """Train up to step ``until``: steps run, statistic sums, seconds waited, seconds.
 
         After a call cut short by an input error, the steps it finished are
-        trained and counted in ``step``; the retry runs only the rest.
+        trained and counted in ``step``; the retry runs only the rest, which
+        may be nothing (0 steps, sums None).
         """
+        steps = until - self.step
+        if steps <= 0:
+            return 0, None, 0.0, 0.0
         started = self._clock()
-        sums, waited = self._train(self._iterator, tf.constant(until - self.step, tf.int32))
+        sums, waited = self._train(self._iterator, tf.constant(steps, tf.int32))
         sums = np.asarray(sums)  # waits for the device
-        return sums, float(waited), self._clock() - started
+        return steps, sums, float(waited), self._clock() - started
+
+    def _after_lost_call(self, metrics: PretrainingMetrics | None, steady: _Throughput) -> None:
+        """After calls that input errors cut short trained the whole chunk between them.
+
+        Their statistics went with the errors: no metrics, summaries or
+        throughput for these steps, but the checkpoint and the report are due.
+        """
+        step = self.step
+        log.info(
+            "step %d/%d (statistics lost with calls cut short by storage errors)",
+            step,
+            self._settings.train_steps,
+        )
+        saved = step % self._settings.checkpoint_every_steps == 0
+        if saved:
+            self._save()
+        self._report(metrics, steady, force=saved)
 
     def _steps_for_next_call(self, chunk: int) -> int:
         step = self.step
