@@ -30,6 +30,7 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from bert_trainer import retry
 from bert_trainer.config import TrainConfig, TrainerConfig
 from bert_trainer.model import build_pretrainer, pretraining_loss
 from bert_trainer.storage import InputError
@@ -293,9 +294,16 @@ class ArrayCheckpointer:
     def save(self) -> str:
         path = array_checkpoint.checkpoint_path(self._settings.checkpoint_dir, self._state.step)
         if self._writer:
-            array_checkpoint.write_arrays(path, self._state.arrays())
-            array_checkpoint.remove_older(
-                self._settings.checkpoint_dir, self._settings.keep_checkpoints
+            arrays = self._state.arrays()
+
+            def write() -> None:  # idempotent, so a retry after a storage error is safe
+                array_checkpoint.write_arrays(path, arrays)
+                array_checkpoint.remove_older(
+                    self._settings.checkpoint_dir, self._settings.keep_checkpoints
+                )
+
+            retry.retry_transient(
+                write, what=f"saving checkpoint {path}", budget_seconds=retry.budget_seconds()
             )
             log.info("saved checkpoint %s", path)
         self.current = path
@@ -312,7 +320,11 @@ def _restore(settings: TrainConfig, model: Any, optimizer: Any, hosts: SliceHost
         array_checkpoint.assign(model.non_trainable_variables, arrays, "seed/")
         array_checkpoint.assign(optimizer.variables, arrays, "optimizer/")
 
-    restored = array_checkpoint.restore_newest(settings.checkpoint_dir, load)
+    restored = retry.retry_transient(
+        lambda: array_checkpoint.restore_newest(settings.checkpoint_dir, load),
+        what=f"restoring the latest checkpoint in {settings.checkpoint_dir}",
+        budget_seconds=retry.budget_seconds(),
+    )
     step = int(restored[1][array_checkpoint.STEP_KEY]) if restored else None
     if restored:
         log.info("restored %s at step %d", restored[0], step)
