@@ -31,6 +31,8 @@ EXIT_INVALID: Final = 1
 """A document is invalid, or a file could not be read or parsed."""
 EXIT_USAGE: Final = 2
 """Bad arguments (argparse's convention), or a command that is not available."""
+EXIT_UNAVAILABLE: Final = 3
+"""Storage the command needs could not be read (no credentials, unreachable)."""
 STDIN: Final = "-"
 
 
@@ -124,11 +126,23 @@ def _render(args: argparse.Namespace) -> int:
     resolved = ResolvedInputs()
     if job.spec.model.init_checkpoint:
         # The dimensions live in the checkpoint's bert_config.json, as for the operator.
+        from google.api_core.exceptions import GoogleAPIError
+        from google.auth.exceptions import GoogleAuthError
+
         try:
             resolved = inputs.resolve(job)
         except (inputs.InputProblem, storage.InputError) as error:
             _print(sys.stderr, f"{jobs[0].source}: {error}")
             return EXIT_INVALID
+        except (GoogleAuthError, GoogleAPIError, OSError) as error:
+            first_line = (str(error).splitlines() or [type(error).__name__])[0]
+            _print(
+                sys.stderr,
+                f"{jobs[0].source}: cannot read spec.model.initCheckpoint's bert_config.json, "
+                f"which sizes the model: {first_line} (bpj render reads GCS with Application "
+                "Default Credentials, or the emulator named by STORAGE_EMULATOR_HOST)",
+            )
+            return EXIT_UNAVAILABLE
     objects: Iterable[Any] = render_all(job, resolved=resolved)
     sys.stdout.write(yaml.safe_dump_all(list(objects), sort_keys=False))
     return EXIT_OK

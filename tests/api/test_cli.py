@@ -108,6 +108,21 @@ def test_render_refuses_an_invalid_job(tmp_path: Path, capsys: pytest.CaptureFix
     assert CASES[0].field in capsys.readouterr().err
 
 
+def test_render_without_gcs_credentials_says_what_it_could_not_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An init checkpoint is sized from GCS; without credentials: a message, not a traceback."""
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud credentials either
+    monkeypatch.setenv("NO_GCE_CHECK", "true")  # nor a metadata server
+    example = next(p for p in EXAMPLES if p.name == "continued-pretraining-multilingual.yaml")
+    assert cli.main(["render", str(example)]) == cli.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert "cannot read spec.model.initCheckpoint's bert_config.json" in err
+    assert "Traceback" not in err
+
+
 def test_render_needs_exactly_one_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "two.yaml", BASES["corpus"], BASES["records"])
     assert cli.main(["render", path]) == cli.EXIT_INVALID
