@@ -40,7 +40,12 @@ from bert_trainer import contract
 from bpj_devstack import pki, plane
 from bpj_devstack.gcs_proxy import GcsTlsProxy, issue_proxy_certificate
 from tests.support import wait_for
-from tests.trainer.helpers import config_json, train_config, write_records
+from tests.trainer.helpers import (
+    config_json,
+    start_trainer_process,
+    train_config,
+    write_records,
+)
 
 pytestmark = [pytest.mark.gcs, pytest.mark.tensorflow]
 
@@ -172,21 +177,12 @@ def start_trainer(
     config_path.write_text(config_json(config))
     log_path = tmp_path / f"{name}.log"
     message_path = tmp_path / f"{name}.termination-log"
-    environment = {
-        **os.environ,
-        **gcs.state.tensorflow_env(),
-        contract.ENV_TERMINATION_MESSAGE_PATH: str(message_path),
-        "CUDA_VISIBLE_DEVICES": "",
-        **env,
-    }
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bert_trainer", "train", "--config", str(config_path)],
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    process = start_trainer_process(
+        config_path,
+        log_path,
+        message_path,
+        {**gcs.state.tensorflow_env(), "CUDA_VISIBLE_DEVICES": "", **env},
+    )
     return Trainer(process, log_path, message_path)
 
 

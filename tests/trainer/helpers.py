@@ -10,12 +10,18 @@ that head has something to learn too.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bert_trainer import contract
 from bert_trainer.config import BertModelConfig, TrainConfig, TrainerConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
@@ -133,6 +139,31 @@ def train_config(tmp_path: Path, **overrides: Any) -> TrainerConfig:
     }
     fields.update(overrides)
     return TrainerConfig(train=TrainConfig(**fields))
+
+
+def start_trainer_process(
+    config_path: Path,
+    log_path: Path,
+    termination_path: Path,
+    env: dict[str, str] | None = None,
+    own_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """``python -m bert_trainer train`` as a pod runs it: JSON log lines to ``log_path``.
+
+    ``own_session`` gives the trainer a process group of its own (as a pod has), so
+    a test can kill the trainer and every process it started at once.
+    """
+    environment = {**os.environ, **(env or {})}
+    environment[contract.ENV_TERMINATION_MESSAGE_PATH] = str(termination_path)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bert_trainer", "train", "--config", str(config_path)],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=own_session,
+        )
 
 
 def batch_of(instances: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,13 @@ from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
 from bert_trainer.storage import InputError
 from bert_trainer.train.cluster import SliceHosts, choose_runtime
-from tests.trainer.helpers import TINY, config_json, train_config, write_records
+from tests.trainer.helpers import (
+    TINY,
+    config_json,
+    start_trainer_process,
+    train_config,
+    write_records,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "examples" / "bert-base-from-scratch.yaml"
@@ -156,18 +161,7 @@ class Slice:
 def start_trainer(config_path: Path, env: dict[str, str], directory: Path, index: int) -> Host:
     log_path = directory / f"host-{index}.log"
     termination = directory / f"host-{index}.termination"
-    environment = {**os.environ, **env}
-    environment[contract.ENV_TERMINATION_MESSAGE_PATH] = str(termination)
-    environment.pop(contract.ENV_SUPERVISED, None)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bert_trainer", "train", "--config", str(config_path)],
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,  # a process group per host: a lost pod loses all of it
-        )
+    process = start_trainer_process(config_path, log_path, termination, env, own_session=True)
     return Host(index, process, log_path, termination)
 
 
