@@ -136,7 +136,8 @@ def platform(
     run = uuid.uuid4().hex[:6]
     team_a, team_b, open_ns = f"s-{run}-team-a", f"s-{run}-team-b", f"s-{run}-open"
     operator_ns = f"s-{run}-system"
-    label = ("selfservice.bpj.dev/run", run)
+    # A label value that YAML 1.2 (helm) cannot read as a number: a bare "3325e9" is one.
+    label = ("selfservice.bpj.dev/run", f"run-{run}")
     values = tmp_path_factory.mktemp("selfservice") / "values.yaml"
     values.write_text(
         yaml.safe_dump(
