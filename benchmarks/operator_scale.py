@@ -137,49 +137,20 @@ def manifest(bucket: str, name: str) -> dict[str, Any]:
     return doc
 
 
-def operator_has_request_counter() -> bool:
-    """Whether the operator's own metrics include ``bpj_api_requests_total``."""
-    from prometheus_client import REGISTRY
-
-    import bert_pretrain_operator.metrics  # noqa: F401  (registers the operator's metrics)
-
-    return REQUESTS_METRIC in getattr(REGISTRY, "_names_to_collectors", {})
-
-
-def _operator_with_request_counter() -> None:
-    """The operator's own ``main``, with Kube's request count exported as a Prometheus counter.
-
-    Only used while the operator does not export ``bpj_api_requests_total``
-    itself: it counts the same thing (``Kube._count`` runs once per API call).
-    """
-    from prometheus_client import Counter
-
-    from bert_pretrain_operator import kube
-    from bert_pretrain_operator.__main__ import main
-
-    requests = Counter(REQUESTS_METRIC.removesuffix("_total"), "Kubernetes API requests")
-    count = kube.Kube._count
-
-    def counted(self: kube.Kube) -> None:
-        count(self)
-        requests.inc()
-
-    kube.Kube._count = counted  # type: ignore[method-assign]
-    main()
-
-
 @dataclass
 class Operator:
     process: subprocess.Popen[bytes]
     metrics_url: str
     log: Path
 
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return str(response.read().decode())
+
     def metrics(self) -> dict[str, float]:
         """Unlabelled samples and ``name{labels}`` samples of /metrics."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
         samples: dict[str, float] = {}
-        for line in text.splitlines():
+        for line in self.metrics_text().splitlines():
             if line and not line.startswith("#"):
                 key, _, value = line.rpartition(" ")
                 samples[key] = float(value)
@@ -201,20 +172,10 @@ def run_operator(env: dict[str, str], namespace: str, log: Path) -> Iterator[Ope
     from bpj_devstack import plane
 
     metrics_port, health_port = plane.free_port(), plane.free_port()
-    own_counter = operator_has_request_counter()
-    command = (
-        [sys.executable, "-m", "bert_pretrain_operator"]
-        if own_counter
-        else [sys.executable, __file__, "--run-operator"]
-    )
-    print(
-        "operator: python -m bert_pretrain_operator"
-        + ("" if own_counter else f" (via {Path(__file__).name}, which exports Kube's count)"),
-        flush=True,
-    )
+    print("operator: python -m bert_pretrain_operator", flush=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            command,
+            [sys.executable, "-m", "bert_pretrain_operator"],
             env=dict(
                 os.environ,
                 **env,
@@ -243,9 +204,12 @@ def _responds(operator: Operator) -> bool:
     if operator.process.poll() is not None:
         raise SystemExit(f"the operator exited; see {operator.log}")
     try:
-        return REQUESTS_METRIC in operator.metrics()
+        text = operator.metrics_text()
     except OSError:
         return False
+    if f"# HELP {REQUESTS_METRIC} " not in text:
+        raise SystemExit(f"the operator's /metrics has no {REQUESTS_METRIC}")
+    return True
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -437,6 +401,8 @@ class Counts:
     requests: float
     errors: float
     cpu_seconds: float
+    calls: dict[str, float] = field(default_factory=dict)
+    """API requests by ``verb resource``."""
 
     def minus(self, other: Counts) -> Counts:
         return Counts(
@@ -445,7 +411,16 @@ class Counts:
             self.requests - other.requests,
             self.errors - other.errors,
             self.cpu_seconds - other.cpu_seconds,
+            {
+                key: value - other.calls.get(key, 0.0)
+                for key, value in self.calls.items()
+                if value - other.calls.get(key, 0.0)
+            },
         )
+
+    def describe_calls(self) -> str:
+        ordered = sorted(self.calls.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{key} {value:.0f}" for key, value in ordered) or "none"
 
     def describe(self) -> str:
         if not self.reconciles:
@@ -462,12 +437,18 @@ class Counts:
 
 def counts(operator: Operator) -> Counts:
     samples = operator.metrics()
+    calls: dict[str, float] = {}
+    for key, value in samples.items():
+        if key.startswith(REQUESTS_METRIC + "{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+            calls[f"{labels.get('verb')} {labels.get('resource')}"] = value
     return Counts(
         reconciles=samples.get("bpj_reconcile_seconds_count", 0.0),
         reconcile_seconds=samples.get("bpj_reconcile_seconds_sum", 0.0),
-        requests=samples.get(REQUESTS_METRIC, 0.0),
+        requests=sum(calls.values()),
         errors=samples.get("bpj_reconcile_errors_total", 0.0),
         cpu_seconds=operator.cpu_seconds(),
+        calls=calls,
     )
 
 
@@ -557,6 +538,7 @@ def _measure(
         f"a new job alone: {one_job.describe()}; RSS {operator.memory()['VmRSS']:.1f} MB",
         flush=True,
     )
+    print(f"  its API requests: {one_job.describe_calls()}", flush=True)
 
     # Phase 1: a burst of new jobs.
     names = [f"bench-{i:04d}" for i in range(total)]
@@ -578,7 +560,9 @@ def _measure(
     )
     wait_until_idle(operator, 120)
     after_burst = counts(operator)
-    print(f"burst: {after_burst.minus(idle).describe()}", flush=True)
+    burst_counts = after_burst.minus(idle)
+    print(f"burst: {burst_counts.describe()}", flush=True)
+    print(f"  its API requests: {burst_counts.describe_calls()}", flush=True)
 
     # Phase 2: fill up to `total` jobs.
     more = names[burst:]
@@ -591,7 +575,9 @@ def _measure(
         flush=True,
     )
     after_fill = counts(operator)
-    print(f"fill: {after_fill.minus(after_burst).describe()}", flush=True)
+    fill_counts = after_fill.minus(after_burst)
+    print(f"fill: {fill_counts.describe()}", flush=True)
+    print(f"  its API requests: {fill_counts.describe_calls()}", flush=True)
 
     # Phase 3: every job present, for `settle` seconds (at least one full resync).
     # With this many jobs the periodic resync alone may keep the operator busy, so
@@ -599,6 +585,7 @@ def _measure(
     time.sleep(settle)
     steady = counts(operator).minus(after_fill)
     print(f"{settle:.0f}s with {total} jobs present: {steady.describe()}", flush=True)
+    print(f"  its API requests: {steady.describe_calls()}", flush=True)
     stop_sampling.set()
     memory = operator.memory()
     print(
@@ -628,12 +615,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds to wait with every job present (at least one 30 s resync)",
     )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
-    parser.add_argument("--run-operator", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.run_operator:
-        _operator_with_request_counter()
-        return
-
     print(f"machine: {machine()}", flush=True)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-operator-"))
     work.mkdir(parents=True, exist_ok=True)

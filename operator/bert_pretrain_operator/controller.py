@@ -4,20 +4,37 @@ The order matters for safety: children are created before the status that
 names them is written, and Events are recorded only after the status write
 succeeded, so a crash at any point leaves either nothing or something the next
 reconcile recognises by its deterministic name.
+
+Cost. The job usually comes from the watch (``JobCache``), not from a GET. The
+status patch names the resourceVersion it was decided on, so a decision made on
+a stale copy fails with 409 Conflict and is made again on a fresh GET; so is any
+decision to delete something. A job the operator never reconciled has no status
+yet, hence no children of ours, unless a previous operator process died between
+creating them and writing the status: its first reconcile therefore lists no
+children and creates its first stage directly (409 Conflict: "found existing"),
+which makes it three requests: ConfigMap, Job and status. Events are posted
+after the status write, as before, but with ``events`` given they are posted
+from that executor (one thread keeps their order) rather than by the worker,
+like client-go's asynchronous event recorder: under a burst of new jobs they
+trail the Jobs instead of delaying them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from pydantic import ValidationError
 
 from bert_pretrain_operator import inputs
 from bert_pretrain_operator.api import BertPretrainJob, BertPretrainJobStatus
-from bert_pretrain_operator.kube import Kube
+from bert_pretrain_operator.jobcache import JobCache
+from bert_pretrain_operator.kube import ApiError, Kube
 from bert_pretrain_operator.reconcile.decide import Decision, decide, fail_inputs
 from bert_pretrain_operator.reconcile.observe import observe
 from bert_pretrain_operator.render import render_stage, workloads
@@ -31,6 +48,17 @@ Resolver = Callable[[BertPretrainJob], ResolvedInputs]
 
 #: Status fields other writers own: the trainer (progress) and kopf.
 _NOT_OURS = {"progress", "kopf"}
+#: Seconds an input check that passed is reused for another job that names the same
+#: inputs (a sweep submitted at once): its objects were just found, and the trainer
+#: still fails with BadInput if one disappears afterwards. Failed checks are not reused.
+RECENT_INPUTS_SECONDS = 30.0
+#: Reconcile passes on one job before giving up until the error backoff (each pass
+#: after the first follows a 409 Conflict, i.e. the job changed meanwhile).
+_PASSES = 3
+
+
+class _Stale(Exception):
+    """The copy of the job this pass decided on is not the stored one (or may not be)."""
 
 
 def utcnow() -> dt.datetime:
@@ -82,17 +110,44 @@ class Controller:
         *,
         clock: Clock = utcnow,
         resolver: Resolver = inputs.resolve,
+        cache: JobCache | None = None,
+        events: Executor | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.clock = clock
         self.resolver = resolver
-        self._resolved: dict[tuple[str | None, int | None], ResolvedInputs] = {}
+        self.cache = cache if cache is not None else JobCache()
+        self._events = events
+        # What each job's inputs resolved to, by uid: (generation, result). Every stage
+        # of a run renders from the same result.
+        self._resolved: dict[str | None, tuple[int | None, ResolvedInputs]] = {}
+        self._recent: dict[tuple[Any, ...], tuple[float, ResolvedInputs]] = {}
+        self._recent_lock = threading.Lock()
 
     def reconcile(self, namespace: str, name: str) -> Decision | None:
         """Bring one job one step closer to its spec; returns what was decided."""
-        raw = self.kube.read_job(namespace, name)
-        if raw is None or raw["metadata"].get("deletionTimestamp"):
+        key = (namespace, name)
+        raw = self.cache.get(key)
+        fresh = False
+        for _ in range(_PASSES):
+            if raw is None:
+                raw, fresh = self.kube.read_job(namespace, name), True
+                if raw is None:
+                    self.cache.drop(key)
+                    return None
+                self.cache.put(raw)
+            try:
+                return self._reconcile(raw, fresh=fresh)
+            except _Stale:
+                raw = None
+        raise RuntimeError(f"{namespace}/{name} kept changing during {_PASSES} reconcile passes")
+
+    def _reconcile(self, raw: dict[str, Any], *, fresh: bool) -> Decision | None:
+        """One pass on one copy of the job; ``_Stale`` if that copy must be read again."""
+        meta = raw["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if meta.get("deletionTimestamp"):
             return None
         try:
             job = BertPretrainJob.from_manifest(raw)
@@ -101,10 +156,18 @@ class Controller:
             # a schema change. They cannot run, so say why instead of retrying forever.
             self._report_invalid(raw, exc)
             return None
-        jobs, pods = self.kube.children(namespace, name)
-        events = self.kube.job_events(namespace, _jobs_missing_pods(jobs, pods))
+        if job.status is None or job.status.phase is None:
+            # Never reconciled: nothing of ours to observe (see the module docstring).
+            jobs: list[dict[str, Any]] = []
+            pods: list[dict[str, Any]] = []
+            events: list[dict[str, Any]] = []
+        else:
+            jobs, pods = self.kube.children(namespace, name)
+            events = self.kube.job_events(namespace, _jobs_missing_pods(jobs, pods))
         now = self.clock()
         decision = decide(job, observe(jobs, pods, events), now)
+        if not fresh and (decision.delete_jobs or decision.delete_self):
+            raise _Stale  # deleting is decided on what is stored now, never on a copy
         if decision.create:
             try:
                 resolved = self._resolve(job)
@@ -120,10 +183,10 @@ class Controller:
         old = status_patch(job.status or BertPretrainJobStatus())
         new = status_patch(decision.status)
         if new != old:
-            self.kube.patch_status(namespace, name, new)
+            self._patch_status(raw, new)
         for event in decision.events:
             log.info("%s: %s", event.reason, event.message, extra={"bpj": f"{namespace}/{name}"})
-            self.kube.event(raw, event.type, event.reason, event.message)
+            self._record(raw, event.type, event.reason, event.message)
         if decision.delete_self:
             log.info(
                 "ttlSecondsAfterFinished elapsed; deleting", extra={"bpj": f"{namespace}/{name}"}
@@ -131,19 +194,64 @@ class Controller:
             self.kube.delete_bpj(namespace, name)
         return decision
 
+    def _record(self, raw: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        when = dt.datetime.now(dt.UTC)
+        # Only what the Event names: a queued Event must not keep the whole job alive.
+        meta = {k: raw["metadata"].get(k) for k in ("name", "namespace", "uid", "resourceVersion")}
+        if self._events is None:
+            self.kube.event(meta, kind, reason, message, when=when)
+        else:
+            self._events.submit(self.kube.event, meta, kind, reason, message, when=when)
+
+    def _patch_status(self, raw: dict[str, Any], status: dict[str, Any]) -> None:
+        """Write ``status`` if the job is still the copy it was decided on, else ``_Stale``."""
+        meta = raw["metadata"]
+        try:
+            stored = self.kube.patch_status(
+                meta["namespace"], meta["name"], status, resource_version=meta["resourceVersion"]
+            )
+        except ApiError as exc:
+            if exc.status in (404, 409):  # changed since, or deleted: read it again
+                raise _Stale from exc
+            raise
+        self.cache.put(stored)
+
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        """Drop what is kept about a deleted job."""
+        self.cache.drop((namespace, name))
+        self._resolved.pop(uid, None)
+
     def _resolve(self, job: BertPretrainJob) -> ResolvedInputs:
-        key = (job.metadata.uid, job.metadata.generation)
-        if key not in self._resolved:
-            self._resolved[key] = self.resolver(job)
-        return self._resolved[key]
+        uid, generation = job.metadata.uid, job.metadata.generation
+        held = self._resolved.get(uid)
+        if held is not None and held[0] == generation:
+            return held[1]
+        data, model = job.spec.data, job.spec.model
+        inputs_key = (tuple(data.corpus or ()), data.tfrecords, data.vocab, model.init_checkpoint)
+        now = time.monotonic()
+        recent = self._recent.get(inputs_key)
+        if recent is not None and now - recent[0] < RECENT_INPUTS_SECONDS:
+            resolved = recent[1]
+        else:
+            resolved = self.resolver(job)  # InputProblem propagates, and is not kept
+            with self._recent_lock:
+                for key in [
+                    k for k, (t, _) in self._recent.items() if now - t >= RECENT_INPUTS_SECONDS
+                ]:
+                    del self._recent[key]
+                self._recent[inputs_key] = (now, resolved)
+        self._resolved[uid] = (generation, resolved)
+        return resolved
 
     def _create(self, job: BertPretrainJob, decision: Decision, resolved: ResolvedInputs) -> None:
         config = trainer_config(
             job, resolved, report_interval=self.settings.progress_report_seconds
         )
         # The ConfigMap is rewritten before each new stage or attempt, so spec edits
-        # that admission allows (trainSteps, learningRate, ...) apply from then on.
-        self.kube.replace_config_map(workloads.config_map(job, config))
+        # that admission allows (trainSteps, learningRate, ...) apply from then on. It
+        # exists already unless this is the job's first stage.
+        first_stage = job.status is None or job.status.jobs is None
+        self.kube.write_config_map(workloads.config_map(job, config), exists=not first_stage)
         for stage, attempt in decision.create:
             for manifest in render_stage(job, self.settings, stage, attempt):
                 created = self.kube.create(manifest)
@@ -164,9 +272,8 @@ class Controller:
         if status.get("phase") == "Failed":
             return
         now = self.clock().isoformat()
-        self.kube.patch_status(
-            meta["namespace"],
-            meta["name"],
+        self._patch_status(
+            raw,
             {
                 "phase": "Failed",
                 "observedGeneration": meta.get("generation"),
@@ -181,4 +288,4 @@ class Controller:
                 ],
             },
         )
-        self.kube.event(raw, "Warning", "InvalidSpec", message)
+        self._record(raw, "Warning", "InvalidSpec", message)

@@ -3,17 +3,25 @@
 Every watched kind maps to the BertPretrainJob it concerns: the job itself,
 its child Jobs and their pods (by the ``pretraining.bert.dev/job`` label). A
 periodic resync enqueues every job so time-based rules (deadline, TTL) fire
-without an event. Reconciles run in threads (the kubernetes client is
-synchronous), at most one per job at a time.
+without an event. Reconciles run in threads (``Kube`` is synchronous), at most
+one per job at a time.
+
+The job's own watch events also refresh the controller's ``JobCache``, so a
+reconcile starts from the job as the watch delivered it instead of a GET. An
+event that is not newer than the cached copy changes nothing the operator does
+not know: usually it is the echo of the operator's own status patch, whose
+answer is cached already. It is not enqueued. Jobs the operator has never
+reconciled (no status phase yet) jump the queue: a burst of new jobs gets its
+training Jobs before the follow-up reconciles that their own creation triggers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +30,8 @@ from prometheus_client import start_http_server
 
 from bert_pretrain_operator import metrics
 from bert_pretrain_operator.controller import Controller
-from bert_pretrain_operator.kube import Kube, load_config
+from bert_pretrain_operator.jobcache import JobCache
+from bert_pretrain_operator.kube import Kube, connection_info
 from bert_pretrain_operator.render import names
 from bert_pretrain_operator.settings import Settings
 from bert_pretrain_operator.workqueue import Key, WorkQueue
@@ -30,14 +39,23 @@ from bert_trainer import contract
 
 log = logging.getLogger(__name__)
 
-WORKERS = 4
 #: Seconds before retrying a reconcile that raised (an API hiccup, a conflict).
 ERROR_BACKOFF_SECONDS = 5.0
+#: Seconds between a child Job's or pod's watch event and the reconcile it triggers.
+#: A new stage's children change several times in its first second (Job created, pod
+#: created, pod scheduled or not); waiting lets one reconcile see them all.
+CHILD_EVENT_DELAY_SECONDS = 1.0
+#: BertPretrainJobs per request of the resync's list (it reads every job, a page at a time).
+RESYNC_PAGE = 100
+#: Seconds the operator waits, when stopping, for Events already decided to be posted.
+EVENT_FLUSH_SECONDS = 5.0
 
 
 @dataclass
 class Runtime:
     controller: Controller
+    executor: ThreadPoolExecutor
+    events: ThreadPoolExecutor
     queue: WorkQueue = field(default_factory=WorkQueue)
     phases: dict[Key, str] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -63,7 +81,9 @@ async def _process(key: Key) -> None:
     namespace, name = key
     started = time.perf_counter()
     try:
-        decision = await asyncio.to_thread(rt.controller.reconcile, namespace, name)
+        decision = await asyncio.get_running_loop().run_in_executor(
+            rt.executor, rt.controller.reconcile, namespace, name
+        )
     except Exception:
         metrics.RECONCILE_ERRORS.inc()
         log.exception(
@@ -103,38 +123,52 @@ async def _resync(settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.resync_seconds)
         try:
-            jobs = await asyncio.to_thread(rt.controller.kube.list_jobs, None)
-            for job in jobs:
-                namespace = job["metadata"]["namespace"]
-                if settings.watches(namespace):
-                    _enqueue(namespace, job["metadata"]["name"])
+            after: str | None = None
+            while True:
+                jobs, after = await asyncio.to_thread(
+                    rt.controller.kube.list_jobs, None, limit=RESYNC_PAGE, after=after
+                )
+                for job in jobs:
+                    namespace = job["metadata"]["namespace"]
+                    if settings.watches(namespace):
+                        rt.controller.cache.put(job)
+                        _enqueue(namespace, job["metadata"]["name"])
+                del jobs
+                if after is None:
+                    break
         except Exception:
             log.exception("resync failed; trying again at the next interval")
 
 
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff base for change detection, turned off: there is nothing to detect.
+
+    The operator has only ``on.event`` handlers (and activities), which get every
+    event as it is; kopf's default storage still deep-copies each event's body to
+    diff it against the last one, which was a fifth of the operator's CPU time in
+    a burst of new jobs (docs/benchmarks.md, section 3). An ``on.create``,
+    ``on.update``, ``on.field`` or daemon handler would need the default back.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Log in with $KUBECONFIG as it is now, else in-cluster.
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """$KUBECONFIG as it is now, else in-cluster: the same credentials ``Kube`` uses.
 
     kopf's own client login reads the kubeconfig path the kubernetes library
     captured at import time; reading it here honours a KUBECONFIG set later
     (the local stack and the tests set it per run).
     """
-    path = os.environ.get("KUBECONFIG")
-    if not path:
-        return kopf.login_via_client(**kwargs)
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=path, client_configuration=cfg)
-    token = (cfg.api_key or {}).get("authorization", "")
-    return kopf.ConnectionInfo(
-        server=cfg.host,
-        ca_path=cfg.ssl_ca_cert,
-        certificate_path=cfg.cert_file,
-        private_key_path=cfg.key_file,
-        token=token.removeprefix("Bearer ").strip() or None,
-    )
+    return connection_info()
 
 
 @kopf.on.startup()
@@ -145,15 +179,22 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     # One line per watch event of every pod would drown the reconcile log.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    settings.persistence.diffbase_storage = _NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
     if ours.peering_name:
         settings.peering.name = ours.peering_name
         settings.peering.mandatory = True
-    api_client = load_config(os.environ.get("KUBECONFIG") or None)
-    _runtime = Runtime(controller=Controller(Kube(api_client), ours))
-    for _worker in range(WORKERS):
+    events = ThreadPoolExecutor(1, thread_name_prefix="events")
+    _runtime = Runtime(
+        controller=Controller(
+            Kube(pool_size=ours.workers + 2), ours, cache=JobCache(), events=events
+        ),
+        executor=ThreadPoolExecutor(ours.workers, thread_name_prefix="reconcile"),
+        events=events,
+    )
+    for _worker in range(ours.workers):
         _runtime.tasks.append(asyncio.create_task(_runtime.queue.run_worker(_process)))
     _runtime.tasks.append(asyncio.create_task(_resync(ours)))
     if ours.metrics_port:
@@ -173,23 +214,44 @@ async def cleanup(**_: Any) -> None:
     for task in _runtime.tasks:
         task.cancel()
     await asyncio.gather(*_runtime.tasks, return_exceptions=True)
+    _runtime.executor.shutdown(wait=False, cancel_futures=True)
+    # Events already decided are posted, for a few seconds at most.
+    events = _runtime.events
     _runtime = None
+    try:
+        await asyncio.wait_for(asyncio.to_thread(events.shutdown), EVENT_FLUSH_SECONDS)
+    except TimeoutError:
+        log.warning("stopping with Events not yet posted")
 
 
 @kopf.on.event(contract.API_GROUP, contract.API_VERSION, contract.PLURAL)
-def job_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
-    if type == "DELETED":
-        if _runtime is not None and namespace and name:
-            _runtime.phases.pop((namespace, name), None)
+async def job_event(
+    type: str | None, event: Mapping[str, Any], namespace: str | None, name: str, **_: Any
+) -> None:
+    rt = _runtime
+    if rt is None or not namespace or not name:
         return
-    _enqueue(namespace, name)
+    body = event["object"]
+    if type == "DELETED":
+        rt.phases.pop((namespace, name), None)
+        rt.controller.forget(namespace, name, (body.get("metadata") or {}).get("uid"))
+        return
+    if rt.controller.cache.put(body):
+        new = not (body.get("status") or {}).get("phase")
+        rt.queue.add((namespace, name), urgent=new)
+
+
+def _child_changed(namespace: str | None, labels: Mapping[str, str]) -> None:
+    job = labels.get(names.LABEL_JOB)
+    if _runtime is not None and namespace and job:
+        _runtime.queue.add_after((namespace, job), CHILD_EVENT_DELAY_SECONDS)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT})
-def child_job_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    _enqueue(namespace, labels.get(names.LABEL_JOB))
+async def child_job_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    _child_changed(namespace, labels)
 
 
 @kopf.on.event("", "v1", "pods", labels={names.LABEL_JOB: kopf.PRESENT})
-def child_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    _enqueue(namespace, labels.get(names.LABEL_JOB))
+async def child_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    _child_changed(namespace, labels)

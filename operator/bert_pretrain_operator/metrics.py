@@ -17,3 +17,8 @@ RESTARTS = Counter(
     "bpj_training_restarts_total", "Training attempts restarted after an infrastructure failure"
 )
 QUEUE_DEPTH = Gauge("bpj_workqueue_depth", "Jobs waiting to be reconciled")
+API_REQUESTS = Counter(
+    "bpj_api_requests_total",
+    "Kubernetes API requests the reconciler made, by verb and resource",
+    ["verb", "resource"],
+)

@@ -33,6 +33,10 @@ class Settings:
     resync_seconds: float = 30.0
     """Seconds between full reconciles of every job (BPJ_RESYNC_SECONDS). Watches drive
     most work; the resync catches time-based rules (deadline, TTL) and missed events."""
+    workers: int = 4
+    """Reconciles that run at once, each on its own job (BPJ_WORKERS). A reconcile mostly
+    waits for the API server, so more workers mean a shorter queue after a burst of new
+    jobs, up to what the API server serves."""
     progress_report_seconds: float = 10.0
     """Minimum seconds between the trainer's progress patches (BPJ_PROGRESS_SECONDS);
     bounds API load to one write per job per interval."""
@@ -71,6 +75,7 @@ class Settings:
             metrics_port=port("BPJ_METRICS_PORT", base.metrics_port),
             health_port=port("BPJ_HEALTH_PORT", base.health_port),
             resync_seconds=float(env.get("BPJ_RESYNC_SECONDS", base.resync_seconds)),
+            workers=max(1, int(env.get("BPJ_WORKERS", base.workers))),
             progress_report_seconds=float(
                 env.get("BPJ_PROGRESS_SECONDS", base.progress_report_seconds)
             ),

@@ -161,27 +161,53 @@ def test_corpus_job_runs_every_stage_to_succeeded(
         "pipeline-prepare",
         "pipeline-train-1",
     ]
-    events = kubectl_json(
-        kubectl,
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        "involvedObject.name=pipeline",
-    )["items"]
-    reasons = {e["reason"] for e in events}
-    assert {
-        "Started",
-        "Preparing",
-        "Prepared",
-        "Training",
-        "Trained",
-        "Exporting",
-        "Succeeded",
-    } <= reasons
+    expected = {"Started", "Preparing", "Prepared", "Training", "Trained", "Exporting", "Succeeded"}
+    reasons: set[str] = set()
+
+    def recorded() -> bool:
+        # Events are posted after the status write, from their own thread: the last
+        # one may trail the phase it reports by a moment.
+        events = kubectl_json(
+            kubectl,
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "involvedObject.name=pipeline",
+        )["items"]
+        reasons.update(e["reason"] for e in events)
+        return expected <= reasons
+
+    wait_for(recorded, 15, f"the Events {sorted(expected)} (seen: {sorted(reasons)})")
     printed = kubectl("get", "bpj", "pipeline", "-n", namespace).stdout
     assert "Succeeded" in printed
+
+
+def _api_requests(verb: str, resource: str) -> float:
+    """``bpj_api_requests_total`` of the in-process operator (this process's registry)."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "bpj_api_requests_total", {"verb": verb, "resource": resource}
+    )
+    return value or 0.0
+
+
+def test_the_api_request_counter_rises_as_the_operator_reconciles(
+    kubectl: Kubectl, namespace: str, bucket: str
+) -> None:
+    calls = [("create", "jobs"), ("create", "configmaps"), ("patch", "bertpretrainjobs/status")]
+    before = {call: _api_requests(*call) for call in calls}
+    apply(kubectl, namespace, manifest(bucket, "counted", records=True))
+    wait_job(kubectl, namespace, "counted-train-1")
+    wait_for(
+        lambda: status(kubectl, namespace, "counted").get("phase") is not None,
+        30,
+        "the status write",
+    )
+    for call in calls:
+        assert _api_requests(*call) > before[call], call
 
 
 def test_slice_without_node_pool_reports_unschedulable(

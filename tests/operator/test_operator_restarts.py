@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,17 @@ def test_operator_killed_repeatedly_leaves_no_duplicate_children(
         metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert 'bpj_jobs{phase="Succeeded"} 1.0' in metrics
         assert "bpj_reconcile_seconds_count" in metrics
+        # Every API request of the reconciler is counted, by verb and resource; this
+        # process lists the jobs at each 2 s resync.
+        listed = re.compile(
+            r'^bpj_api_requests_total\{resource="bertpretrainjobs",verb="list"\} [1-9]',
+            re.MULTILINE,
+        )
+        wait_for(
+            lambda: bool(listed.search(_get(f"http://127.0.0.1:{metrics_port}/metrics"))),
+            15,
+            "bpj_api_requests_total to count the resync's list",
+        )
         assert _get(f"http://127.0.0.1:{health_port}/healthz")
     finally:
         proc.send_signal(signal.SIGTERM)

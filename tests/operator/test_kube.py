@@ -1,0 +1,268 @@
+"""The operator's own API client, its credentials, its job cache and its work queue.
+
+``Kube`` runs here against a stub HTTP server that records each request and
+answers from a script, so the requests (method, path, body, content type) and the
+``bpj_api_requests_total`` counter can be checked without a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from bert_pretrain_operator.jobcache import JobCache
+from bert_pretrain_operator.kube import ApiError, Kube, connection_info
+from bert_pretrain_operator.workqueue import WorkQueue
+from bert_trainer import contract
+
+BPJ = f"/apis/{contract.API_GROUP}/{contract.API_VERSION}/namespaces/ns/{contract.PLURAL}"
+
+
+@dataclass
+class Stub:
+    """Answers (status, body) by (method, path) and records every request."""
+
+    answers: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+
+    def answer(self, method: str, path: str, *replies: tuple[int, Any]) -> None:
+        self.answers[(method, path)] = list(replies)
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    state = Stub()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            path = self.path.split("?", 1)[0]
+            state.seen.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "content_type": self.headers.get("Content-Type"),
+                    "authorization": self.headers.get("Authorization"),
+                    "body": body,
+                }
+            )
+            replies = state.answers.get((self.command, path)) or [(404, {"reason": "NotFound"})]
+            status, doc = replies.pop(0) if len(replies) > 1 else replies[0]
+            data = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _reply
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _kube(stub: Stub, token: str = "t0k3n") -> Kube:
+    return Kube(lambda: kopf.ConnectionInfo(server=stub.url, token=token))
+
+
+def _count(verb: str, resource: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "bpj_api_requests_total", {"verb": verb, "resource": resource}
+    )
+    return value or 0.0
+
+
+def test_every_request_is_counted_by_verb_and_resource(stub: Stub) -> None:
+    stub.answer("GET", f"{BPJ}/a", (200, {"metadata": {"name": "a"}}))
+    stub.answer("POST", "/apis/batch/v1/namespaces/ns/jobs", (409, {"reason": "AlreadyExists"}))
+    kube = _kube(stub)
+    before = {
+        key: _count(*key)
+        for key in [("get", contract.PLURAL), ("create", "jobs"), ("get", "missing")]
+    }
+    assert kube.read_job("ns", "a") == {"metadata": {"name": "a"}}
+    assert kube.read_job("ns", "gone") is None  # 404
+    job = {"kind": "Job", "metadata": {"name": "a-train-1", "namespace": "ns"}}
+    assert kube.create(job) is False  # 409: an earlier reconcile made it
+    assert _count("get", contract.PLURAL) == before[("get", contract.PLURAL)] + 2
+    assert _count("create", "jobs") == before[("create", "jobs")] + 1
+    assert kube.requests == 3
+    assert {s["authorization"] for s in stub.seen} == {"Bearer t0k3n"}
+
+
+def test_the_status_patch_names_the_version_it_was_decided_on(stub: Stub) -> None:
+    stored = {"metadata": {"name": "a", "resourceVersion": "8"}, "status": {"phase": "Pending"}}
+    stub.answer("PATCH", f"{BPJ}/a/status", (200, stored))
+    kube = _kube(stub)
+    assert kube.patch_status("ns", "a", {"phase": "Pending"}, resource_version="7") == stored
+    (request,) = stub.seen
+    assert request["content_type"] == "application/merge-patch+json"
+    assert request["body"] == {"metadata": {"resourceVersion": "7"}, "status": {"phase": "Pending"}}
+
+    stub.answer("PATCH", f"{BPJ}/a/status", (409, {"reason": "Conflict", "message": "modified"}))
+    with pytest.raises(ApiError) as err:
+        kube.patch_status("ns", "a", {"phase": "Pending"}, resource_version="7")
+    assert err.value.status == 409
+
+
+def test_a_new_config_map_is_created_first_and_an_old_one_patched_first(stub: Stub) -> None:
+    cms = "/api/v1/namespaces/ns/configmaps"
+    manifest = {
+        "kind": "ConfigMap",
+        "metadata": {"name": "a-trainer-config", "namespace": "ns"},
+        "data": {"config.json": "{}"},
+    }
+    kube = _kube(stub)
+    stub.answer("POST", cms, (201, manifest))
+    kube.write_config_map(manifest, exists=False)
+    assert [(s["method"], s["path"]) for s in stub.seen] == [("POST", cms)]
+
+    # It existed after all (a previous operator process made it): patched to the current spec.
+    stub.seen.clear()
+    stub.answer("POST", cms, (409, {}))
+    stub.answer("PATCH", f"{cms}/a-trainer-config", (200, manifest))
+    kube.write_config_map(manifest, exists=False)
+    assert [s["method"] for s in stub.seen] == ["POST", "PATCH"]
+    assert stub.seen[1]["body"] == {"data": {"config.json": "{}"}}
+
+    # A later stage: patched; created if someone deleted it.
+    stub.seen.clear()
+    stub.answer("PATCH", f"{cms}/a-trainer-config", (404, {}))
+    stub.answer("POST", cms, (201, manifest))
+    kube.write_config_map(manifest, exists=True)
+    assert [s["method"] for s in stub.seen] == ["PATCH", "POST"]
+
+
+def test_expired_credentials_are_read_again_once(stub: Stub) -> None:
+    tokens = iter(["old", "new", "new"])
+    stub.answer("GET", f"{BPJ}/a", (401, {}), (200, {"metadata": {"name": "a"}}))
+    kube = Kube(lambda: kopf.ConnectionInfo(server=stub.url, token=next(tokens)))
+    assert kube.read_job("ns", "a") == {"metadata": {"name": "a"}}
+    assert [s["authorization"] for s in stub.seen] == ["Bearer old", "Bearer new"]
+
+
+def test_kubeconfig_paths_data_token_file_and_exec_plugin(tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "token").write_text("from-file\n")
+    plugin = tmp_path / "plugin.sh"
+    credential = {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "kind": "ExecCredential",
+        "status": {"token": "from-plugin", "expirationTimestamp": "2099-01-01T00:00:00Z"},
+    }
+    plugin.write_text(f"#!/bin/sh\necho '{json.dumps(credential)}'\n")
+    plugin.chmod(plugin.stat().st_mode | stat.S_IEXEC)
+    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    config = {
+        "current-context": "files",
+        "contexts": [
+            {"name": "files", "context": {"cluster": "c", "user": "files", "namespace": "x"}},
+            {"name": "token-file", "context": {"cluster": "d", "user": "token-file"}},
+            {"name": "exec", "context": {"cluster": "d", "user": "exec"}},
+        ],
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {"server": "https://c:6443", "certificate-authority": "pki/ca"},
+            },
+            {"name": "d", "cluster": {"server": "https://d", "certificate-authority-data": ca}},
+        ],
+        "users": [
+            {
+                "name": "files",
+                "user": {"client-certificate": "pki/a.crt", "client-key": "pki/a.key"},
+            },
+            {"name": "token-file", "user": {"tokenFile": "token"}},
+            {"name": "exec", "user": {"exec": {"command": "./plugin.sh"}}},
+        ],
+    }
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(config))
+
+    info = connection_info(str(path))
+    assert info.server == "https://c:6443"
+    assert info.ca_path == str(tmp_path / "pki" / "ca")  # relative to the kubeconfig
+    assert info.certificate_path == str(tmp_path / "pki" / "a.crt")
+    assert info.private_key_path == str(tmp_path / "pki" / "a.key")
+    assert info.default_namespace == "x"
+
+    for context, token in [("token-file", "from-file"), ("exec", "from-plugin")]:
+        path.write_text(yaml.safe_dump({**config, "current-context": context}))
+        info = connection_info(str(path))
+        assert (info.server, info.ca_data, info.token) == ("https://d", ca, token)
+    assert info.expiration is not None and info.expiration.year == 2099
+
+
+def _body(name: str, version: str, phase: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {"namespace": "ns", "name": name, "resourceVersion": version}
+    }
+    if phase:
+        body["status"] = {"phase": phase}
+    return body
+
+
+def test_the_job_cache_keeps_the_newest_copy() -> None:
+    cache = JobCache()
+    assert cache.put(_body("a", "5"))
+    assert not cache.put(_body("a", "5"))  # the echo of a write whose answer is cached
+    assert not cache.put(_body("a", "4", "Pending"))  # a late, older event
+    assert cache.get(("ns", "a")) == _body("a", "5")
+    assert cache.put(_body("a", "12", "Training"))  # numerically newer, not as text
+    copy = cache.get(("ns", "a"))
+    assert copy is not None and copy["status"] == {"phase": "Training"}
+    copy["status"]["phase"] = "changed by a reconcile"
+    assert cache.get(("ns", "a")) == _body("a", "12", "Training")  # each get is a copy
+    assert cache.put(_body("a", "not-a-number"))  # opaque versions: always taken
+    cache.drop(("ns", "a"))
+    assert cache.get(("ns", "a")) is None and len(cache) == 0
+
+
+def test_the_work_queue_takes_new_jobs_first_and_each_key_once() -> None:
+    async def scenario() -> list[tuple[str, str]]:
+        queue = WorkQueue()
+        for name in ("old-1", "old-2", "old-3"):
+            queue.add(("ns", name))
+        queue.add(("ns", "new-1"), urgent=True)
+        queue.add(("ns", "old-2"), urgent=True)  # a waiting key moves up
+        queue.add(("ns", "new-1"))  # already waiting: not added twice
+        queue.add(("ns", "new-2"), urgent=True)
+        assert len(queue) == 5
+        taken: list[tuple[str, str]] = []
+
+        async def process(key: tuple[str, str]) -> None:
+            taken.append(key)
+
+        worker = asyncio.create_task(queue.run_worker(process))
+        while len(taken) < 5:
+            await asyncio.sleep(0.01)
+        worker.cancel()
+        return taken
+
+    order = [name for _, name in asyncio.run(scenario())]
+    assert order == ["new-1", "old-2", "new-2", "old-1", "old-3"]
