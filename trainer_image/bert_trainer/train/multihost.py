@@ -49,10 +49,10 @@ from bert_trainer.train.run import (
     dtype_policy,
     reporter_for,
     run_loop,
+    start_step,
     summary_writer,
 )
 from bert_trainer.train.signals import StopFlag
-from bert_trainer.train.tf1_init import init_from_tf1_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,7 @@ def _train(
     schedule = learning_rate_schedule(settings)
 
     start = _restore(settings, model, optimizer, hosts)
-    if start is None and settings.init_checkpoint:
-        init_from_tf1_checkpoint(
-            model,
-            settings.model,
-            settings.init_checkpoint,
-            bert_config=settings.init_checkpoint_config,
-            vocab=settings.vocab,
-        )
-    start = start or 0
+    start = start_step(start, model, settings)
     state = SlicedTrainer(model, optimizer, start, distribution)
     checkpointer = ArrayCheckpointer(settings, state, writer=hosts.is_chief)
     checkpointer.current = (

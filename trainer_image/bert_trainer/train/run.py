@@ -85,15 +85,7 @@ def train(
             settings.checkpoint_dir, model, optimizer, step, settings.keep_checkpoints
         )
     start = checkpointer.restore_latest()
-    if start is None and settings.init_checkpoint:
-        init_from_tf1_checkpoint(
-            model,
-            settings.model,
-            settings.init_checkpoint,
-            bert_config=settings.init_checkpoint_config,
-            vocab=settings.vocab,
-        )
-    start = start or 0
+    start = start_step(start, model, settings)
 
     # A resumed run reshuffles differently, rather than replaying the examples
     # it saw first in the attempt before.
@@ -155,6 +147,23 @@ def run_loop(
         result.input_wait_fraction,
     )
     return result
+
+
+def start_step(restored: int | None, model: Any, settings: TrainConfig) -> int:
+    """The step training starts at: the restored checkpoint's, else 0.
+
+    Only a run with no checkpoint of its own starts from Google's weights: a
+    resumed run must not start over from them.
+    """
+    if restored is None and settings.init_checkpoint:
+        init_from_tf1_checkpoint(
+            model,
+            settings.model,
+            settings.init_checkpoint,
+            bert_config=settings.init_checkpoint_config,
+            vocab=settings.vocab,
+        )
+    return restored or 0
 
 
 def check_settings(settings: TrainConfig) -> None:
