@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 
@@ -17,6 +18,7 @@ def machine() -> str:
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (
-        f"{os.cpu_count()} CPUs ({model}), {memory:.1f} GiB RAM, "
+        f"{os.cpu_count()} CPUs ({model}), {memory:.1f} GiB RAM, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, "
         f"load average at start {os.getloadavg()[0]:.2f}"
     )

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -51,6 +50,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean, median
+
+from machine import machine  # benchmarks/ is the script's directory
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CORPUS = REPO / "devstack" / "bpj_devstack" / "data" / "corpus.txt"
@@ -388,24 +389,6 @@ def record_statistics(pattern: str, documents: int, mask_id: int) -> Statistics:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    load = os.getloadavg()
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {memory:.1f} GiB RAM, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, "
-        f"load average at start {load[0]:.2f}"
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
