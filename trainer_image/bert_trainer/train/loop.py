@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from bert_trainer import retry
+from bert_trainer.config import TrainConfig
 from bert_trainer.model import PretrainingMetrics
 from bert_trainer.train.progress import Progress, ProgressReporter
 from bert_trainer.train.signals import Preempted, StopFlag
@@ -82,6 +83,15 @@ class LoopSettings:
     """Wall time one call of the train function should take once warmed up."""
     first_call_steps: int = 1
     """Steps in the first call, which also traces (and compiles) the function."""
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> LoopSettings:
+        return cls(
+            train_steps=config.train_steps,
+            checkpoint_every_steps=config.checkpoint_every_steps,
+            global_batch_size=config.global_batch_size,
+        )
+
     storage_retry_seconds: float | None = None
     """Retry budget of a call whose input reads fail (None: ``retry.budget_seconds()``)."""
 

@@ -169,11 +169,7 @@ def _train(
         dataset.as_numpy_iterator(),
         state,
         checkpointer,
-        LoopSettings(
-            train_steps=settings.train_steps,
-            checkpoint_every_steps=settings.checkpoint_every_steps,
-            global_batch_size=settings.global_batch_size,
-        ),
+        LoopSettings.of(settings),
         reporter=reporter,
         summary_writer=writer,
         learning_rate=lambda at: float(schedule(at)),
