@@ -198,7 +198,9 @@ def _rewrite_location(value: str, public_host: str) -> str:
 class _Relay:
     """The asyncio server: CONNECT tunnels, TLS termination and request relaying."""
 
-    def __init__(self, upstream: str, ssl_context: ssl.SSLContext, port: int) -> None:
+    def __init__(
+        self, upstream: str, ssl_context: ssl.SSLContext, port: int, host: str = LISTEN_HOST
+    ) -> None:
         parts = urllib.parse.urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ValueError(f"upstream must be http://HOST:PORT, got {upstream!r}")
@@ -207,18 +209,19 @@ class _Relay:
         self.upstream_netloc = f"{parts.hostname}:{parts.port}"
         self.ssl_context = ssl_context
         self.port = port
+        self.host = host
         self.history: collections.deque[RequestRecord] = collections.deque(maxlen=_HISTORY)
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(
-            self._on_connect, LISTEN_HOST, self.port, limit=_MAX_HEAD_BYTES
+            self._on_connect, self.host, self.port, limit=_MAX_HEAD_BYTES
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info(
             "gcs proxy listening on http://%s:%d, upstream http://%s",
-            LISTEN_HOST,
+            self.host,
             self.port,
             self.upstream_netloc,
         )
@@ -445,7 +448,7 @@ class GcsTlsProxy:
     @property
     def url(self) -> str:
         """The value for ``HTTPS_PROXY``."""
-        return f"http://{LISTEN_HOST}:{self.port}"
+        return f"http://{self._relay.host}:{self.port}"
 
     @property
     def history(self) -> list[RequestRecord]:
@@ -510,6 +513,11 @@ def issue_proxy_certificate(keys: pki.Pki) -> tuple[Path, Path]:
     return cert, key
 
 
+#: Addresses clients reach directly: loopback, and the real nodes' host address, where
+#: pods find the API server and the emulator itself (bpj_devstack.nodes.layout.HOST_IP).
+_NO_PROXY = "127.0.0.1,localhost,10.200.0.1"
+
+
 def tf_gcs_env(proxy_url: str, ca_bundle: Path) -> dict[str, str]:
     """Environment a TensorFlow process needs so its ``gs://`` filesystem reaches the emulator.
 
@@ -521,8 +529,8 @@ def tf_gcs_env(proxy_url: str, ca_bundle: Path) -> dict[str, str]:
         "https_proxy": proxy_url,
         # An inherited NO_PROXY naming googleapis.com would send TF to the real Google; this
         # also keeps other clients (google-cloud-storage via STORAGE_EMULATOR_HOST) direct.
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
+        "NO_PROXY": _NO_PROXY,
+        "no_proxy": _NO_PROXY,
         # Only the stack CA: the proxy is the only TLS peer, so no system CAs are needed.
         "CURL_CA_BUNDLE": str(ca_bundle),
         # Skips TF's credential search (gcloud files, GCE metadata); the emulator ignores it.
@@ -548,7 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--upstream", required=True, help="fake-gcs-server, http://127.0.0.1:P")
-    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1 (0: any)")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
+    parser.add_argument(
+        "--host", default=LISTEN_HOST, help="address to listen on (the pods' host address)"
+    )
     parser.add_argument("--cert", type=Path, required=True, help="PEM serving certificate")
     parser.add_argument("--key", type=Path, required=True, help="PEM private key")
     parser.add_argument("--log-level", default="INFO")
@@ -558,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    relay = _Relay(args.upstream, server_ssl_context(args.cert, args.key), args.port)
+    relay = _Relay(args.upstream, server_ssl_context(args.cert, args.key), args.port, args.host)
 
     async def serve() -> None:
         stop = asyncio.Event()

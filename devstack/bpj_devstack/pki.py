@@ -168,7 +168,9 @@ def create(directory: Path) -> Pki:
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ip_addresses=("127.0.0.1", "10.0.0.1"),
+        # Loopback, the `kubernetes` Service's ClusterIP, and the real nodes' host address
+        # (bpj_devstack.nodes.layout.HOST_IP), where pods reach the API server.
+        ip_addresses=("127.0.0.1", "10.0.0.1", "10.200.0.1"),
         server=True,
     )
     issue_certificate(

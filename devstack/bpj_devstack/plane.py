@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 
 from bpj_devstack import build, gcs_proxy, kwok_config, pki, podrunner
-from bpj_devstack.versions import ETCD, FAKE_GCS_SERVER, KUBERNETES, KWOK
+from bpj_devstack.nodes import fleet, host, layout
+from bpj_devstack.versions import COREDNS, ETCD, FAKE_GCS_SERVER, KUBERNETES, KWOK
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class StackState:
     ca_cert: str = ""
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    kubelet_nodes: list[str] = field(default_factory=list)
+    """Names of the real nodes (kubelet + containerd), whose pods run as containers."""
 
     @property
     def path(self) -> Path:
@@ -222,12 +225,17 @@ def up(
     pools: tuple[kwok_config.NodePool, ...] = kwok_config.DEFAULT_POOLS,
     pod_run_for: str = "2s",
     local_pools: tuple[kwok_config.NodePool, ...] = (),
+    kubelet_pools: tuple[kwok_config.NodePool, ...] = (),
+    images: Sequence[Path] = (),
     timeout: float = 120.0,
 ) -> StackState:
     """Build (if needed) and start the whole stack; idempotent when it already runs.
 
     ``pools`` are KWOK's fake nodes; ``local_pools`` are nodes of the local pod
-    runner, whose pods really run as processes here (the end-to-end demo).
+    runner, whose pods really run as processes here. ``kubelet_pools`` are real
+    nodes (a kubelet and containerd each; root only, one such stack per machine),
+    whose containerd gets ``images`` (OCI archives) imported. With real
+    nodes every server listens on the stack's host address, which pods can reach.
     """
     run_dir = (run_dir or default_run_dir()).resolve()
     existing = StackState.load(run_dir)
@@ -238,36 +246,57 @@ def up(
         down(run_dir)
     for component in (ETCD, KUBERNETES, KWOK, FAKE_GCS_SERVER):
         build.build(component)
+    address = "127.0.0.1"
+    if kubelet_pools:
+        build.build(COREDNS)
+        host.check_host()
+        host.sweep(fleet.kube_proxy_binary())
+        host.prepare_host()
+        address = layout.HOST_IP
 
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("etcd-data", "gcs-data", "logs"):
         shutil.rmtree(run_dir / stale, ignore_errors=True)
     keys = pki.create(run_dir / "pki")
-    ports = {
-        name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "gcs", "gcs-proxy", "kwok")
-    }
-    apiserver_url = f"https://127.0.0.1:{ports['apiserver']}"
+    names = ["etcd", "etcd-peer", "apiserver", "gcs", "gcs-proxy", "kwok"]
+    if kubelet_pools:
+        names += ["kube-proxy-healthz", "kube-proxy-metrics", "coredns-health"]
+    ports = {name: free_port() for name in names}
+    apiserver_url = f"https://{address}:{ports['apiserver']}"
     state = StackState(
         run_dir=str(run_dir),
         kubeconfig=str(run_dir / "kubeconfig"),
         apiserver_url=apiserver_url,
-        gcs_endpoint=f"http://127.0.0.1:{ports['gcs']}",
-        gcs_proxy_url=f"http://127.0.0.1:{ports['gcs-proxy']}",
+        gcs_endpoint=f"http://{address}:{ports['gcs']}",
+        gcs_proxy_url=f"http://{address}:{ports['gcs-proxy']}",
         ca_cert=str(keys.ca_cert),
         ports=ports,
     )
     write_kubeconfig(Path(state.kubeconfig), apiserver_url, keys)
     try:
         _start_etcd(state)
-        _start_apiserver(state, keys)
+        _start_apiserver(state, keys, address, kubelets=bool(kubelet_pools))
         _start_controllers(state, keys)
         _start_kwok(state, pools, pod_run_for)
-        start_gcs(state)
-        start_gcs_proxy(state, keys)
+        start_gcs(state, address)
+        start_gcs_proxy(state, keys, address)
         if local_pools:
             _start_podrunner(state, local_pools)
         state.save()
         _wait_cluster_ready(state, pools, local_pools, timeout)
+        if kubelet_pools:
+            nodes = fleet.start(
+                kubelet_pools,
+                keys=keys,
+                server=apiserver_url,
+                ports=ports,
+                images=images,
+                spawn=lambda name, argv: _spawn_recorded(state, name, argv),
+                kubectl=lambda *args, stdin=None: _kubectl(state, *args, stdin=stdin),
+                timeout=timeout,
+            )
+            state.kubelet_nodes = [node.name for node in nodes]
+            state.save()
     except BaseException:
         state.save()
         down(run_dir)
@@ -302,27 +331,60 @@ def _start_etcd(state: StackState) -> None:
     _wait("etcd health", lambda: _http_ok(client + "/health"), 30, state, "etcd")
 
 
-def _start_apiserver(state: StackState, keys: pki.Pki) -> None:
+def _spawn_recorded(state: StackState, name: str, argv: list[str]) -> int:
+    pid = _spawn(name, argv, Path(state.run_dir))
+    state.pids[name] = pid
+    state.save()
+    return pid
+
+
+def _start_apiserver(state: StackState, keys: pki.Pki, address: str, *, kubelets: bool) -> None:
     run_dir = Path(state.run_dir)
+    node_flags: list[str] = []
+    if kubelets:
+        # `kubectl logs` and exec: the API server calls kubelets with a client certificate
+        # and checks theirs against the stack's CA, as GKE's control plane does.
+        client_cert, client_key = (
+            keys.dir / "apiserver-kubelet.crt",
+            keys.dir / "apiserver-kubelet.key",
+        )
+        pki.issue_certificate(
+            keys,
+            client_cert,
+            client_key,
+            "kube-apiserver-kubelet-client",
+            organization="system:masters",
+        )
+        node_flags = [
+            f"--kubelet-client-certificate={client_cert}",
+            f"--kubelet-client-key={client_key}",
+            f"--kubelet-certificate-authority={keys.ca_cert}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+        ]
     state.pids["kube-apiserver"] = _spawn(
         "kube-apiserver",
         [
             str(build.binary(KUBERNETES, "kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{state.ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            # Pods reach the API server through the `kubernetes` Service, which kube-proxy
+            # sends to the advertised address: with real nodes, the stack's host address.
+            "--bind-address=" + ("0.0.0.0" if kubelets else "127.0.0.1"),
+            f"--advertise-address={address}",
             f"--secure-port={state.ports['apiserver']}",
             f"--cert-dir={run_dir / 'apiserver-certs'}",
             f"--tls-cert-file={keys.serving_cert}",
             f"--tls-private-key-file={keys.serving_key}",
             f"--client-ca-file={keys.ca_cert}",
-            "--authorization-mode=RBAC",
+            # Node: kubelets read only their own pods' objects (with NodeRestriction), as on GKE.
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={keys.sa_pub}",
             f"--service-account-signing-key-file={keys.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
             "--profiling=false",
+            *node_flags,
             "--v=1",
         ],
         run_dir,
@@ -390,7 +452,7 @@ def _start_kwok(
     )
 
 
-def start_gcs(state: StackState) -> None:
+def start_gcs(state: StackState, address: str = "127.0.0.1") -> None:
     """Start fake-gcs-server on ``state.ports['gcs']`` (also used alone by trainer tests)."""
     run_dir = Path(state.run_dir)
     (run_dir / "gcs-data").mkdir(exist_ok=True)
@@ -400,12 +462,12 @@ def start_gcs(state: StackState) -> None:
         [
             str(build.binary(FAKE_GCS_SERVER, "fake-gcs-server")),
             "-scheme=http",
-            "-host=127.0.0.1",
+            f"-host={address}",
             f"-port={port}",
             "-backend=filesystem",
             f"-filesystem-root={run_dir / 'gcs-data'}",
-            f"-public-host=127.0.0.1:{port}",
-            f"-external-url=http://127.0.0.1:{port}",
+            f"-public-host={address}:{port}",
+            f"-external-url=http://{address}:{port}",
             "-log-level=warn",
         ],
         run_dir,
@@ -419,7 +481,7 @@ def start_gcs(state: StackState) -> None:
     )
 
 
-def start_gcs_proxy(state: StackState, keys: pki.Pki) -> None:
+def start_gcs_proxy(state: StackState, keys: pki.Pki, address: str = "127.0.0.1") -> None:
     """Start the TLS proxy through which TensorFlow's gs:// reaches fake-gcs-server."""
     cert, key = gcs_proxy.issue_proxy_certificate(keys)
     port = state.ports["gcs-proxy"]
@@ -433,6 +495,8 @@ def start_gcs_proxy(state: StackState, keys: pki.Pki) -> None:
             state.gcs_endpoint,
             "--port",
             str(port),
+            "--host",
+            address,
             "--cert",
             str(cert),
             "--key",
@@ -440,7 +504,7 @@ def start_gcs_proxy(state: StackState, keys: pki.Pki) -> None:
         ],
         Path(state.run_dir),
     )
-    _wait("gcs-proxy", lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), 30, state, "gcs-proxy")
+    _wait("gcs-proxy", lambda: _http_ok(f"http://{address}:{port}/healthz"), 30, state, "gcs-proxy")
 
 
 def _start_podrunner(state: StackState, pools: tuple[kwok_config.NodePool, ...]) -> None:
@@ -507,6 +571,9 @@ def down(run_dir: Path | None = None, *, grace: float = 10.0) -> None:
     # Reverse start order: clients before the API server, the API server before etcd.
     for name, pid in reversed(list(state.pids.items())):
         _stop(name, pid, grace)
+    if state.kubelet_nodes:
+        # Containers, mounts, network namespaces, bridges, iptables chains, cgroups.
+        host.sweep(fleet.kube_proxy_binary())
     state.path.unlink(missing_ok=True)
 
 

@@ -18,6 +18,7 @@ KWOK_VERSION = "v0.8.0"
 FAKE_GCS_SERVER_VERSION = "v1.56.1"
 HELM_VERSION = "v3.22.0"
 KUBECONFORM_VERSION = "v0.8.0"
+COREDNS_VERSION = "v1.15.0"
 
 GOMODS_DIR = Path(__file__).resolve().parent.parent / "gomods"
 
@@ -66,6 +67,8 @@ KUBERNETES = Component(
         "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
         "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
         "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     },
     ldflags=_kube_version_ldflags(KUBERNETES_VERSION),
 )
@@ -107,7 +110,15 @@ KUBECONFORM = Component(
     ldflags=(f"-X main.version={KUBECONFORM_VERSION}",),
 )
 
-ALL_COMPONENTS = (ETCD, KUBERNETES, KWOK, FAKE_GCS_SERVER, HELM, KUBECONFORM)
+#: Cluster DNS for pods on the real kubelets: Service names and the per-pod names of a
+#: headless Service, which the hosts of a multi-host slice use to find each other.
+COREDNS = Component(
+    name="coredns",
+    version=COREDNS_VERSION,
+    packages={"coredns": "github.com/coredns/coredns"},
+)
+
+ALL_COMPONENTS = (ETCD, KUBERNETES, KWOK, FAKE_GCS_SERVER, HELM, KUBECONFORM, COREDNS)
 
 
 def cache_root() -> Path:

@@ -1,0 +1,164 @@
+"""Start the real nodes of a stack, and wait until they take pods.
+
+Order matters and follows the dependencies: the host address and forwarding; one
+containerd per node, with the pause image and the stack's images imported; the
+kubelets, which register their Nodes; kube-proxy and CoreDNS, which need the API
+and a Node; then the ``google.com/tpu`` capacity of TPU-shaped nodes, which the
+scheduler needs before any TPU pod can bind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+from bpj_devstack import build, kwok_config, pki
+from bpj_devstack.nodes import containerd, host, kubelet, layout, scratch, services
+from bpj_devstack.versions import COREDNS, KUBERNETES
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[str, list[str]], int]
+"""Starts a named process with its log in the stack's run directory; returns its pid."""
+Kubectl = Callable[..., str]
+
+
+def kube_proxy_binary() -> Path | None:
+    return build.binary(KUBERNETES, "kube-proxy") if build.is_built(KUBERNETES) else None
+
+
+def start(
+    pools: tuple[kwok_config.NodePool, ...],
+    *,
+    keys: pki.Pki,
+    server: str,
+    ports: Mapping[str, int],
+    images: Sequence[Path],
+    spawn: Spawn,
+    kubectl: Kubectl,
+    timeout: float = 120.0,
+) -> list[layout.KubeletNode]:
+    """Start every node of ``pools`` and return them once they are Ready.
+
+    ``images`` are OCI archives that every node's containerd must hold (imported
+    only when the node lacks that exact manifest). The host must be
+    prepared first (``host.prepare_host``): the API server listens on its address.
+    """
+    nodes = layout.kubelet_nodes(pools)
+    pause_archive = scratch.pause_archive()
+
+    def started(name: str, argv: list[str]) -> None:
+        host.record_pid(name, spawn(name, argv))
+
+    for node in nodes:
+        config = containerd.write_config(node, scratch.PAUSE_IMAGE)
+        started(f"containerd-{node.name}", containerd.argv(node, config))
+    for node in nodes:
+        _wait(f"containerd of {node.name}", lambda n=node: containerd.is_serving(n), 30)  # type: ignore[misc]
+        for archive in (pause_archive, *images):
+            containerd.import_image(node, archive)
+
+    kubelet_binary = build.binary(KUBERNETES, "kubelet")
+    for node in nodes:
+        kubeconfig = kubelet.write_identity(node, keys, server)
+        config = kubelet.write_config(node, keys)
+        kubelet.ensure_cgroup_root(node)
+        started(f"kubelet-{node.name}", kubelet.argv(kubelet_binary, node, config, kubeconfig))
+
+    _start_kube_proxy(nodes[0], keys, server, ports, started)
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(services.dns_objects()))
+    _start_coredns(keys, server, ports, started)
+
+    _wait_ready(nodes, kubectl, timeout)
+    for node in nodes:
+        patch = kubelet.tpu_capacity_patch(node)
+        if patch:
+            kubectl("patch", "node", node.name, "--subresource=status", "--type=json", "-p", patch)
+    _wait_allocatable(nodes, kubectl, timeout)
+    return nodes
+
+
+def _start_kube_proxy(
+    node: layout.KubeletNode,
+    keys: pki.Pki,
+    server: str,
+    ports: Mapping[str, int],
+    started: Callable[[str, list[str]], None],
+) -> None:
+    directory = layout.RUN_ROOT / "kube-proxy"
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "client.crt", directory / "client.key"
+    # system:kube-proxy is bound to system:node-proxier by the API server's bootstrap policy.
+    pki.issue_certificate(keys, cert, key, "system:kube-proxy")
+    kubeconfig = directory / "kubeconfig"
+    kubelet.write_client_kubeconfig(kubeconfig, server, keys, cert, key)
+    config = services.write_kube_proxy_config(
+        directory, kubeconfig, node, ports["kube-proxy-healthz"], ports["kube-proxy-metrics"]
+    )
+    binary = build.binary(KUBERNETES, "kube-proxy")
+    started("kube-proxy", [str(binary), f"--config={config}", "--v=1"])
+
+
+def _start_coredns(
+    keys: pki.Pki,
+    server: str,
+    ports: Mapping[str, int],
+    started: Callable[[str, list[str]], None],
+) -> None:
+    directory = layout.RUN_ROOT / "coredns"
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "client.crt", directory / "client.key"
+    pki.issue_certificate(keys, cert, key, services.COREDNS_USER)
+    kubeconfig = directory / "kubeconfig"
+    kubelet.write_client_kubeconfig(kubeconfig, server, keys, cert, key)
+    corefile = directory / "Corefile"
+    corefile.write_text(services.corefile(kubeconfig, ports["coredns-health"]))
+    binary = build.binary(COREDNS, "coredns")
+    started("coredns", [str(binary), "-conf", str(corefile)])
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _nodes(kubectl: Kubectl) -> dict[str, dict[str, object]]:
+    items = json.loads(kubectl("get", "nodes", "-l", "devstack.bpj.dev/node=kubelet", "-o", "json"))
+    return {item["metadata"]["name"]: item for item in items["items"]}
+
+
+def _wait_ready(nodes: list[layout.KubeletNode], kubectl: Kubectl, timeout: float) -> None:
+    def ready() -> bool:
+        seen = _nodes(kubectl)
+        for node in nodes:
+            status = seen.get(node.name, {}).get("status") or {}
+            conditions = status.get("conditions", []) if isinstance(status, dict) else []
+            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                return False
+        return True
+
+    _wait("the kubelets' nodes to become Ready", ready, timeout)
+
+
+def _wait_allocatable(nodes: list[layout.KubeletNode], kubectl: Kubectl, timeout: float) -> None:
+    def advertised() -> bool:
+        seen = _nodes(kubectl)
+        for node in nodes:
+            if not node.pool.accelerator:
+                continue
+            status = seen.get(node.name, {}).get("status") or {}
+            allocatable = status.get("allocatable", {}) if isinstance(status, dict) else {}
+            if allocatable.get(kwok_config.TPU_RESOURCE) != str(node.pool.chips_per_node):
+                return False
+        return True
+
+    _wait("google.com/tpu in the TPU nodes' allocatable", advertised, timeout)
