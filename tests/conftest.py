@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from bpj_devstack import plane
-from tests.support import DemoRun, Kubectl, kubectl_json, wait_for
+from tests.support import (
+    DEMO_RUN_TIMEOUT,
+    DemoRun,
+    Kubectl,
+    KubectlError,
+    kubectl_exists,
+    kubectl_json,
+    wait_for,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRDS_DIR = REPO_ROOT / "crds"
@@ -61,7 +69,7 @@ def kubectl(devstack: plane.StackState) -> Kubectl:
             check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+            raise KubectlError(args, result.returncode, result.stderr)
         return result
 
     return run
@@ -104,9 +112,7 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
     wait_for(
-        lambda: (
-            kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0
-        ),
+        lambda: kubectl_exists(kubectl, "serviceaccount", "default", name),
         30,
         "default service account",
     )
@@ -166,7 +172,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=DEMO_RUN_TIMEOUT,
         check=False,
     )
     return DemoRun(run_dir, result.returncode, result.stdout, result.stderr)

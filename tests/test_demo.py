@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from tests.support import DemoRun
+from tests.support import DEMO_TEST_TIMEOUT, DemoRun
 
 
+@pytest.mark.timeout(DEMO_TEST_TIMEOUT)
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.tensorflow

@@ -33,7 +33,7 @@ from bpj_devstack import pki
 from bpj_devstack.gcs_proxy import FAKE_ACCESS_TOKEN
 from bpj_devstack.podrunner import pod_kubeconfig
 from tests.reliability.credentials import PATTERNS, Finding, scan, stack_secrets
-from tests.support import DemoRun
+from tests.support import DEMO_TEST_TIMEOUT, DemoRun
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
@@ -167,6 +167,7 @@ def _render(example: Path) -> str | None:
     return result.stdout
 
 
+@pytest.mark.timeout(DEMO_TEST_TIMEOUT)
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.tensorflow
