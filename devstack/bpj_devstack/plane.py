@@ -39,6 +39,18 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 
 
+#: Service accounts' requests at Metadata level (who, what, from which pod), nothing else.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
+
+
 class StackError(RuntimeError):
     """The stack could not be brought up; the message names the component and its log."""
 
@@ -250,8 +262,9 @@ def up(
     if kubelet_pools:
         build.build(COREDNS)
         host.check_host()
+        host.claim(run_dir)
         host.sweep(fleet.kube_proxy_binary())
-        host.prepare_host()
+        host.prepare_host(run_dir)
         address = layout.HOST_IP
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +368,14 @@ def _start_apiserver(state: StackState, keys: pki.Pki, address: str, *, kubelets
             "kube-apiserver-kubelet-client",
             organization="system:masters",
         )
+        # An audit log of what service accounts do: tests read from it who authenticated
+        # how (a pod-bound token names its pod), as one would on GKE's Cloud Audit Logs.
+        policy = run_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         node_flags = [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={run_dir / 'logs' / 'audit.log'}",
+            "--audit-log-format=json",
             f"--kubelet-client-certificate={client_cert}",
             f"--kubelet-client-key={client_key}",
             f"--kubelet-certificate-authority={keys.ca_cert}",
@@ -539,7 +559,9 @@ def _wait_cluster_ready(
         state,
         "kube-controller-manager",
     )
-    _kubectl(state, "apply", "-f", "-", stdin=yaml.safe_dump_all(kwok_config.node_manifests(pools)))
+    if pools:
+        manifests = yaml.safe_dump_all(kwok_config.node_manifests(pools))
+        _kubectl(state, "apply", "-f", "-", stdin=manifests)
     expected = {n for pool in pools + local_pools for n in pool.node_names()}
 
     def nodes_ready() -> bool:

@@ -59,11 +59,28 @@ def check_host() -> None:
         )
 
 
-def prepare_host() -> None:
+def claim(owner: Path) -> None:
+    """Refuse while another live stack has real nodes; there can be one per machine.
+
+    A record whose processes are all gone is a killed stack: ``sweep`` removes it.
+    """
+    if not _RECORD.exists():
+        return
+    record = json.loads(_RECORD.read_text())
+    alive = [pid for pid in record.get("pids", {}).values() if _ours(int(pid))]
+    if alive and record.get("owner") != str(owner):
+        raise HostError(
+            f"another stack with real nodes is running (run directory {record.get('owner')}, "
+            f"{len(alive)} processes); stop it first: ./dev stack down --run-dir "
+            f"{record.get('owner')}"
+        )
+
+
+def prepare_host(owner: Path) -> None:
     """Create the host address and enable forwarding, remembering what to restore."""
     layout.RUN_ROOT.mkdir(parents=True, exist_ok=True)
     layout.VAR_ROOT.mkdir(parents=True, exist_ok=True)
-    record = {"ip_forward": _IP_FORWARD.read_text().strip()}
+    record = {"owner": str(owner), "ip_forward": _IP_FORWARD.read_text().strip()}
     _RECORD.write_text(json.dumps(record))
     _run("ip", "link", "add", layout.HOST_INTERFACE, "type", "bridge")
     _run("ip", "addr", "add", f"{layout.HOST_IP}/32", "dev", layout.HOST_INTERFACE)

@@ -49,16 +49,24 @@ def write_kube_proxy_config(
 
 
 def corefile(kubeconfig: Path, health_port: int) -> str:
-    """Cluster names only: nothing here resolves names outside the cluster."""
+    """Cluster names only: a name outside the cluster does not exist here (no internet)."""
     return f"""\
 .:53 {{
     bind {layout.HOST_IP}
+    template ANY ANY {{
+        rcode NXDOMAIN
+    }}
+}}
+
+{layout.CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {layout.HOST_IP}
     errors
+    # Every query and its client: tests read from it that a slice's hosts looked each other up.
+    log . "{{remote}} {{type}} {{name}} {{rcode}}"
     health 127.0.0.1:{health_port}
     kubernetes {layout.CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
         kubeconfig {kubeconfig} local
         pods insecure
-        fallthrough in-addr.arpa ip6.arpa
         ttl 5
     }}
     cache 5
