@@ -565,7 +565,13 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
     try:
         probe = container["readinessProbe"]["httpGet"]
         health = f"http://127.0.0.1:{_port(container, probe['port'])}{probe['path']}"
-        wait_for(lambda: proc.poll() is None and _answers(health), 60, "the readiness probe")
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the operator exited:\n{log.read_text()[-4000:]}")
+            return _answers(health)
+
+        wait_for(ready, 60, "the readiness probe")
 
         doc = _job_manifest(records_bucket, "charted")
         kubectl("apply", "-n", installed.namespace, "-f", "-", stdin=json.dumps(doc))

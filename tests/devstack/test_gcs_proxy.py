@@ -178,11 +178,12 @@ def test_runs_as_a_process(gcs_emulator: str, proxy_pki: tuple[pki.Pki, Path, Pa
     try:
 
         def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                raise AssertionError(f"the proxy exited: {proc.stderr.read().decode()}")
+            # Connection refused until it listens: wait_for's "not yet".
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
 
         wait_for(healthy, 15, "the proxy process to listen")
         conn = _tunnel(port, keys.ca_cert)

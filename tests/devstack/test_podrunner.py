@@ -382,7 +382,7 @@ SIGTERM_SCRIPT = """
     signal.signal(signal.SIGTERM, on_sigterm)
     open(os.path.join(markers, "ready"), "w").close()
     for _ in range(600):  # at most a minute
-        time.sleep(0.1)
+        time.sleep(0.1)  # not synchronisation: the pod's program idles until its SIGTERM
     sys.exit(1)
 """
 

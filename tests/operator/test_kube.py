@@ -254,14 +254,17 @@ def test_the_work_queue_takes_new_jobs_first_and_each_key_once() -> None:
         queue.add(("ns", "new-2"), urgent=True)
         assert len(queue) == 5
         taken: list[tuple[str, str]] = []
+        all_taken = asyncio.Event()
 
         async def process(key: tuple[str, str]) -> None:
             taken.append(key)
+            if len(taken) == 5:
+                all_taken.set()
 
         worker = asyncio.create_task(queue.run_worker(process))
-        while len(taken) < 5:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(all_taken.wait(), 5)
         worker.cancel()
+        assert len(queue) == 0  # nothing left over: each key was waiting once
         return taken
 
     order = [name for _, name in asyncio.run(scenario())]

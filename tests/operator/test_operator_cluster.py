@@ -15,7 +15,7 @@ import yaml
 
 from bert_pretrain_operator.render import names
 from bpj_devstack import kwok_config, plane
-from tests.support import Kubectl, kubectl_json, wait_for
+from tests.support import Kubectl, kubectl_exists, kubectl_json, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -64,10 +64,7 @@ def stuck_manifest(bucket: str, name: str) -> dict[str, Any]:
 def wait_job(kubectl: Kubectl, namespace: str, job: str, timeout: float = 60) -> None:
     """Wait until the operator created the child Job ``job``."""
 
-    def exists() -> bool:
-        return kubectl("get", "job", job, "-n", namespace, check=False).returncode == 0
-
-    wait_for(exists, timeout, f"the Job {job}")
+    wait_for(lambda: kubectl_exists(kubectl, "job", job, namespace), timeout, f"the Job {job}")
 
 
 def apply(kubectl: Kubectl, namespace: str, doc: dict[str, Any]) -> None:
@@ -179,7 +176,7 @@ def test_corpus_job_runs_every_stage_to_succeeded(
         reasons.update(e["reason"] for e in events)
         return expected <= reasons
 
-    wait_for(recorded, 15, f"the Events {sorted(expected)} (seen: {sorted(reasons)})")
+    wait_for(recorded, 15, lambda: f"the Events {sorted(expected)} (seen: {sorted(reasons)})")
     printed = kubectl("get", "bpj", "pipeline", "-n", namespace).stdout
     assert "Succeeded" in printed
 
@@ -330,9 +327,7 @@ def test_suspend_stops_the_attempt_and_resume_starts_a_new_one(
     st = wait_phase(kubectl, namespace, "pausable", "Suspended")
     assert condition(st, "Suspended")["status"] == "True"
     wait_for(
-        lambda: (
-            kubectl("get", "job", "pausable-train-1", "-n", namespace, check=False).returncode != 0
-        ),
+        lambda: not kubectl_exists(kubectl, "job", "pausable-train-1", namespace),
         60,
         "the attempt to be deleted",
     )

@@ -8,7 +8,6 @@ only happens if kopf re-established its watch streams.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -19,7 +18,7 @@ import pytest
 
 from bpj_devstack import pki, plane
 from tests.operator.test_operator_cluster import apply, stuck_manifest, wait_phase
-from tests.support import Kubectl, wait_for
+from tests.support import Kubectl, WaitTimeout, kubectl_exists, kubectl_json, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -56,14 +55,13 @@ def _stop_apiserver(state: plane.StackState, argv: list[str]) -> bool:
     """SIGTERM the API server, SIGKILL after the grace; whether it had to be killed."""
     pid = state.pids["kube-apiserver"]
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + TERM_GRACE_SECONDS
-    while time.monotonic() < deadline and _running(pid):
-        time.sleep(0.1)
-    killed = _running(pid)
-    if killed:
+    try:
+        wait_for(lambda: not _running(pid), TERM_GRACE_SECONDS, "the exit on SIGTERM", interval=0.1)
+    except WaitTimeout:
         os.killpg(pid, signal.SIGKILL)
         wait_for(lambda: not _running(pid), 10, "kube-apiserver to die after SIGKILL")
-    return killed
+        return True
+    return False
 
 
 def _start_apiserver(state: plane.StackState, argv: list[str]) -> None:
@@ -73,10 +71,7 @@ def _start_apiserver(state: plane.StackState, argv: list[str]) -> None:
 
 
 def _nodes_ready(kubectl: Kubectl) -> bool:
-    result = kubectl("get", "nodes", "-o", "json", check=False)
-    if result.returncode != 0:
-        return False
-    items = json.loads(result.stdout)["items"]
+    items = kubectl_json(kubectl, "get", "nodes")["items"]
     return bool(items) and all(
         any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
         for n in items
@@ -92,12 +87,7 @@ def test_operator_watches_survive_an_apiserver_restart(
 ) -> None:
     apply(kubectl, namespace, stuck_manifest(bucket, "through-restart"))
     wait_for(
-        lambda: (
-            kubectl(
-                "get", "job", "through-restart-train-1", "-n", namespace, check=False
-            ).returncode
-            == 0
-        ),
+        lambda: kubectl_exists(kubectl, "job", "through-restart-train-1", namespace),
         60,
         "the first training attempt",
     )
@@ -107,7 +97,9 @@ def test_operator_watches_survive_an_apiserver_restart(
     stopped = time.monotonic()
     try:
         killed = _stop_apiserver(devstack, argv)
-        time.sleep(2)  # the operator's watches and requests fail meanwhile
+        # Not synchronisation: the outage itself, held so that the operator's watches
+        # and requests fail meanwhile.
+        time.sleep(2)
     finally:
         _start_apiserver(devstack, argv)
         downtime = time.monotonic() - stopped
@@ -130,13 +122,9 @@ def test_operator_watches_survive_an_apiserver_restart(
     record_property("apiserver_sigkilled", killed)
     record_property("suspended_after_patch_seconds", round(reaction, 1))
     # The held attempt is torn down, as for any suspend.
+    # Not `kubectl get`'s exit code: right after a restart, "unreachable" is not "deleted".
     wait_for(
-        lambda: (
-            kubectl(
-                "get", "job", "through-restart-train-1", "-n", namespace, check=False
-            ).returncode
-            != 0
-        ),
+        lambda: not kubectl_exists(kubectl, "job", "through-restart-train-1", namespace),
         REACTION_SECONDS,
         "the attempt to be deleted after the restart",
     )

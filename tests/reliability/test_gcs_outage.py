@@ -270,7 +270,7 @@ def test_a_gcs_outage_mid_run_is_ridden_out_without_losing_a_step(
 
     gcs_up.stop()
     down_at = time.monotonic()
-    time.sleep(OUTAGE_SECONDS)
+    time.sleep(OUTAGE_SECONDS)  # not synchronisation: the outage's length is the test's input
     assert trainer.process.poll() is None, f"the trainer gave up:\n{trainer.tail()}"
     gcs_up.start()
     outage = time.monotonic() - down_at

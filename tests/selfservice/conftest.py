@@ -265,11 +265,13 @@ def quota_operator(
             start_new_session=True,
         )
     try:
-        wait_for(
-            lambda: proc.poll() is None and _answers(f"http://127.0.0.1:{health}/healthz"),
-            60,
-            "the operator's /healthz",
-        )
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the operator exited:\n{log.read_text()[-4000:]}")
+            return _answers(f"http://127.0.0.1:{health}/healthz")
+
+        wait_for(healthy, 60, "the operator's /healthz")
         yield log
     finally:
         proc.send_signal(signal.SIGTERM)

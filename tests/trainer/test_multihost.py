@@ -34,6 +34,7 @@ from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
 from bert_trainer.storage import InputError
 from bert_trainer.train.cluster import SliceHosts, choose_runtime
+from tests.support import wait_for
 from tests.trainer.helpers import (
     TINY,
     config_json,
@@ -58,7 +59,11 @@ def rendered_slice_env(hosts: int, attempt: int = 1) -> list[dict[str, str]]:
     manifest["metadata"].update(namespace="team-a", uid="uid-1")
     manifest["spec"]["tpu"]["topology"] = TOPOLOGY_OF_HOSTS[hosts]
     job = BertPretrainJob.from_manifest(manifest)
-    train = workloads.train_job(job, Settings(trainer_image="trainer:test"), attempt)
+    # As the local stack's operator settings: its TPU-shaped hosts have no chips.
+    settings = Settings(
+        trainer_image="trainer:test", extra_trainer_env={contract.ENV_DEVICE: "cpu"}
+    )
+    train = workloads.train_job(job, settings, attempt)
     assert train["spec"]["completions"] == hosts
     (container,) = train["spec"]["template"]["spec"]["containers"]
     environments = []
@@ -140,15 +145,19 @@ class Slice:
         return [host.code for host in self.hosts if host.code is not None]
 
     def wait_for_message(self, host: int, fragment: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(fragment in message for message in self.hosts[host].messages()):
-                return
+        def logged() -> bool:
+            messages = self.hosts[host].messages()
+            if any(fragment in message for message in messages):
+                return True
             if self.hosts[host].process.poll() is not None:
-                break
-            time.sleep(0.5)
-        raise AssertionError(
-            f"host {host} never logged {fragment!r}: {self.hosts[host].messages()}"
+                raise AssertionError(f"host {host} exited without logging {fragment!r}: {messages}")
+            return False
+
+        wait_for(
+            logged,
+            timeout,
+            lambda: f"host {host} to log {fragment!r}: {self.hosts[host].messages()}",
+            interval=0.5,
         )
 
     def kill(self) -> None:

@@ -388,14 +388,30 @@ def test_reporter_rate_limits_and_sends_the_newest_report() -> None:
             super().send(progress)
             sent.set()
 
+    consulted = threading.Event()
+
+    class WatchedClock(FakeClock):
+        """Signals each reading: the reporter reads the clock to decide if a report is due."""
+
+        watching = False
+
+        def __call__(self) -> float:
+            if self.watching:
+                consulted.set()
+            return super().__call__()
+
     sink = Sink()
-    clock = FakeClock()
+    clock = WatchedClock()
     reporter = ProgressReporter(sink, min_interval_seconds=3600, clock=clock)
     reporter.report(report(1))
     assert sent.wait(5)
+    clock.watching = True
     reporter.report(report(2))
     reporter.report(report(3))
-    time.sleep(0.2)
+    # The reporter thread has looked at a pending report (2 or 3) and, the clock being
+    # frozen, must hold it. Had it taken it to send instead, the report(4) below could
+    # not replace it, and it would show up in the final list.
+    assert consulted.wait(5)
     assert [r["step"] for r in sink.sent] == [1]  # 2 and 3 wait for the interval
     sent.clear()
     reporter.report(report(4), force=True)
