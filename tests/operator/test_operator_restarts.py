@@ -1,23 +1,37 @@
 """The operator as a process, as the chart runs it: killed often, it converges, no duplicates.
 
+The kills overlap the work. Each stage (Preparing, Training, Exporting) is held open:
+its pod keeps Running (``PodHold``) while operators are started and SIGKILLed, one
+at a time, at points defined by what each one did: as soon as the stage's Job is
+seen, right after its first reconcile, after it reconciled for a random while, and
+while it is still starting. Only then is the stage's pod let finish. With no operator
+running nothing advances the job, so the phase read after a kill is the phase that
+operator died in, and the test asserts that every stage saw its kills.
+
 It also serves /metrics and /healthz. The namespace starts with "k-" so that
 the suite's in-process operator (watching "t-*") leaves it to this one.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
 import re
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,11 +39,22 @@ import yaml
 from bert_pretrain_operator.rbac import trainer_rbac
 from bert_pretrain_operator.render import names
 from bert_pretrain_operator.settings import Settings
-from bpj_devstack import plane
-from tests.support import Kubectl, kubectl_json, wait_for
+from bpj_devstack import kwok_config, pki, plane
+from tests.support import Kubectl, kubectl_exists, kubectl_json, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-KILLS = 20
+JOB = "quickstart"
+#: (phase, stage label, child Job): the stages in order, each with its one Job.
+STAGES = (
+    ("Preparing", names.STAGE_PREPARE, names.prepare_job(JOB)),
+    ("Training", names.STAGE_TRAIN, names.train_job(JOB, 1)),
+    ("Exporting", names.STAGE_EXPORT, names.export_job(JOB)),
+)
+#: Kills per stage after the operator reconciled for a random while (its resync is 2 s).
+PACED_KILLS = 2
+Operator = subprocess.Popen[bytes]
+HOLD = "1h"  # KWOK's run-for for a held pod: longer than the test
+RELEASE = "0s"
 
 
 @pytest.fixture
@@ -44,9 +69,185 @@ def k_namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@dataclass
+class PodHold:
+    """A mutating webhook that makes the job's pods run until the test releases them.
+
+    KWOK ends a Running pod after its ``devstack.bpj.dev/run-for`` annotation (the
+    stack's 2 s otherwise). The operator's pods carry no annotations of ours, and
+    annotating a pod after it was created races with those 2 s; so every pod of
+    the job gets ``run-for: 1h`` as it is created, and ``release`` sets it to 0s
+    (KWOK re-reads the annotation on each change). The pods are also kept to KWOK's
+    nodes (label ``type: kwok``), the only ones that honour the annotation.
+    """
+
+    namespace: str
+    held: list[str] = field(default_factory=list)
+    """The stage label of each pod the webhook held (dry runs excluded)."""
+
+    def review(self, request: dict[str, Any]) -> dict[str, Any]:
+        pod = request["object"]
+        meta, spec = pod["metadata"], pod["spec"]
+        ops: list[dict[str, Any]] = []
+        if meta.get("annotations"):
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations/" + _pointer(kwok_config.RUN_FOR),
+                    "value": HOLD,
+                }
+            )
+        else:
+            ops.append(
+                {"op": "add", "path": "/metadata/annotations", "value": {kwok_config.RUN_FOR: HOLD}}
+            )
+        if spec.get("nodeSelector"):
+            ops.append({"op": "add", "path": "/spec/nodeSelector/type", "value": "kwok"})
+        else:
+            ops.append({"op": "add", "path": "/spec/nodeSelector", "value": {"type": "kwok"}})
+        if not request.get("dryRun"):
+            self.held.append((meta.get("labels") or {}).get(names.LABEL_STAGE, "?"))
+        return {
+            "uid": request["uid"],
+            "allowed": True,
+            "patchType": "JSONPatch",
+            "patch": base64.b64encode(json.dumps(ops).encode()).decode(),
+        }
+
+    def release(self, kubectl: Kubectl, stage: str) -> None:
+        """Let the stage's pods succeed, once they are seen Running (held, not finished)."""
+        selector = f"{names.LABEL_JOB}={JOB},{names.LABEL_STAGE}={stage}"
+        seen: list[tuple[str, str]] = []
+
+        def running() -> bool:
+            pods = kubectl_json(kubectl, "get", "pods", "-n", self.namespace, "-l", selector)
+            seen[:] = [(p["metadata"]["name"], p["status"].get("phase")) for p in pods["items"]]
+            if any(ph in ("Succeeded", "Failed") for _, ph in seen):
+                raise AssertionError(f"a {stage} pod ended while it was held: {seen}")
+            return bool(seen) and all(ph == "Running" for _, ph in seen)
+
+        wait_for(running, 30, lambda: f"the held {stage} pods to be Running: {seen}")
+        kubectl(
+            "annotate", "pods", "-n", self.namespace, "-l", selector,
+            f"{kwok_config.RUN_FOR}={RELEASE}", "--overwrite",
+        )  # fmt: skip
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+@pytest.fixture
+def pod_hold(
+    kubectl: Kubectl, devstack: plane.StackState, k_namespace: str, tmp_path: Path
+) -> Iterator[PodHold]:
+    hold = PodHold(k_namespace)
+    keys = pki.Pki(Path(devstack.run_dir) / "pki")
+    cert, key = tmp_path / "hold.crt", tmp_path / "hold.key"
+    pki.issue_certificate(
+        keys, cert, key, "bpj-test-pod-hold", ip_addresses=("127.0.0.1",), server=True
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps(
+                {
+                    **{k: review[k] for k in ("apiVersion", "kind")},
+                    "response": hold.review(review["request"]),
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = f"bpj-test-pod-hold-{k_namespace}"
+    webhook = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": config},
+        "webhooks": [
+            {
+                "name": "pod-hold.devstack.bpj.dev",
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{server.server_address[1]}/hold",
+                    "caBundle": base64.b64encode(keys.ca_cert.read_bytes()).decode(),
+                },
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": k_namespace}},
+                "objectSelector": {"matchLabels": {names.LABEL_JOB: JOB}},
+                # No pod without the hold: a webhook that cannot be reached stalls the stage.
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }
+        ],
+    }
+    kubectl("apply", "-f", "-", stdin=json.dumps(webhook))
+    try:
+        probe = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "hold-probe",
+                "namespace": k_namespace,
+                "labels": {names.LABEL_JOB: JOB},
+            },
+            "spec": {
+                "serviceAccountName": Settings().trainer_service_account,
+                "containers": [{"name": "c", "image": "probe"}],
+            },
+        }
+        last: list[str] = [""]
+
+        def holds_new_pods() -> bool:
+            # The API server picks the configuration up a moment after it is written.
+            out = kubectl(
+                "create",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+                stdin=json.dumps(probe),
+                check=False,
+            )
+            if out.returncode != 0:
+                last[0] = out.stderr
+                return False
+            annotations = json.loads(out.stdout)["metadata"].get("annotations") or {}
+            last[0] = f"annotations {annotations}"
+            return bool(annotations.get(kwok_config.RUN_FOR) == HOLD)
+
+        wait_for(holds_new_pods, 30, lambda: f"the pod-hold webhook to take effect ({last[0]})")
+        yield hold
+    finally:
+        kubectl("delete", "mutatingwebhookconfiguration", config, "--ignore-not-found", check=False)
+        server.shutdown()
+        server.server_close()
+
+
 def _start_operator(
     devstack: plane.StackState, namespace: str, log: Path, metrics_port: int, health_port: int
-) -> subprocess.Popen[bytes]:
+) -> Operator:
     env = dict(
         os.environ,
         **devstack.env(),
@@ -70,13 +271,23 @@ def _get(url: str) -> str:
         return str(resp.read().decode())
 
 
+@dataclass(frozen=True)
+class Kill:
+    stage: str
+    point: str
+    phase: str
+    """The job's phase once the operator was dead: the phase it died in."""
+
+
 def test_operator_killed_repeatedly_leaves_no_duplicate_children(
     kubectl: Kubectl,
     devstack: plane.StackState,
     crd_installed: None,
     k_namespace: str,
+    pod_hold: PodHold,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
 ) -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
@@ -92,25 +303,81 @@ def test_operator_killed_repeatedly_leaves_no_duplicate_children(
     rng = random.Random(1234)
     log = tmp_path / "operator.log"
     metrics_port, health_port = plane.free_port(), plane.free_port()
-    for _ in range(KILLS):
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def phase() -> str:
+        st = kubectl_json(kubectl, "get", "bpj", JOB, "-n", k_namespace)
+        return str((st.get("status") or {}).get("phase"))
+
+    def alive(proc: Operator) -> None:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the operator exited ({proc.returncode}); log:\n{log.read_text()[-3000:]}"
+            )
+
+    def reconciled(proc: Operator) -> bool:
+        """This operator has finished a reconcile (its metrics port may not be up yet)."""
+        alive(proc)
+        count = re.search(r"^bpj_reconcile_seconds_count (\S+)$", _get(metrics_url), re.M)
+        return count is not None and float(count.group(1)) >= 1
+
+    kills: list[Kill] = []
+
+    def run_and_kill(stage: str, point: str, until: Callable[[Operator], None]) -> None:
         proc = _start_operator(devstack, k_namespace, log, metrics_port, health_port)
-        time.sleep(rng.uniform(0.3, 2.0))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        try:
+            until(proc)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        kills.append(Kill(stage, point, phase()))
+
+    def child_seen(child: str) -> Callable[[Operator], None]:
+        def until(proc: Operator) -> None:
+            def seen() -> bool:
+                alive(proc)
+                return kubectl_exists(kubectl, "job", child, k_namespace)
+
+            wait_for(seen, 60, f"the Job {child}", interval=0.05)
+
+        return until
+
+    def first_reconcile(proc: Operator) -> None:
+        wait_for(lambda: reconciled(proc), 60, "the operator's first reconcile", interval=0.05)
+
+    def paced(proc: Operator) -> None:
+        first_reconcile(proc)
+        # Pacing, not synchronisation: the kill lands at a random point of the
+        # operator's watch and 2 s resync loop, the stage's pod still running.
+        time.sleep(rng.uniform(0.0, 2.5))
+
+    def starting(proc: Operator) -> None:
+        # Pacing, not synchronisation: killed during imports, login or the first
+        # watches, before or during its first reconcile.
+        time.sleep(rng.uniform(0.2, 1.5))
+
+    previous = "None"  # no status yet
+    for stage_phase, stage, child in STAGES:
+        run_and_kill(stage_phase, "child Job seen", child_seen(child))
+        assert kills[-1].phase in (previous, stage_phase), kills
+        run_and_kill(stage_phase, "first reconcile", first_reconcile)
+        for _ in range(PACED_KILLS):
+            run_and_kill(stage_phase, "paced", paced)
+        run_and_kill(stage_phase, "starting", starting)
+        # The held pod kept the stage in progress through every kill after the first.
+        in_stage = [k for k in kills if k.stage == stage_phase and k.point != "child Job seen"]
+        assert [k.phase for k in in_stage] == [stage_phase] * (PACED_KILLS + 2), kills
+        pod_hold.release(kubectl, stage)
+        previous = stage_phase
+    assert sorted(pod_hold.held) == sorted(stage for _, stage, _ in STAGES), pod_hold.held
+    record_property("kills", [f"{k.stage}/{k.point}: {k.phase}" for k in kills])
 
     proc = _start_operator(devstack, k_namespace, log, metrics_port, health_port)
     try:
-
-        def phase() -> str:
-            st = kubectl_json(kubectl, "get", "bpj", "quickstart", "-n", k_namespace)
-            return str((st.get("status") or {}).get("phase"))
-
-        wait_for(lambda: phase() == "Succeeded", 180, "the job to succeed")
-        wait_for(
-            lambda: "bpj_jobs" in _get(f"http://127.0.0.1:{metrics_port}/metrics"), 30, "metrics"
-        )
-        metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")
-        assert 'bpj_jobs{phase="Succeeded"} 1.0' in metrics
+        wait_for(lambda: phase() == "Succeeded", 120, "the job to succeed")
+        # The process may be up before its metrics port: connection refused is "not yet".
+        wait_for(lambda: 'bpj_jobs{phase="Succeeded"} 1.0' in _get(metrics_url), 30, "metrics")
+        metrics = _get(metrics_url)
         assert "bpj_reconcile_seconds_count" in metrics
         # Every API request of the reconciler is counted, by verb and resource; this
         # process lists the jobs at each 2 s resync.
@@ -119,7 +386,7 @@ def test_operator_killed_repeatedly_leaves_no_duplicate_children(
             re.MULTILINE,
         )
         wait_for(
-            lambda: bool(listed.search(_get(f"http://127.0.0.1:{metrics_port}/metrics"))),
+            lambda: bool(listed.search(_get(metrics_url))),
             15,
             "bpj_api_requests_total to count the resync's list",
         )
@@ -132,21 +399,17 @@ def test_operator_killed_repeatedly_leaves_no_duplicate_children(
             os.killpg(proc.pid, signal.SIGKILL)
 
     jobs = kubectl_json(
-        kubectl, "get", "jobs", "-n", k_namespace, "-l", f"{names.LABEL_JOB}=quickstart"
+        kubectl, "get", "jobs", "-n", k_namespace, "-l", f"{names.LABEL_JOB}={JOB}"
     )["items"]
-    assert sorted(j["metadata"]["name"] for j in jobs) == [
-        "quickstart-export",
-        "quickstart-prepare",
-        "quickstart-train-1",
-    ]
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(child for _, _, child in STAGES)
     config_maps = kubectl_json(
-        kubectl, "get", "configmaps", "-n", k_namespace, "-l", f"{names.LABEL_JOB}=quickstart"
+        kubectl, "get", "configmaps", "-n", k_namespace, "-l", f"{names.LABEL_JOB}={JOB}"
     )["items"]
     assert len(config_maps) == 1
-    st = kubectl_json(kubectl, "get", "bpj", "quickstart", "-n", k_namespace)["status"]
+    st = kubectl_json(kubectl, "get", "bpj", JOB, "-n", k_namespace)["status"]
     assert st["attempt"] == 1
     assert st.get("restarts") in (None, 0)
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    assert any(line.get("bpj") == f"{k_namespace}/quickstart" for line in lines), (
+    assert any(line.get("bpj") == f"{k_namespace}/{JOB}" for line in lines), (
         "structured logs name the job"
     )
