@@ -14,7 +14,7 @@ import pytest
 
 from bpj_devstack import kwok_config, plane
 from bpj_devstack.nodes import scratch
-from tests.support import Kubectl
+from tests.support import Kubectl, KubectlError
 
 CPU_POOL = kwok_config.NodePool("real-cpu", nodes=1)
 TPU_POOL = kwok_config.NodePool(
@@ -61,7 +61,7 @@ def kubectl_for(state: plane.StackState) -> Kubectl:
             check=False,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+            raise KubectlError(args, result.returncode, result.stderr)
         return result
 
     return run
