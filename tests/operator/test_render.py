@@ -82,6 +82,21 @@ def test_single_host_slice_needs_no_service() -> None:
     assert train["metadata"]["labels"][names.LABEL_ATTEMPT] == "3"
 
 
+def test_training_pods_say_they_run_on_a_tpu_and_cpu_stages_do_not() -> None:
+    job = load("quickstart.yaml")
+    (train,) = render_stage(job, SETTINGS, "train", 1)
+    env = {e["name"]: e.get("value") for e in container(train)["env"]}
+    assert env[contract.ENV_DEVICE] == "tpu"
+    for stage in ("prepare", "export"):
+        (cpu_job,) = render_stage(job, SETTINGS, stage, 1)
+        assert contract.ENV_DEVICE not in {e["name"] for e in container(cpu_job)["env"]}
+    # A development stack's TPU-shaped nodes have no chips: its setting wins, once.
+    local = Settings(trainer_image="t:1", extra_trainer_env={contract.ENV_DEVICE: "cpu"})
+    (train,) = render_stage(job, local, "train", 1)
+    device = [e for e in container(train)["env"] if e["name"] == contract.ENV_DEVICE]
+    assert device == [{"name": contract.ENV_DEVICE, "value": "cpu"}]
+
+
 def test_spot_and_kueue() -> None:
     job = load("v6e-spot-kueue.yaml")
     (*_, train) = render_stage(job, SETTINGS, "train", 1)

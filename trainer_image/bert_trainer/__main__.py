@@ -3,7 +3,8 @@
 Loads the ``TrainerConfig`` JSON (``--config``, else ``$BERT_TRAINER_CONFIG``,
 else ``contract.CONFIG_PATH``), runs the command's stage, and turns failures
 into the exit codes of ``contract``: bad input (a missing corpus, an invalid
-config) exits with ``EXIT_BAD_INPUT`` so the operator fails the job at once;
+config, a TPU slice whose pod sees no TPU: ``train/device.py``) exits with
+``EXIT_BAD_INPUT`` so the operator fails the job at once;
 anything else exits with ``EXIT_INFRASTRUCTURE`` so it retries. Either way one
 line saying why goes to the termination message file and to the log. A stage
 may also end with its own exit code by raising ``SystemExit`` (train's
@@ -30,6 +31,7 @@ from bert_trainer.config import TrainerConfig
 from bert_trainer.storage import InputError
 from bert_trainer.supervise import supervise
 from bert_trainer.train.cluster import SliceHosts, choose_runtime
+from bert_trainer.train.device import Device, DeviceProbe, train_device
 
 log = logging.getLogger("bert_trainer")
 
@@ -68,18 +70,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, probe: DeviceProbe | None = None) -> int:
+    """Run one command; ``probe`` replaces the look for TPU chips (tests)."""
     args = _parse_args(argv)
     _configure_logging(None)
-    if args.command == "train" and not os.environ.get(contract.ENV_SUPERVISED):
+    device: Device = "cpu"
+    if args.command == "train":
+        # Before the config and any framework: a TPU slice without a TPU fails at once.
         try:
             hosts = SliceHosts.from_environ()
-            runtime = choose_runtime(hosts)
+            device = train_device(os.environ, probe)
+            runtime = choose_runtime(hosts, device=device)
         except InputError as e:
             return _fail(contract.EXIT_BAD_INPUT, f"train: {_one_line(e)}")
-        if runtime == "jax" and hosts.size > 1:
-            code, message = supervise(list(sys.argv[1:] if argv is None else argv), hosts.worker_id)
-            return _fail(code, message) if message else code
+        if runtime == "jax":
+            # Keras reads its backend once, on first import. On a TPU, JAX must not fall
+            # back to CPU when it cannot open the chips (held by another process): it
+            # raises, and the attempt ends as an infrastructure failure.
+            os.environ["KERAS_BACKEND"] = "jax"
+            os.environ.setdefault("JAX_PLATFORMS", device)
+        if not os.environ.get(contract.ENV_SUPERVISED):
+            log.info("train on %s with the %s runtime, %d host(s)", device, runtime, hosts.size)
+            if runtime == "jax" and hosts.size > 1:
+                argv_list = list(sys.argv[1:] if argv is None else argv)
+                code, message = supervise(argv_list, hosts.worker_id)
+                return _fail(code, message) if message else code
     try:
         config = _load_config(args.config)
     except (InputError, ValidationError, ValueError) as e:
@@ -92,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.job is not None:
         _configure_logging({"namespace": config.job.namespace, "job": config.job.name})
     try:
-        _command(args.command)(config)
+        _command(args.command, device)(config)
     except InputError as e:
         return _fail(contract.EXIT_BAD_INPUT, f"{args.command}: {_one_line(e)}")
     except SystemExit as e:
@@ -128,7 +143,7 @@ def _load_config(path: str) -> TrainerConfig:
     return TrainerConfig.model_validate_json(storage.read_bytes(path))
 
 
-def _command(name: str) -> Callable[[TrainerConfig], None]:
+def _command(name: str, device: Device = "cpu") -> Callable[[TrainerConfig], None]:
     def prepare(config: TrainerConfig) -> None:
         from bert_trainer.prepare import run_prepare
 
@@ -138,9 +153,7 @@ def _command(name: str) -> Callable[[TrainerConfig], None]:
     def train(config: TrainerConfig) -> None:
         _section(config.train, "train")
         hosts = SliceHosts.from_environ()
-        if choose_runtime(hosts) == "jax":
-            # Keras reads its backend once, on first import.
-            os.environ["KERAS_BACKEND"] = "jax"
+        if choose_runtime(hosts, device=device) == "jax":
             from bert_trainer.train.multihost import run_multihost
 
             run_multihost(config, hosts)

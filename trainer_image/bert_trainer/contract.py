@@ -57,6 +57,10 @@ DEFAULT_COORDINATOR_PORT: Final = 8482
 """JAX's default for Cloud TPU (``jax._src.clusters.cloud_tpu_cluster``)."""
 ENV_RUNTIME: Final = "BERT_TRAINER_RUNTIME"
 """``tensorflow`` or ``jax``; unset: JAX on a multi-host slice, TensorFlow otherwise."""
+ENV_DEVICE: Final = "BERT_TRAINER_DEVICE"
+"""``tpu`` (rendered by the operator into every training pod: it runs on a TPU slice)
+or ``cpu`` (development stacks whose TPU-shaped nodes have no chips). With ``tpu`` and
+no TPU device, ``train`` exits with ``EXIT_BAD_INPUT`` at once (``train/device.py``)."""
 ENV_SUPERVISED: Final = "BERT_TRAINER_SUPERVISED"
 """Set by the multi-host supervisor in the environment of the process it starts."""
 

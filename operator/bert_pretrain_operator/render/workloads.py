@@ -12,7 +12,9 @@
   completion index) and TPU_WORKER_HOSTNAMES (all of them, in index order):
   the values GKE's TPU webhook injects, rendered here so the trainer sees the
   same on any cluster. Host 0 runs JAX's coordination service on
-  JAX_COORDINATOR_PORT (docs/multi-host.md).
+  JAX_COORDINATOR_PORT (docs/multi-host.md). Every training pod gets
+  BERT_TRAINER_DEVICE=tpu: without a TPU device it fails at once as bad input
+  (docs/tpu-runtime.md), unless the settings' trainer env says otherwise.
 """
 
 from __future__ import annotations
@@ -244,6 +246,10 @@ def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifes
     pod_spec["tolerations"] = [
         {"key": tpu_catalogue.TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
     ]
+    if contract.ENV_DEVICE not in settings.extra_trainer_env:
+        # The trainer fails at once (bad input) when a TPU slice's pod sees no TPU;
+        # a development stack whose TPU nodes have none sets it to cpu in the settings.
+        container["env"].append({"name": contract.ENV_DEVICE, "value": "tpu"})
     if shape.multi_host:
         pod_spec["subdomain"] = names.workers_service(owner)
         container["env"] += slice_env(owner, attempt, shape.vms)

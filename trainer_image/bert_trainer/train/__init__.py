@@ -1,8 +1,9 @@
 """The ``train`` command: masked-LM + next-sentence pretraining.
 
-One host trains with ``tf.distribute`` (``run``); a slice of several hosts
-trains the same Keras model on JAX (``multihost``, chosen by ``cluster``,
-checkpointing with ``array_checkpoint``; ``docs/multi-host.md``).
+One CPU host trains with ``tf.distribute`` (``run``); every TPU, one host or a
+slice of several, trains the same Keras model on JAX (``multihost``, chosen by
+``device`` and ``cluster``, checkpointing with ``array_checkpoint``;
+``docs/multi-host.md``, ``docs/tpu-runtime.md``).
 
 ``run`` wires the pieces: ``strategy`` (TPU or default), ``data`` (TFRecords
 to fixed-shape batches), ``optimizer`` (AdamW/LAMB and the schedule), ``step``

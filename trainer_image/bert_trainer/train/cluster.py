@@ -5,8 +5,9 @@ index) and ``TPU_WORKER_HOSTNAMES`` (every host, in index order); the operator
 renders both itself, so they are the same on a KWOK node or a laptop. A slice
 of more than one host trains with the JAX runtime (``docs/multi-host.md``):
 host 0 runs the coordination service on ``JAX_COORDINATOR_PORT`` and every
-host connects to it. One host trains with TensorFlow unless
-``BERT_TRAINER_RUNTIME`` says otherwise.
+host connects to it. So does every TPU, one host or several: the image's
+TensorFlow is the standard wheel, which never opens a TPU (``docs/tpu-runtime.md``).
+One host on CPU trains with TensorFlow unless ``BERT_TRAINER_RUNTIME`` says otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 
 from bert_trainer import contract
 from bert_trainer.storage import InputError
+from bert_trainer.train.device import Device
 
 Runtime = Literal["tensorflow", "jax"]
 
@@ -67,8 +69,10 @@ class SliceHosts:
         return cls(worker_id=worker_id, hostnames=hostnames, coordinator_port=port)
 
 
-def choose_runtime(hosts: SliceHosts, environ: Mapping[str, str] = os.environ) -> Runtime:
-    """JAX for a slice of several hosts, TensorFlow for one, unless overridden."""
+def choose_runtime(
+    hosts: SliceHosts, environ: Mapping[str, str] = os.environ, device: Device = "cpu"
+) -> Runtime:
+    """JAX on a TPU or a slice of several hosts, TensorFlow for one CPU host, unless overridden."""
     wanted = environ.get(contract.ENV_RUNTIME, "").strip().lower()
     if wanted in ("tensorflow", "jax"):
         if wanted == "tensorflow" and hosts.size > 1:
@@ -76,10 +80,16 @@ def choose_runtime(hosts: SliceHosts, environ: Mapping[str, str] = os.environ) -
                 f"{contract.ENV_RUNTIME}=tensorflow cannot train a slice of {hosts.size} "
                 "hosts: only the JAX runtime spans hosts (docs/multi-host.md)"
             )
+        if wanted == "tensorflow" and device == "tpu":
+            raise InputError(
+                f"{contract.ENV_RUNTIME}=tensorflow cannot train on a TPU: the image's "
+                "TensorFlow is the standard wheel, which does not drive TPUs; TPUs train "
+                "on JAX (docs/tpu-runtime.md)"
+            )
         return "jax" if wanted == "jax" else "tensorflow"
     if wanted:
         raise InputError(f"{contract.ENV_RUNTIME}={wanted!r}: expected 'tensorflow' or 'jax'")
-    return "jax" if hosts.size > 1 else "tensorflow"
+    return "jax" if hosts.size > 1 or device == "tpu" else "tensorflow"
 
 
 def _integer(environ: Mapping[str, str], name: str, default: int) -> int:

@@ -1,10 +1,12 @@
 """Choosing the ``tf.distribute`` strategy from the machine the trainer runs on.
 
-On a TPU VM (a GKE TPU node) the chips are local devices: connect to them and
-use ``TPUStrategy``. Anywhere else (CPU pods, tests) the default strategy runs
-one replica on the local device. Only the device files decide: the TPU
-environment variables (``TPU_WORKER_ID``, ``TPU_WORKER_HOSTNAMES``) are also set
-by the operator's Indexed Jobs on CPU pods and by the local pod runner.
+The entry point sends every TPU to the JAX runtime (``train/device.py``,
+``docs/tpu-runtime.md``): the images' TensorFlow is the standard wheel, which does
+not drive TPUs, so in them this path runs on CPU with the default strategy (one
+replica on the local device). ``TPUStrategy`` stays for a TensorFlow built for TPUs
+(``tensorflow-tpu``) on a TPU VM, where the chips are local devices. Only the device
+files decide: the TPU environment variables (``TPU_WORKER_ID``,
+``TPU_WORKER_HOSTNAMES``) are also set by the operator's Indexed Jobs on CPU pods.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bert_trainer import contract
+from bert_trainer.train.device import TPU_DEVICE_GLOBS
 
 log = logging.getLogger(__name__)
-
-TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
-"""TPU chips appear as /dev/accelN (v2-v4) or VFIO groups (v5e and later)."""
 
 
 @dataclass(frozen=True)
