@@ -5,6 +5,8 @@ bpj-devstack up           start the stack; prints the environment to use it
 bpj-devstack down         stop it
 bpj-devstack status       print what runs and where
 bpj-devstack env          print `export` lines for KUBECONFIG and STORAGE_EMULATOR_HOST
+bpj-devstack images ...   build the product's images, export them, compile their locks
+                          (`bpj-devstack images --help`)
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import logging
 import sys
 from pathlib import Path
 
-from bpj_devstack import build, plane
+from bpj_devstack import build, images, plane
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["images"]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        return images.main(args_in[1:])
     parser = argparse.ArgumentParser(
         prog="bpj-devstack",
         description=__doc__,
