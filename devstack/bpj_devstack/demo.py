@@ -1,13 +1,14 @@
 """``./dev demo``: one BertPretrainJob from ``kubectl apply`` to an exported model, on this machine.
 
-It brings up the local stack with two kinds of nodes: KWOK's fake TPU node pools
-(for show, and for the scheduling tests) and the local pod runner's nodes, a CPU
-pool and a TPU-shaped v4 2x2x1 pool, whose pods really run here as processes.
-It installs the CRD, the trainer's RBAC and progress policy, starts the operator
-as a process (as the chart would), uploads the bundled CC0 corpus to the GCS
-emulator, applies examples/quickstart.yaml, prints the job's phase, step and
-loss as the operator and the trainer report them, and ends with the exported
-model's path and a summary.
+It builds the operator and trainer images (cached by content), brings up the local
+stack with real nodes (a CPU node and a TPU-shaped v4 2x2x1 node, each a kubelet
+with containerd; see ``bpj_devstack.nodes``) beside KWOK's fake TPU pools, imports
+the images into the nodes' runtime, installs the operator with its Helm chart (so
+it runs from its image, as a Deployment, with its in-cluster token), uploads the
+bundled CC0 corpus to the GCS emulator, applies examples/quickstart.yaml, prints
+the job's phase, step and loss as the operator and the trainer report them, and
+ends with the exported model's path and a summary. Every stage's pod runs from the
+trainer image as uid 10001 on a read-only root filesystem; ``kubectl logs`` works.
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bpj_devstack import plane
-from bpj_devstack.kwok_config import DEFAULT_POOLS, NodePool
+from bpj_devstack import local_cluster, plane
+from bpj_devstack.kwok_config import DEFAULT_POOLS
+from bpj_devstack.nodes import layout
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "data" / "corpus.txt"
@@ -35,18 +35,7 @@ EXAMPLE = REPO / "examples" / "quickstart.yaml"
 NAMESPACE = "bpj-demo"
 BUCKET = "bpj-quickstart"
 
-#: Nodes whose pods run for real. The quickstart's slice (v4 2x2x1) and every CPU
-#: stage land here; KWOK keeps the other TPU pools, which this job does not select.
-LOCAL_POOLS = (
-    NodePool("local-cpu", nodes=1, cpu="8", memory="32Gi"),
-    NodePool(
-        "local-tpu-v4-2x2x1",
-        nodes=1,
-        accelerator="tpu-v4-podslice",
-        topology="2x2x1",
-        chips_per_node=4,
-    ),
-)
+#: KWOK keeps the TPU pools this job does not select (for `kubectl get nodes`, and show).
 KWOK_POOLS = tuple(p for p in DEFAULT_POOLS if p.name not in ("cpu", "tpu-v4-2x2x1"))
 FINAL = ("Succeeded", "Failed")
 
@@ -64,31 +53,9 @@ def kubectl(state: plane.StackState, *args: str, stdin: str | None = None) -> st
     return out.stdout
 
 
-def install(state: plane.StackState) -> None:
-    from bert_pretrain_operator.api.crd import crd_yaml
-    from bert_pretrain_operator.rbac import progress_policy, trainer_rbac
-    from bert_pretrain_operator.settings import Settings
-
-    kubectl(state, "apply", "--server-side", "-f", "-", stdin=crd_yaml())
-    kubectl(state, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-    kubectl(
-        state,
-        "apply",
-        "-f",
-        "-",
-        stdin=json.dumps(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-        ),
-    )
-    sa = Settings().trainer_service_account
-    objects = trainer_rbac(NAMESPACE, sa) + progress_policy(sa)
-    kubectl(
-        state,
-        "apply",
-        "-f",
-        "-",
-        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
-    )
+def create_namespace(state: plane.StackState) -> None:
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    kubectl(state, "apply", "-f", "-", stdin=json.dumps(namespace))
 
 
 def _storage_client() -> Any:
@@ -114,39 +81,16 @@ def upload_corpus(state: plane.StackState) -> None:
     bucket.blob("corpus/corpus.txt").upload_from_filename(str(CORPUS))
 
 
-def start_operator(state: plane.StackState) -> subprocess.Popen[bytes]:
-    # Settings are explicit, never inherited: an operator's BPJ_* variables in the caller's
-    # environment (a test session's, say) must not change what the demo runs.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BPJ_")}
-    env = dict(
-        inherited,
-        **state.env(),
-        BPJ_NAMESPACES=NAMESPACE,
-        BPJ_METRICS_PORT=str(plane.free_port()),
-        BPJ_HEALTH_PORT="0",
-        BPJ_PROGRESS_SECONDS="2",
-        BPJ_RESYNC_SECONDS="5",
-        BPJ_TRAINER_IMAGE="local/bert-trainer:dev",
-    )
-    log = Path(state.run_dir) / "logs" / "operator.log"
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bert_pretrain_operator"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 OBJECT_KINDS = "bertpretrainjobs,jobs,pods,configmaps,services,events"
 """What ``save_objects`` keeps: the job (with its status), its children and the events."""
 
 
 def save_objects(state: plane.StackState, run_dir: Path) -> None:
-    """Write the demo namespace's objects to ``run_dir/objects.json`` before the stack stops.
+    """Keep what the run did before the stack stops: objects, logs, and the containers.
 
-    For looking into a run afterwards; the tests also scan them for credentials.
+    ``objects.json``: the demo namespace's objects; ``pods/<namespace>/<pod>.log``: every
+    pod's log through ``kubectl logs`` (the operator's too); ``containers.json``: each
+    container as containerd ran it (user, read-only root). The tests read all three.
     """
     try:
         objects = kubectl(state, "get", OBJECT_KINDS, "-n", NAMESPACE, "-o", "json")
@@ -154,6 +98,39 @@ def save_objects(state: plane.StackState, run_dir: Path) -> None:
         print(f"    (objects not saved: {e})")
         return
     (run_dir / "objects.json").write_text(objects)
+    for namespace in (NAMESPACE, local_cluster.OPERATOR_NAMESPACE):
+        pods = json.loads(kubectl(state, "get", "pods", "-n", namespace, "-o", "json"))["items"]
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            logs = subprocess.run(
+                ["kubectl", "--kubeconfig", state.kubeconfig, "logs", "-n", namespace, name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            _save_token(pod, run_dir / "tokens" / namespace / f"{name}.token")
+            target = run_dir / "pods" / namespace / f"{name}.log"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(
+                logs.stdout if logs.returncode == 0 else f"(kubectl logs: {logs.stderr})"
+            )
+    records = local_cluster.container_records(state)
+    (run_dir / "containers.json").write_text(json.dumps(records, indent=2))
+
+
+def _save_token(pod: dict[str, Any], target: Path) -> None:
+    """Copy the service-account token the kubelet mounted for ``pod``, if it still exists.
+
+    The credential scan (tests/reliability) looks for each pod's token by value in
+    everything the run left behind, so it needs the tokens themselves.
+    """
+    uid = pod["metadata"]["uid"]
+    pattern = f"*/kubelet/pods/{uid}/volumes/kubernetes.io~projected/*/token"
+    for token in layout.VAR_ROOT.glob(pattern):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(token.read_text())
+        target.chmod(0o600)
+        return
 
 
 def read_status(state: plane.StackState) -> dict[str, Any]:
@@ -210,17 +187,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     started = time.monotonic()
 
-    print("==> starting the local stack (control plane, KWOK, pod runner, GCS emulator)")
-    state = plane.up(args.run_dir, pools=KWOK_POOLS, local_pools=LOCAL_POOLS)
-    operator = None
+    print("==> building the operator and trainer images (cached by content)")
+    built = local_cluster.prepare_images()
+    print(f"    {built.operator}, {built.trainer}")
+    print("==> starting the local stack (control plane, real nodes, KWOK, GCS emulator)")
+    state = plane.up(
+        args.run_dir,
+        pools=KWOK_POOLS,
+        kubelet_pools=local_cluster.KUBELET_POOLS,
+        images=built.archives,
+    )
     try:
         print(f"    export KUBECONFIG={state.kubeconfig}")
-        print("==> installing the CRD, the trainer's RBAC and the progress policy")
-        install(state)
+        create_namespace(state)
         print(f"==> uploading the demo corpus to gs://{BUCKET}/corpus/")
         upload_corpus(state)
-        print("==> starting the operator")
-        operator = start_operator(state)
+        print(
+            f"==> helm install {local_cluster.RELEASE} charts/bert-pretrain-operator "
+            f"-n {local_cluster.OPERATOR_NAMESPACE} (the operator runs from its image)"
+        )
+        values = local_cluster.chart_values(
+            state, built, [NAMESPACE], resyncSeconds=5, progressReportSeconds=2
+        )
+        local_cluster.install_operator(state, values)
         kubectl(
             state,
             "delete",
@@ -238,12 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         return summarize(state, status, Path(args.run_dir), time.monotonic() - started)
     finally:
         save_objects(state, Path(args.run_dir))
-        if operator is not None:
-            os.killpg(operator.pid, signal.SIGTERM)
-            try:
-                operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(operator.pid, signal.SIGKILL)
         if not args.keep:
             plane.down(args.run_dir)
 
@@ -270,6 +253,9 @@ def summarize(
     if status.get("phase") != "Succeeded":
         print(f"==> the job failed: {describe(status)}")
         print(f"    logs: {run_dir / 'logs'} and {run_dir / 'pods'}; objects: objects.json")
+        print(
+            f"    with --keep: kubectl logs -n {NAMESPACE} <pod>, kubectl get events -n {NAMESPACE}"
+        )
         return 1
     target = run_dir / "export"
     files = download_export(state, target)

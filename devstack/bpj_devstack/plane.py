@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bpj_devstack import build, gcs_proxy, kwok_config, pki, podrunner
+from bpj_devstack import build, gcs_proxy, kwok_config, pki
 from bpj_devstack.nodes import fleet, host, layout
 from bpj_devstack.versions import COREDNS, ETCD, FAKE_GCS_SERVER, KUBERNETES, KWOK
 
@@ -236,18 +236,16 @@ def up(
     *,
     pools: tuple[kwok_config.NodePool, ...] = kwok_config.DEFAULT_POOLS,
     pod_run_for: str = "2s",
-    local_pools: tuple[kwok_config.NodePool, ...] = (),
     kubelet_pools: tuple[kwok_config.NodePool, ...] = (),
     images: Sequence[Path] = (),
     timeout: float = 120.0,
 ) -> StackState:
     """Build (if needed) and start the whole stack; idempotent when it already runs.
 
-    ``pools`` are KWOK's fake nodes; ``local_pools`` are nodes of the local pod
-    runner, whose pods really run as processes here. ``kubelet_pools`` are real
-    nodes (a kubelet and containerd each; root only, one such stack per machine),
-    whose containerd gets ``images`` (OCI archives) imported. With real
-    nodes every server listens on the stack's host address, which pods can reach.
+    ``pools`` are KWOK's fake nodes. ``kubelet_pools`` are real nodes (a kubelet
+    and containerd each; root only, one such stack per machine), whose containerd
+    gets ``images`` (OCI archives) imported. With real nodes every server listens
+    on the stack's host address, which pods can reach.
     """
     run_dir = (run_dir or default_run_dir()).resolve()
     existing = StackState.load(run_dir)
@@ -293,10 +291,8 @@ def up(
         _start_kwok(state, pools, pod_run_for)
         start_gcs(state, address)
         start_gcs_proxy(state, keys, address)
-        if local_pools:
-            _start_podrunner(state, local_pools)
         state.save()
-        _wait_cluster_ready(state, pools, local_pools, timeout)
+        _wait_cluster_ready(state, pools, timeout)
         if kubelet_pools:
             nodes = fleet.start(
                 kubelet_pools,
@@ -527,27 +523,9 @@ def start_gcs_proxy(state: StackState, keys: pki.Pki, address: str = "127.0.0.1"
     _wait("gcs-proxy", lambda: _http_ok(f"http://{address}:{port}/healthz"), 30, state, "gcs-proxy")
 
 
-def _start_podrunner(state: StackState, pools: tuple[kwok_config.NodePool, ...]) -> None:
-    run_dir = Path(state.run_dir)
-    env = {
-        **state.tensorflow_env(),
-        "PYTHONUNBUFFERED": "1",
-        # Two cores: one TensorFlow process must not claim more threads than there are.
-        "TF_NUM_INTRAOP_THREADS": "2",
-        "TF_NUM_INTEROP_THREADS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    state.pids["podrunner"] = _spawn(
-        "podrunner",
-        podrunner.podrunner_argv(state.kubeconfig, pools, run_dir / "pods", extra_env=env),
-        run_dir,
-    )
-
-
 def _wait_cluster_ready(
     state: StackState,
     pools: tuple[kwok_config.NodePool, ...],
-    local_pools: tuple[kwok_config.NodePool, ...],
     timeout: float,
 ) -> None:
     _wait(
@@ -562,7 +540,7 @@ def _wait_cluster_ready(
     if pools:
         manifests = yaml.safe_dump_all(kwok_config.node_manifests(pools))
         _kubectl(state, "apply", "-f", "-", stdin=manifests)
-    expected = {n for pool in pools + local_pools for n in pool.node_names()}
+    expected = {n for pool in pools for n in pool.node_names()}
 
     def nodes_ready() -> bool:
         out = json.loads(_kubectl(state, "get", "nodes", "-o", "json"))

@@ -22,8 +22,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 PATTERNS: Mapping[str, re.Pattern[str]] = {
     "PEM private key block": re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"),
     "Authorization: Bearer header": re.compile(
@@ -83,12 +81,11 @@ def stack_secrets(run_dir: Path, fake_gcs_token: str) -> list[Secret]:
         private_key(f"private key {path.relative_to(run_dir)}", path.read_text())
         for path in sorted(run_dir.glob("pki/*.key"))
     ]
-    for kubeconfig in sorted(run_dir.glob("pods/*/*/kubeconfig")):
-        pod = "/".join(kubeconfig.parent.parts[-2:])
-        for user in (yaml.safe_load(kubeconfig.read_text()) or {}).get("users") or []:
-            value = (user.get("user") or {}).get("token")
-            if value:
-                secrets.append(token(f"service-account token of pod {pod}", value))
+    # The demo saves each pod's projected service-account token (as the kubelet mounted
+    # it) under tokens/<namespace>/<pod>.token before the stack stops.
+    for path in sorted(run_dir.glob("tokens/*/*.token")):
+        pod = f"{path.parent.name}/{path.stem}"
+        secrets.append(token(f"service-account token of pod {pod}", path.read_text().strip()))
     secrets.append(token("GOOGLE_AUTH_TOKEN_FOR_TESTING value", fake_gcs_token))
     return secrets
 

@@ -3,15 +3,16 @@
 The end-to-end check scans what one full ``./dev demo`` run (the ``demo_run``
 fixture, shared with ``tests/test_demo.py``: prepare, train and export pods
 really run, the trainer reports progress with its service-account token, the
-operator runs as a process) leaves behind:
+operator runs from its image, installed by the chart) leaves behind:
 
 - specs: the live objects saved before the stack stopped (``objects.json``: the
   BertPretrainJob, its Jobs, Pods, ConfigMaps and Services, the events) and the
   children ``bpj render`` renders offline for every example that needs no GCS;
 - status: the BertPretrainJob's ``status`` (in ``objects.json``) and the status
   the demo printed;
-- logs: the operator's, every trainer pod's log and termination message, and the
-  pod runner's and GCS proxy's (the two stack components that handle the tokens).
+- logs: every pod's log as ``kubectl logs`` serves it (the operator's and each
+  trainer pod's), the GCS proxy's (which sees the fake GCS token) and the API
+  server's audit log (which sees every service account's requests).
 
 for the run's own secrets by value (its private keys, each pod's token, the fake
 GCS access token) and for any secret by shape (``credentials.PATTERNS``). The
@@ -31,7 +32,6 @@ import yaml
 
 from bpj_devstack import pki
 from bpj_devstack.gcs_proxy import FAKE_ACCESS_TOKEN
-from bpj_devstack.podrunner import pod_kubeconfig
 from tests.reliability.credentials import PATTERNS, Finding, scan, stack_secrets
 from tests.support import DEMO_TEST_TIMEOUT, DemoRun
 
@@ -55,13 +55,12 @@ POD_TOKEN = ".".join(
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory as the stack leaves it: real keys, a pod with a token."""
+    """A run directory as the demo leaves it: real keys, a pod's token saved by the demo."""
     directory = tmp_path_factory.mktemp("stack-run")
     pki.create(directory / "pki")
-    pod = directory / "pods" / "t-1" / "bert-train-0"
-    pod.mkdir(parents=True)
-    config = pod_kubeconfig("https://127.0.0.1:6443", str(directory / "pki" / "ca.crt"), POD_TOKEN)
-    (pod / "kubeconfig").write_text(yaml.safe_dump(config))
+    token = directory / "tokens" / "t-1" / "bert-train-0.token"
+    token.parent.mkdir(parents=True)
+    token.write_text(POD_TOKEN)
     return directory
 
 
@@ -177,13 +176,14 @@ def test_a_demo_run_leaves_no_credentials_in_specs_status_or_logs(demo_run: Demo
     secrets = stack_secrets(run, FAKE_ACCESS_TOKEN)
 
     # The inventory is the real one: the stack's keys and a token for each pod that ran
-    # (prepare, train, export), and the scanner finds each where it is kept.
-    kubeconfigs = sorted(run.glob("pods/*/*/kubeconfig"))
+    # (prepare, train, export, and the operator's own), and the scanner finds each where
+    # it is kept.
+    token_files = sorted(run.glob("tokens/*/*.token"))
     keys = sorted(run.glob("pki/*.key"))
     tokens = [s for s in secrets if s.name.startswith("service-account token")]
     assert len(keys) >= 5
-    assert len(tokens) == len(kubeconfigs) >= 3
-    where_kept = {str(p): p.read_text() for p in [*kubeconfigs, *keys]}
+    assert len(tokens) == len(token_files) >= 4
+    where_kept = {str(p): p.read_text() for p in [*token_files, *keys]}
     assert found(scan(where_kept, secrets)) >= {s.name for s in secrets} - {
         "GOOGLE_AUTH_TOKEN_FOR_TESTING value"
     }
@@ -203,15 +203,16 @@ def test_a_demo_run_leaves_no_credentials_in_specs_status_or_logs(demo_run: Demo
             texts[f"bpj render {example.name}"] = output
             rendered += 1
     assert rendered >= 3
-    logs = [run / "logs" / name for name in ("operator.log", "podrunner.log", "gcs-proxy.log")]
-    logs += sorted(run.glob("pods/*/*/*.log")) + sorted(run.glob("pods/*/*/*.termination-log"))
+    logs = [run / "logs" / name for name in ("gcs-proxy.log", "audit.log", "kube-apiserver.log")]
+    logs += sorted(run.glob("pods/*/*.log"))
     for path in logs:
         texts[str(path.relative_to(run))] = path.read_text(errors="replace")
     texts["demo stdout"] = demo_run.stdout
     texts["demo stderr"] = demo_run.stderr
-    trainer_logs = [t for source, t in texts.items() if source.endswith("trainer.log")]
+    trainer_logs = [t for source, t in texts.items() if source.startswith("pods/bpj-demo/")]
     assert len(trainer_logs) >= 3 and any('"train finished"' in t for t in trainer_logs)
-    assert texts["logs/operator.log"].strip()
+    operator_logs = [t for source, t in texts.items() if source.startswith("pods/bpj-system/")]
+    assert operator_logs and all(t.strip() for t in operator_logs)
 
     findings = scan(texts, secrets)
     assert not findings, "secret material found:\n" + "\n".join(str(f) for f in findings)
