@@ -33,7 +33,7 @@ from bert_pretrain_operator.render import workloads
 from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
 from bert_trainer.storage import InputError
-from bert_trainer.train.cluster import SliceHosts, choose_runtime
+from bert_trainer.train.cluster import SliceHosts, choose_runtime, without_proxy_to_peers
 from tests.support import wait_for
 from tests.trainer.helpers import (
     TINY,
@@ -398,3 +398,17 @@ def test_slice_hosts_come_from_the_rendered_environment() -> None:
 def test_an_inconsistent_slice_environment_is_bad_input(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(InputError, match=fragment.replace("(", r"\(")):
         choose_runtime(SliceHosts.from_environ(env), env)
+
+
+def test_slice_hosts_are_reached_without_the_proxy() -> None:
+    hosts = SliceHosts.from_environ(
+        {"TPU_WORKER_ID": "1", "TPU_WORKER_HOSTNAMES": "j-0.j-workers,j-1.j-workers"}
+    )
+    # gRPC takes no_grpc_proxy over no_proxy, so what no_proxy held must stay in it.
+    assert without_proxy_to_peers(hosts, {"NO_PROXY": "10.0.0.1,.svc"}) == {
+        "no_grpc_proxy": "10.0.0.1,.svc,j-0.j-workers,j-1.j-workers"
+    }
+    assert without_proxy_to_peers(hosts, {"no_grpc_proxy": "j-0.j-workers"}) == {
+        "no_grpc_proxy": "j-0.j-workers,j-1.j-workers"
+    }
+    assert without_proxy_to_peers(hosts, {}) == {"no_grpc_proxy": "j-0.j-workers,j-1.j-workers"}

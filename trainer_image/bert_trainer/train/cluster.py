@@ -69,6 +69,25 @@ class SliceHosts:
         return cls(worker_id=worker_id, hostnames=hostnames, coordinator_port=port)
 
 
+def without_proxy_to_peers(
+    hosts: SliceHosts, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """Environment that keeps gRPC from tunnelling to the slice's hosts through a proxy.
+
+    JAX's coordination service is gRPC, and gRPC sends every channel through
+    ``grpc_proxy``/``https_proxy`` unless its host is in ``no_grpc_proxy`` (or, when
+    that is unset, ``no_proxy``). A cluster with an HTTPS proxy for the outside
+    world (a corporate egress proxy; the local stack's proxy for TensorFlow's gs://)
+    rarely lists the slice's short pod names there, and a proxy that refuses them
+    makes the hosts wait for each other until the start-up timeout. Returns
+    ``no_grpc_proxy`` with the hosts added to what gRPC would otherwise skip.
+    """
+    current = environ.get("no_grpc_proxy") or environ.get("no_proxy") or environ.get("NO_PROXY")
+    entries = [e.strip() for e in (current or "").split(",") if e.strip()]
+    entries += [host for host in hosts.hostnames if host not in entries]
+    return {"no_grpc_proxy": ",".join(entries)}
+
+
 def choose_runtime(
     hosts: SliceHosts, environ: Mapping[str, str] = os.environ, device: Device = "cpu"
 ) -> Runtime:

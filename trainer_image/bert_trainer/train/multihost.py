@@ -20,6 +20,7 @@ point (``bert_trainer.__main__``) sets it before importing this module.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -35,7 +36,7 @@ from bert_trainer.config import TrainConfig, TrainerConfig
 from bert_trainer.model import build_pretrainer, pretraining_loss
 from bert_trainer.storage import InputError
 from bert_trainer.train import array_checkpoint
-from bert_trainer.train.cluster import SliceHosts
+from bert_trainer.train.cluster import SliceHosts, without_proxy_to_peers
 from bert_trainer.train.data import RecordShape, list_records, make_dataset, pipeline_files
 from bert_trainer.train.loop import LoopSettings, TrainLoop, TrainResult
 from bert_trainer.train.optimizer import (
@@ -101,6 +102,8 @@ def _connect(hosts: SliceHosts, settings: TrainConfig) -> None:
         hosts.size,
         hosts.coordinator_address,
     )
+    # gRPC reads the proxy variables when it opens the channel, from this process's env.
+    os.environ.update(without_proxy_to_peers(hosts))
     jax.distributed.initialize(
         coordinator_address=hosts.coordinator_address,
         num_processes=hosts.size,
