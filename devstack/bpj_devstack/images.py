@@ -519,6 +519,10 @@ def tpu_venv(spec: LockSpec = TPU_LOCK) -> Path:
         check=True,
     )
     stamp.write_text(f"installed in {time.monotonic() - started:.0f}s\n")
+    # Those of earlier locks are 3 GB each.
+    for older in venv.parent.glob(f"venv-{Path(spec.path).stem}-*"):
+        if older != venv:
+            shutil.rmtree(older, ignore_errors=True)
     return venv
 
 
