@@ -1,0 +1,146 @@
+"""A 2-host TPU slice trains in real containers, its hosts finding each other by DNS.
+
+The operator, installed by its chart, renders the slice as on GKE: an Indexed Job
+with one pod per TPU VM on a v4 2x2x2 node pool (two TPU-shaped kubelet nodes)
+and a headless Service as the pods' subdomain. Each pod gets TPU_WORKER_HOSTNAMES
+(``<job>-train-<attempt>-<i>.<job>-workers``); host 1 reaches host 0's JAX
+coordinator by that name, through CoreDNS, and the two train as one (Keras on JAX).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpj_devstack import demo, kwok_config, local_cluster, plane
+from tests.support import wait_for
+
+TPU_2X2X2 = kwok_config.NodePool(
+    "local-tpu-v4-2x2x2", nodes=2, accelerator="tpu-v4-podslice", topology="2x2x2", chips_per_node=4
+)
+NAMESPACE = "slice"
+
+
+@pytest.fixture(scope="module")
+def slice_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[plane.StackState]:
+    built = local_cluster.prepare_images()
+    run_dir = tmp_path_factory.mktemp("slice")
+    state = plane.up(
+        run_dir,
+        pools=(),
+        kubelet_pools=(local_cluster.CPU_POOL, TPU_2X2X2),
+        images=built.archives,
+    )
+    try:
+        demo.kubectl(state, "create", "namespace", NAMESPACE)
+        values = local_cluster.chart_values(
+            state, built, [NAMESPACE], resyncSeconds=5, progressReportSeconds=2
+        )
+        local_cluster.install_operator(state, values)
+        yield state
+    finally:
+        plane.down(run_dir)
+
+
+def _job(bucket: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "pretraining.bert.dev/v1alpha1",
+        "kind": "BertPretrainJob",
+        "metadata": {"name": "two-hosts"},
+        "spec": {
+            "data": {
+                "corpus": [f"gs://{bucket}/corpus/*.txt"],
+                "vocabSize": 1000,
+                "minFrequency": 1,
+                "maxSeqLength": 64,
+                "maxPredictionsPerSeq": 10,
+                "dupeFactor": 1,
+            },
+            "model": {"size": "tiny"},
+            "training": {
+                "globalBatchSize": 8,
+                "trainSteps": 6,
+                "warmupSteps": 1,
+                "checkpointEverySteps": 3,
+            },
+            "tpu": {"accelerator": "tpu-v4-podslice", "topology": "2x2x2"},
+            "output": f"gs://{bucket}/runs/two-hosts",
+            "export": {"huggingFace": False},
+            "runPolicy": {"maxRestarts": 0},
+        },
+    }
+
+
+def _kubectl_json(state: plane.StackState, *args: str) -> Any:
+    return json.loads(demo.kubectl(state, *args, "-o", "json"))
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+def test_two_host_slice_trains_with_hosts_found_by_dns(slice_stack: plane.StackState) -> None:
+    state = slice_stack
+    bucket = f"slice-{uuid.uuid4().hex[:8]}"
+    _upload_corpus(state, bucket)
+    demo.kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(_job(bucket)))
+
+    def finished() -> bool:
+        status = (
+            _kubectl_json(state, "get", "bpj", "two-hosts", "-n", NAMESPACE).get("status") or {}
+        )
+        return status.get("phase") in ("Succeeded", "Failed")
+
+    wait_for(finished, 900, "the 2-host job to finish")
+    job = _kubectl_json(state, "get", "bpj", "two-hosts", "-n", NAMESPACE)
+    pods = _kubectl_json(
+        state, "get", "pods", "-n", NAMESPACE, "-l", "batch.kubernetes.io/job-name"
+    )
+    train_pods = sorted(
+        (p for p in pods["items"] if "-train-" in p["metadata"]["name"]),
+        key=lambda p: p["metadata"]["name"],
+    )
+    logs = {
+        p["metadata"]["name"]: demo.kubectl(state, "logs", "-n", NAMESPACE, p["metadata"]["name"])
+        for p in train_pods
+    }
+    assert job["status"]["phase"] == "Succeeded", f"{job['status']}\n{logs}"
+    assert job["status"]["progress"]["step"] == 6
+
+    # One pod per TPU VM, on the two nodes of the 2x2x2 pool, each with 4 chips.
+    assert len(train_pods) == 2
+    assert {p["spec"]["nodeName"] for p in train_pods} == set(TPU_2X2X2.node_names())
+    hostnames = {e["name"]: e.get("value") for e in train_pods[0]["spec"]["containers"][0]["env"]}[
+        "TPU_WORKER_HOSTNAMES"
+    ]
+    assert hostnames is not None
+    peers = hostnames.split(",")
+    assert len(peers) == 2 and all(p.endswith(".two-hosts-workers") for p in peers)
+    # Names, not addresses: nothing but cluster DNS maps them. CoreDNS logged the
+    # lookups of host 0's name from the pods' addresses.
+    coredns_log = (Path(state.run_dir) / "logs" / "coredns.log").read_text()
+    pod_ips = {p["status"]["podIP"] for p in train_pods}
+    host0 = f"{peers[0]}.{NAMESPACE}.svc.cluster.local."
+    lookups = [line for line in coredns_log.splitlines() if f" A {host0} NOERROR" in line]
+    assert lookups, f"no lookup of {host0} in CoreDNS's log"
+    assert {line.split()[-4].rsplit(":", 1)[0] for line in lookups} & pod_ips
+    for name, text in logs.items():
+        assert '"train finished"' in text or "train finished" in text, f"{name}:\n{text[-3000:]}"
+
+
+def _upload_corpus(state: plane.StackState, bucket: str) -> None:
+    env = {"STORAGE_EMULATOR_HOST": state.gcs_endpoint}
+    code = (
+        "from google.auth.credentials import AnonymousCredentials\n"
+        "from google.cloud import storage\n"
+        "c = storage.Client(project='t', credentials=AnonymousCredentials())\n"
+        f"b = c.create_bucket({bucket!r})\n"
+        f"b.blob('corpus/corpus.txt').upload_from_filename({str(demo.CORPUS)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True)
