@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     print("==> building the operator and trainer images (cached by content)")
-    built = local_cluster.prepare_images()
-    print(f"    {built.operator}, {built.trainer}")
+    build_log = Path(args.run_dir) / "images.log"  # up() clears logs/
+    built = local_cluster.prepare_images(build_log)
+    print(f"    {built.operator}, {built.trainer} (build log: {build_log})")
     print("==> starting the local stack (control plane, real nodes, KWOK, GCS emulator)")
     state = plane.up(
         args.run_dir,

@@ -259,8 +259,11 @@ class BuiltImage:
     base: str
 
 
-def build_image(spec: ImageSpec, base: str) -> BuiltImage:
-    """Build one image with buildah (cached layers; a warm build takes seconds)."""
+def build_image(spec: ImageSpec, base: str, log_path: Path | None = None) -> BuiltImage:
+    """Build one image with buildah (cached layers; a warm build takes seconds).
+
+    buildah's output goes to ``log_path`` (appended) when given, else to stderr.
+    """
     if shutil.which("buildah") is None:
         raise RuntimeError("buildah is needed to build the images (apt-get install buildah)")
     started = time.monotonic()
@@ -287,7 +290,14 @@ def build_image(spec: ImageSpec, base: str) -> BuiltImage:
             str(REPO_ROOT),
         ]
         log.info("building %s from %s", spec.ref, spec.dockerfile)
-        subprocess.run(command, check=True, stdout=sys.stderr)
+        if log_path is None:
+            subprocess.run(command, check=True, stdout=sys.stderr)
+        else:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("ab") as out:
+                result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
+            if result.returncode:
+                raise RuntimeError(f"building {spec.ref} failed; buildah's output is in {log_path}")
     seconds = time.monotonic() - started
     built_id = image_id(spec.ref)
     if built_id is None:
@@ -298,10 +308,12 @@ def build_image(spec: ImageSpec, base: str) -> BuiltImage:
     return built
 
 
-def build_images(specs: Sequence[ImageSpec] = IMAGES) -> dict[str, BuiltImage]:
+def build_images(
+    specs: Sequence[ImageSpec] = IMAGES, log_path: Path | None = None
+) -> dict[str, BuiltImage]:
     """The base (if not cached) and then every image; returns them by name."""
     base = build_base()
-    return {spec.name: build_image(spec, base) for spec in specs}
+    return {spec.name: build_image(spec, base, log_path) for spec in specs}
 
 
 def built_images() -> dict[str, BuiltImage]:

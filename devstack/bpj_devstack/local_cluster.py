@@ -50,9 +50,9 @@ class Images:
     archives: tuple[Path, ...]
 
 
-def prepare_images() -> Images:
+def prepare_images(log_path: Path | None = None) -> Images:
     """Build (cached) and export the operator and trainer images for containerd."""
-    built = images.build_images()
+    built = images.build_images(log_path=log_path)
     operator, trainer = built[images.OPERATOR.name], built[images.TRAINER.name]
     archives = tuple(images.export_oci_archive(image.ref) for image in (operator, trainer))
     return Images(operator=operator.ref, trainer=trainer.ref, archives=archives)
