@@ -89,6 +89,8 @@ def chart_values(
         "watchNamespaces": namespaces,
         "operator": {
             "trainerImage": built.trainer,
+            # Imported into every node's containerd; nothing can be pulled here.
+            "trainerImagePullPolicy": "Never",
             # The real node has this machine's 2 cores: the stages must fit beside each other.
             "prepare": {"cpu": "500m", "memory": "3Gi"},
             "trainerEnv": trainer_env(state),

@@ -17,6 +17,10 @@ class Settings:
 
     trainer_image: str = "ghcr.io/bert-pretrain-operator/trainer:0.1.0"
     """Image of the trainer when a job's spec.image is unset (BPJ_TRAINER_IMAGE)."""
+    trainer_image_pull_policy: str | None = None
+    """imagePullPolicy of trainer containers (BPJ_TRAINER_IMAGE_PULL_POLICY: Always,
+    IfNotPresent or Never); None leaves Kubernetes' default for the tag. Never suits
+    nodes whose images are preloaded (the local stack imports them into containerd)."""
     trainer_service_account: str = "bert-trainer"
     """Service account of trainer pods when spec.serviceAccountName is unset
     (BPJ_TRAINER_SERVICE_ACCOUNT). The chart creates it in each namespace it serves
@@ -67,6 +71,7 @@ class Settings:
         prefix = "BPJ_TRAINER_ENV_"
         return cls(
             trainer_image=env.get("BPJ_TRAINER_IMAGE", base.trainer_image),
+            trainer_image_pull_policy=_pull_policy(env.get("BPJ_TRAINER_IMAGE_PULL_POLICY")),
             trainer_service_account=env.get(
                 "BPJ_TRAINER_SERVICE_ACCOUNT", base.trainer_service_account
             ),
@@ -85,3 +90,16 @@ class Settings:
                 key[len(prefix) :]: value for key, value in env.items() if key.startswith(prefix)
             },
         )
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+def _pull_policy(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    if raw not in PULL_POLICIES:
+        raise ValueError(
+            f"BPJ_TRAINER_IMAGE_PULL_POLICY={raw!r} is not one of {', '.join(PULL_POLICIES)}"
+        )
+    return raw

@@ -133,6 +133,10 @@ BAD_VALUES = {
         "gcpServiceAccount",
     ),
     "trainer env name": ({"operator": {"trainerEnv": {"BAD-NAME": "x"}}}, "BAD-NAME"),
+    "pull policy spelt wrong": (
+        {"operator": {"trainerImagePullPolicy": "never"}},
+        "trainerImagePullPolicy",
+    ),
     "misspelt nested key": ({"metrics": {"serviceMonitor": {"enable": True}}}, "enable"),
 }
 

@@ -97,6 +97,18 @@ def test_training_pods_say_they_run_on_a_tpu_and_cpu_stages_do_not() -> None:
     assert device == [{"name": contract.ENV_DEVICE, "value": "cpu"}]
 
 
+def test_trainer_pull_policy_is_the_settings_or_kubernetes_default() -> None:
+    job = load("quickstart.yaml")
+    for stage in ("prepare", "train", "export"):
+        (default,) = render_stage(job, SETTINGS, stage, 1)
+        assert "imagePullPolicy" not in container(default)
+        never = Settings.from_env({"BPJ_TRAINER_IMAGE_PULL_POLICY": "Never"})
+        (preloaded,) = render_stage(job, never, stage, 1)
+        assert container(preloaded)["imagePullPolicy"] == "Never"
+    with pytest.raises(ValueError, match="BPJ_TRAINER_IMAGE_PULL_POLICY='never' is not one of"):
+        Settings.from_env({"BPJ_TRAINER_IMAGE_PULL_POLICY": "never"})
+
+
 def test_spot_and_kueue() -> None:
     job = load("v6e-spot-kueue.yaml")
     (*_, train) = render_stage(job, SETTINGS, "train", 1)

@@ -95,9 +95,11 @@ def _container(
         },
     ]
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())]
+    pull = {"imagePullPolicy": settings.trainer_image_pull_policy}
     return {
         "name": CONTAINER_NAME,
         "image": job.spec.image or settings.trainer_image,
+        **(pull if settings.trainer_image_pull_policy else {}),
         "command": ["python", "-m", "bert_trainer"],
         "args": [stage, "--config", contract.CONFIG_PATH],
         "env": env,
