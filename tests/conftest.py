@@ -22,8 +22,8 @@ from tests.support import (
     DEMO_RUN_TIMEOUT,
     DemoRun,
     Kubectl,
-    KubectlError,
     kubectl_exists,
+    kubectl_for,
     kubectl_json,
     wait_for,
 )
@@ -57,22 +57,7 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[plane.StackSt
 
 @pytest.fixture(scope="session")
 def kubectl(devstack: plane.StackState) -> Kubectl:
-    def run(
-        *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["kubectl", "--kubeconfig", devstack.kubeconfig, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise KubectlError(args, result.returncode, result.stderr)
-        return result
-
-    return run
+    return kubectl_for(devstack.kubeconfig)
 
 
 @pytest.fixture(scope="session")

@@ -150,6 +150,27 @@ def kubectl_json(kubectl: Kubectl, *args: str) -> Any:
     return json.loads(kubectl(*args, "-o", "json").stdout)
 
 
+def kubectl_for(kubeconfig: str) -> Kubectl:
+    """kubectl as the admin of the stack whose kubeconfig this is."""
+
+    def run(
+        *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", "--kubeconfig", kubeconfig, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(args, result.returncode, result.stderr)
+        return result
+
+    return run
+
+
 def kubectl_exists(kubectl: Kubectl, kind: str, name: str, namespace: str) -> bool:
     """Whether the object exists; any failure but NotFound raises (``KubectlError``).
 

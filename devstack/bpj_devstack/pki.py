@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -184,3 +185,35 @@ def create(directory: Path) -> Pki:
         )
     )
     return pki
+
+
+KUBECONFIG_CONTEXT = "bpj-devstack"
+
+
+def write_kubeconfig(
+    path: Path, server: str, pki: Pki, cert: Path, key: Path, *, namespace: str | None = None
+) -> None:
+    """A kubeconfig (mode 0600) that authenticates to ``server`` with a client certificate."""
+    context: dict[str, str] = {"cluster": KUBECONFIG_CONTEXT, "user": KUBECONFIG_CONTEXT}
+    if namespace:
+        context["namespace"] = namespace
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": KUBECONFIG_CONTEXT,
+                "cluster": {"server": server, "certificate-authority": str(pki.ca_cert)},
+            }
+        ],
+        "users": [
+            {
+                "name": KUBECONFIG_CONTEXT,
+                "user": {"client-certificate": str(cert), "client-key": str(key)},
+            }
+        ],
+        "contexts": [{"name": KUBECONFIG_CONTEXT, "context": context}],
+        "current-context": KUBECONFIG_CONTEXT,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)

@@ -181,38 +181,7 @@ def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
 
 
 def write_kubeconfig(path: Path, server: str, keys: pki.Pki) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "bpj-devstack",
-                "cluster": {"server": server, "certificate-authority": str(keys.ca_cert)},
-            }
-        ],
-        "users": [
-            {
-                "name": "devstack-admin",
-                "user": {
-                    "client-certificate": str(keys.admin_cert),
-                    "client-key": str(keys.admin_key),
-                },
-            }
-        ],
-        "contexts": [
-            {
-                "name": "bpj-devstack",
-                "context": {
-                    "cluster": "bpj-devstack",
-                    "user": "devstack-admin",
-                    "namespace": "default",
-                },
-            }
-        ],
-        "current-context": "bpj-devstack",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
+    pki.write_kubeconfig(path, server, keys, keys.admin_cert, keys.admin_key, namespace="default")
 
 
 def _kubectl(state: StackState, *args: str, stdin: str | None = None) -> str:

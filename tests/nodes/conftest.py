@@ -6,7 +6,6 @@ toolbox image imported; tests here are marked ``kubelet``.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from bpj_devstack import kwok_config, plane
 from bpj_devstack.nodes import scratch
-from tests.support import Kubectl, KubectlError
+from tests.support import Kubectl, kubectl_for
 
 CPU_POOL = kwok_config.NodePool("real-cpu", nodes=1)
 TPU_POOL = kwok_config.NodePool(
@@ -43,25 +42,4 @@ def node_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[plane.Stack
 
 @pytest.fixture(scope="module")
 def node_kubectl(node_stack: plane.StackState) -> Kubectl:
-    return kubectl_for(node_stack)
-
-
-def kubectl_for(state: plane.StackState) -> Kubectl:
-    """kubectl as the admin of ``state``'s stack (what the ``kubectl`` fixture is for KWOK's)."""
-
-    def run(
-        *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["kubectl", "--kubeconfig", state.kubeconfig, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise KubectlError(args, result.returncode, result.stderr)
-        return result
-
-    return run
+    return kubectl_for(node_stack.kubeconfig)

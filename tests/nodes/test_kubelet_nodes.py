@@ -22,8 +22,8 @@ import pytest
 
 from bpj_devstack import kwok_config, plane
 from bpj_devstack.nodes import layout, scratch
-from tests.nodes.conftest import CPU_POOL, TPU_POOL, kubectl_for
-from tests.support import Kubectl, kubectl_json, wait_for
+from tests.nodes.conftest import CPU_POOL, TPU_POOL
+from tests.support import Kubectl, kubectl_for, kubectl_json, wait_for
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -295,7 +295,7 @@ def test_up_after_a_killed_stack_and_down_leave_a_clean_machine(
 ) -> None:
     # Kill the module's stack the way a session ends: SIGKILL to every process at once,
     # while a pod runs (its container, mounts and network namespace stay behind).
-    kubectl = kubectl_for(node_stack)
+    kubectl = kubectl_for(node_stack.kubeconfig)
     kubectl("apply", "-f", "-", stdin=json.dumps(_pod("left-running", "sleep 3600")))
     wait_for(
         lambda: (
@@ -314,7 +314,7 @@ def test_up_after_a_killed_stack_and_down_leave_a_clean_machine(
         tmp_path / "again", pools=(), kubelet_pools=(CPU_POOL,), images=[scratch.busybox_archive()]
     )
     try:
-        again = kubectl_for(state)
+        again = kubectl_for(state.kubeconfig)
         assert "left-running" not in again("get", "pods", "-A").stdout
         out = _run_to_completion(again, "default", _pod("after", "echo fresh"))
         assert out.strip() == "fresh"

@@ -96,7 +96,7 @@ def _start_kube_proxy(
     # system:kube-proxy is bound to system:node-proxier by the API server's bootstrap policy.
     pki.issue_certificate(keys, cert, key, "system:kube-proxy")
     kubeconfig = directory / "kubeconfig"
-    kubelet.write_client_kubeconfig(kubeconfig, server, keys, cert, key)
+    pki.write_kubeconfig(kubeconfig, server, keys, cert, key)
     config = services.write_kube_proxy_config(
         directory, kubeconfig, node, ports["kube-proxy-healthz"], ports["kube-proxy-metrics"]
     )
@@ -115,7 +115,7 @@ def _start_coredns(
     cert, key = directory / "client.crt", directory / "client.key"
     pki.issue_certificate(keys, cert, key, services.COREDNS_USER)
     kubeconfig = directory / "kubeconfig"
-    kubelet.write_client_kubeconfig(kubeconfig, server, keys, cert, key)
+    pki.write_kubeconfig(kubeconfig, server, keys, cert, key)
     corefile = directory / "Corefile"
     corefile.write_text(services.corefile(kubeconfig, ports["coredns-health"]))
     binary = build.binary(COREDNS, "coredns")

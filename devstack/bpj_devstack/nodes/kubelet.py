@@ -43,28 +43,8 @@ def write_identity(node: layout.KubeletNode, keys: pki.Pki, server: str) -> Path
         server=True,
     )
     kubeconfig = node.var_dir / "kubeconfig"
-    write_client_kubeconfig(kubeconfig, server, keys, certs / "client.crt", certs / "client.key")
+    pki.write_kubeconfig(kubeconfig, server, keys, certs / "client.crt", certs / "client.key")
     return kubeconfig
-
-
-def write_client_kubeconfig(path: Path, server: str, keys: pki.Pki, cert: Path, key: Path) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "local",
-                "cluster": {"server": server, "certificate-authority": str(keys.ca_cert)},
-            }
-        ],
-        "users": [
-            {"name": "local", "user": {"client-certificate": str(cert), "client-key": str(key)}}
-        ],
-        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "local"}}],
-        "current-context": "local",
-    }
-    path.write_text(yaml.safe_dump(config))
-    path.chmod(0o600)
 
 
 def configuration(node: layout.KubeletNode, keys: pki.Pki) -> dict[str, Any]:

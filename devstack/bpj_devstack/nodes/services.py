@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from bpj_devstack import pki
 from bpj_devstack.nodes import layout
 
 DNS_SERVICE = "kube-dns"
@@ -65,7 +66,7 @@ def corefile(kubeconfig: Path, health_port: int) -> str:
     log . "{{remote}} {{type}} {{name}} {{rcode}}"
     health 127.0.0.1:{health_port}
     kubernetes {layout.CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-        kubeconfig {kubeconfig} local
+        kubeconfig {kubeconfig} {pki.KUBECONFIG_CONTEXT}
         pods insecure
         ttl 5
     }}
