@@ -1,10 +1,12 @@
-"""Start and stop the local control plane, KWOK and the GCS emulator as processes.
+"""Start and stop the local control plane, KWOK, real nodes and the GCS emulator.
 
 ``up`` starts every process detached (its own session), records ports and PIDs
 in ``state.json`` under the run directory, waits until the API server is ready,
-the default service account exists and the fake nodes are Ready, then returns.
-``down`` stops the recorded processes. The same functions back the pytest
-fixtures, so tests and developers run the identical stack.
+the default service account exists and the nodes (KWOK's fake ones, and the real
+ones of ``nodes.fleet`` when asked for) are Ready, then returns. ``down`` stops
+the recorded processes and, with real nodes, sweeps what they left on the machine.
+The same functions back the pytest fixtures, so tests and developers run the
+identical stack.
 """
 
 from __future__ import annotations
