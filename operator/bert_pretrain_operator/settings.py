@@ -50,7 +50,13 @@ class Settings:
     """Memory request and limit of the prepare and export Jobs (BPJ_PREPARE_MEMORY)."""
     extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
     """Environment added to every trainer container (BPJ_TRAINER_ENV_<NAME>=value);
-    the local stack uses it to point TensorFlow at the GCS emulator."""
+    the local stack uses it to point TensorFlow at the GCS emulator. Values land in
+    the pod specs, readable by whoever may read pods: never put credentials here."""
+    trainer_env_secret: str | None = None
+    """A Secret in each job's namespace whose keys become environment variables of
+    every trainer container (BPJ_TRAINER_ENV_SECRET; envFrom with secretRef), for what
+    must not sit in pod specs: a proxy's credentials, a token. None: no such Secret.
+    A pod whose Secret is missing does not start (CreateContainerConfigError)."""
 
     def watches(self, namespace: str) -> bool:
         return not self.namespaces or any(
@@ -86,6 +92,7 @@ class Settings:
             ),
             prepare_cpu=env.get("BPJ_PREPARE_CPU", base.prepare_cpu),
             prepare_memory=env.get("BPJ_PREPARE_MEMORY", base.prepare_memory),
+            trainer_env_secret=env.get("BPJ_TRAINER_ENV_SECRET") or None,
             extra_trainer_env={
                 key[len(prefix) :]: value for key, value in env.items() if key.startswith(prefix)
             },

@@ -133,6 +133,7 @@ BAD_VALUES = {
         "gcpServiceAccount",
     ),
     "trainer env name": ({"operator": {"trainerEnv": {"BAD-NAME": "x"}}}, "BAD-NAME"),
+    "env secret not a name": ({"operator": {"trainerEnvSecret": "Not_A_Name"}}, "trainerEnvSecret"),
     "pull policy spelt wrong": (
         {"operator": {"trainerImagePullPolicy": "never"}},
         "trainerImagePullPolicy",

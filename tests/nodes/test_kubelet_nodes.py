@@ -307,6 +307,11 @@ def test_up_after_a_killed_stack_and_down_leave_a_clean_machine(
     for pid in node_stack.pids.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+    # The session has ended once the killed processes are gone (they are this process's
+    # children, so reap them); the shims and the container they started live on.
+    for pid in node_stack.pids.values():
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     assert _leftovers()["processes"], "the killed stack's container should still be running"
 
     # Another checkout's `up`: it finds the killed stack and clears it first.

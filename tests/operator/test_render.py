@@ -109,6 +109,16 @@ def test_trainer_pull_policy_is_the_settings_or_kubernetes_default() -> None:
         Settings.from_env({"BPJ_TRAINER_IMAGE_PULL_POLICY": "never"})
 
 
+def test_trainer_env_secret_reaches_every_stage_by_reference() -> None:
+    job = load("quickstart.yaml")
+    settings = Settings.from_env({"BPJ_TRAINER_ENV_SECRET": "proxy-credentials"})
+    for stage in ("prepare", "train", "export"):
+        (manifest,) = render_stage(job, settings, stage, 1)
+        assert container(manifest)["envFrom"] == [{"secretRef": {"name": "proxy-credentials"}}]
+        (plain,) = render_stage(job, SETTINGS, stage, 1)
+        assert "envFrom" not in container(plain)
+
+
 def test_spot_and_kueue() -> None:
     job = load("v6e-spot-kueue.yaml")
     (*_, train) = render_stage(job, SETTINGS, "train", 1)

@@ -88,7 +88,11 @@ def stages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[An
     # The JAX runtime as it behaves on a host whose chips another process holds.
     stub("multihost", "run_multihost", "bert_trainer.train.multihost", raises=BUSY)
     for name in ("KERAS_BACKEND", "JAX_PLATFORMS", contract.ENV_DEVICE, contract.ENV_RUNTIME):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so that undoing it removes what main() itself sets (it writes
+        # os.environ for Keras and JAX): nothing of one test leaks into the next, nor
+        # into the trainer processes later tests start.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     for name in (contract.ENV_WORKER_ID, contract.ENV_WORKER_HOSTNAMES, contract.ENV_SUPERVISED):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(contract.ENV_TERMINATION_MESSAGE_PATH, str(tmp_path / "termination-log"))

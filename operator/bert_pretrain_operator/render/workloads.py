@@ -96,6 +96,7 @@ def _container(
     ]
     env += [{"name": k, "value": v} for k, v in sorted(settings.extra_trainer_env.items())]
     pull = {"imagePullPolicy": settings.trainer_image_pull_policy}
+    secret = {"envFrom": [{"secretRef": {"name": settings.trainer_env_secret}}]}
     return {
         "name": CONTAINER_NAME,
         "image": job.spec.image or settings.trainer_image,
@@ -103,6 +104,7 @@ def _container(
         "command": ["python", "-m", "bert_trainer"],
         "args": [stage, "--config", contract.CONFIG_PATH],
         "env": env,
+        **(secret if settings.trainer_env_secret else {}),
         "resources": resources,
         "volumeMounts": [
             {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
