@@ -53,9 +53,17 @@ def kubectl(state: plane.StackState, *args: str, stdin: str | None = None) -> st
     return out.stdout
 
 
-def create_namespace(state: plane.StackState) -> None:
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-    kubectl(state, "apply", "-f", "-", stdin=json.dumps(namespace))
+def create_namespace(state: plane.StackState, name: str = NAMESPACE) -> None:
+    """The job namespace, with the trainer pods' Secret (local_cluster.TRAINER_SECRET)."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    objects = [namespace, local_cluster.trainer_env_secret(name)]
+    kubectl(
+        state,
+        "apply",
+        "-f",
+        "-",
+        stdin=json.dumps({"kind": "List", "apiVersion": "v1", "items": objects}),
+    )
 
 
 def _storage_client() -> Any:
@@ -92,6 +100,7 @@ def save_objects(state: plane.StackState, run_dir: Path) -> None:
     pod's log through ``kubectl logs`` (the operator's too); ``containers.json``: each
     container as containerd ran it (user, read-only root). The tests read all three.
     """
+    snapshot_tokens(run_dir)
     try:
         objects = kubectl(state, "get", OBJECT_KINDS, "-n", NAMESPACE, "-o", "json")
     except SystemExit as e:  # kubectl failed: the stack may be half up
@@ -108,29 +117,48 @@ def save_objects(state: plane.StackState, run_dir: Path) -> None:
                 text=True,
                 check=False,
             )
-            _save_token(pod, run_dir / "tokens" / namespace / f"{name}.token")
+            _save_token(pod, run_dir / "tokens" / namespace / f"{name}.token", run_dir)
             target = run_dir / "pods" / namespace / f"{name}.log"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(
                 logs.stdout if logs.returncode == 0 else f"(kubectl logs: {logs.stderr})"
             )
+    shutil.rmtree(run_dir / _TOKENS_BY_UID, ignore_errors=True)
     records = local_cluster.container_records(state)
     (run_dir / "containers.json").write_text(json.dumps(records, indent=2))
 
 
-def _save_token(pod: dict[str, Any], target: Path) -> None:
-    """Copy the service-account token the kubelet mounted for ``pod``, if it still exists.
+_TOKENS_BY_UID = "tokens/.by-uid"
+
+
+def snapshot_tokens(run_dir: Path) -> None:
+    """Copy every service-account token the kubelets have mounted, by pod uid.
 
     The credential scan (tests/reliability) looks for each pod's token by value in
-    everything the run left behind, so it needs the tokens themselves.
+    everything the run left behind, so it needs the tokens themselves; a kubelet
+    removes a pod's token with its volumes once the pod has finished, so the demo
+    copies them while the pods run.
     """
-    uid = pod["metadata"]["uid"]
-    pattern = f"*/kubelet/pods/{uid}/volumes/kubernetes.io~projected/*/token"
+    pattern = "*/kubelet/pods/*/volumes/kubernetes.io~projected/*/token"
     for token in layout.VAR_ROOT.glob(pattern):
+        uid = token.parents[3].name
+        target = run_dir / _TOKENS_BY_UID / f"{uid}.token"
+        if target.exists():
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(token.read_text())
+        try:
+            target.write_text(token.read_text())
+        except OSError:  # the pod's volumes went away meanwhile
+            continue
         target.chmod(0o600)
-        return
+
+
+def _save_token(pod: dict[str, Any], target: Path, run_dir: Path) -> None:
+    """Name the copied token of ``pod`` after it: ``tokens/<namespace>/<pod>.token``."""
+    copied = run_dir / _TOKENS_BY_UID / f"{pod['metadata']['uid']}.token"
+    if copied.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copied.rename(target)
 
 
 def read_status(state: plane.StackState) -> dict[str, Any]:
@@ -188,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     print("==> building the operator and trainer images (cached by content)")
+    # What an earlier run in this directory saved would be scanned as this run's.
+    for stale in ("tokens", "pods", "objects.json", "containers.json"):
+        path = Path(args.run_dir) / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     build_log = Path(args.run_dir) / "images.log"  # up() clears logs/
     built = local_cluster.prepare_images(build_log)
     print(f"    {built.operator}, {built.trainer} (build log: {build_log})")
@@ -224,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> kubectl apply -f {EXAMPLE.relative_to(REPO)} -n {NAMESPACE}")
         print(f"    (watch it from another terminal: kubectl get bpj -n {NAMESPACE} -w)")
         kubectl(state, "apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
-        status = wait(state, args.timeout)
+        status = wait(state, args.timeout, Path(args.run_dir))
         return summarize(state, status, Path(args.run_dir), time.monotonic() - started)
     finally:
         save_objects(state, Path(args.run_dir))
@@ -232,11 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             plane.down(args.run_dir)
 
 
-def wait(state: plane.StackState, timeout: float) -> dict[str, Any]:
+def wait(state: plane.StackState, timeout: float, run_dir: Path) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last = ""
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
+        snapshot_tokens(run_dir)
         status = read_status(state)
         line = describe(status)
         if line != last:

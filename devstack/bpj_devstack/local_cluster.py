@@ -58,6 +58,24 @@ def prepare_images(log_path: Path | None = None) -> Images:
     return Images(operator=operator.ref, trainer=trainer.ref, archives=archives)
 
 
+#: The Secret (in each job namespace) with what trainer pods need but pod specs must not
+#: show: TensorFlow's (fake) GCS access token. ``trainer_env_secret`` writes it.
+TRAINER_SECRET = "bpj-devstack-trainer"
+
+
+def trainer_env_secret(namespace: str) -> dict[str, Any]:
+    """The Secret of ``TRAINER_SECRET`` for ``namespace``: a credential, even a fake one,
+    reaches pods as a Secret, never as a value in their spec."""
+    token = gcs_proxy.tf_gcs_env("", Path(POD_CA_BUNDLE))["GOOGLE_AUTH_TOKEN_FOR_TESTING"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": TRAINER_SECRET, "namespace": namespace},
+        "type": "Opaque",
+        "stringData": {"GOOGLE_AUTH_TOKEN_FOR_TESTING": token},
+    }
+
+
 def trainer_env(state: plane.StackState) -> dict[str, str]:
     """What trainer pods need here: the GCS emulator, and TensorFlow's gs:// through the proxy."""
     env = {
@@ -76,6 +94,7 @@ def trainer_env(state: plane.StackState) -> dict[str, str]:
         # slice without a TPU (docs/tpu-runtime.md).
         "BERT_TRAINER_DEVICE": "cpu",
     }
+    del env["GOOGLE_AUTH_TOKEN_FOR_TESTING"]  # in TRAINER_SECRET instead
     return env
 
 
@@ -94,6 +113,7 @@ def chart_values(
             # The real node has this machine's 2 cores: the stages must fit beside each other.
             "prepare": {"cpu": "500m", "memory": "3Gi"},
             "trainerEnv": trainer_env(state),
+            "trainerEnvSecret": TRAINER_SECRET,
             # The operator checks jobs' GCS inputs before it requests a TPU slice.
             "extraEnv": [
                 {"name": "STORAGE_EMULATOR_HOST", "value": state.gcs_endpoint},

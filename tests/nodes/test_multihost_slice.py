@@ -40,7 +40,7 @@ def slice_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[plane.Stac
         images=built.archives,
     )
     try:
-        demo.kubectl(state, "create", "namespace", NAMESPACE)
+        demo.create_namespace(state, NAMESPACE)
         values = local_cluster.chart_values(
             state, built, [NAMESPACE], resyncSeconds=5, progressReportSeconds=2
         )
