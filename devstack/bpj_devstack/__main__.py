@@ -2,6 +2,7 @@
 
 bpj-devstack build        build every component into the cache (no-op when cached)
 bpj-devstack up           start the stack; prints the environment to use it
+                          (--real-nodes: also the demo's real nodes, with the images)
 bpj-devstack down         stop it
 bpj-devstack status       print what runs and where
 bpj-devstack env          print `export` lines for KUBECONFIG and STORAGE_EMULATOR_HOST
@@ -17,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bpj_devstack import build, images, plane
+from bpj_devstack import build, images, local_cluster, plane
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=["build", "up", "down", "status", "env"])
+    parser.add_argument(
+        "--real-nodes",
+        action="store_true",
+        help="up: also start real nodes (kubelet + containerd; root) with the images imported",
+    )
     parser.add_argument(
         "--run-dir",
         type=Path,
@@ -48,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         build.build_all()
     elif args.command == "up":
-        state = plane.up(args.run_dir, pod_run_for=args.pod_run_for)
+        pools = local_cluster.KUBELET_POOLS if args.real_nodes else ()
+        archives = local_cluster.prepare_images().archives if args.real_nodes else ()
+        state = plane.up(
+            args.run_dir, pod_run_for=args.pod_run_for, kubelet_pools=pools, images=archives
+        )
         for key, value in state.env().items():
             print(f"export {key}={value}")
     elif args.command == "down":
