@@ -62,6 +62,10 @@ class PrepareConfig(_Model):
     num_shards: int = Field(default=8, ge=1)
     workers: int | None = None
     """Processes for instance creation; None means one per CPU core."""
+    chunk_bytes: int = Field(default=256 * 2**20, ge=1)
+    """Text a worker holds at once (256 MiB by default): the corpus is read and
+    processed one chunk of whole documents at a time, and the random next
+    segments of next-sentence prediction come from the same chunk."""
     output_vocab: str
     """Where the vocab used for the records is written (copied when given)."""
     output_tfrecords: str

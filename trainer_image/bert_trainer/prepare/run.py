@@ -1,20 +1,32 @@
 """The ``prepare`` stage: corpus -> vocab.txt + sharded TFRecords of MLM/NSP instances.
 
-1. Read the corpus files and split them into documents of sentences.
-2. Split sentences into BERT's words (``words``, in parallel), train a
-   WordPiece vocab on the word counts (or read the given vocab), and WordPiece
-   each distinct word once with tokenizers' batch encoder (Rust, all cores).
-3. Run ``tasks`` (a dupe round over a run of documents) on a process pool:
-   pairs, masking and serialization, one numpy batch per task.
-4. Deal the records over the shards as they arrive, then shuffle each shard
-   and write it to ``output_tfrecords`` (``shards``).
+The corpus is processed one chunk of whole documents at a time (``source``:
+about ``chunk_bytes`` of text, cut at blank lines, files larger than a chunk
+split by byte ranges), so a worker's memory does not grow with the corpus.
 
-Determinism: tasks, word splitting and shard shuffles use generators seeded
-from the config's seed and their own index, and results are consumed in
-order, so the output bytes depend on the corpus, the config and the seed (and
-the tokenizers version, for a trained vocab), never on ``workers``. The random
-streams differ from google-research/bert's single ``random.Random``, so the
-instances are equal in distribution, not in bytes, to its output.
+1. Counting pass (only when a vocab is trained): for each chunk, split its
+   sentences into BERT's words (``words``, in parallel) and add their counts
+   to one table of word counts, in order of first appearance; the text is
+   dropped. A WordPiece vocab is trained on the merged counts, which are
+   exactly the whole corpus' (a test compares the vocabs).
+2. Instance pass, for each chunk: split it into documents of sentences and
+   words again, WordPiece each distinct word once (Rust, all cores), then run
+   ``tasks`` (a dupe round over a run of the chunk's documents) on a process
+   pool: pairs, masking and serialization, one numpy batch per task. The
+   random next segments of next-sentence prediction are drawn from the other
+   documents of the same chunk, not of the whole corpus: with chunks of
+   hundreds of MB (tens of thousands of documents) that changes nothing a
+   model could learn, and a test checks the NSP and masking statistics.
+3. Deal the records over the shards as they arrive, into local spool files,
+   then shuffle each shard and write it to ``output_tfrecords`` (``shards``).
+
+Determinism: the chunk plan depends only on the corpus files, their sizes and
+``chunk_bytes``; tasks, word splitting and shard shuffles use generators
+seeded from the config's seed and their own indices, and results are consumed
+in order, so the output bytes depend on the corpus, the config and the seed
+(and the tokenizers version, for a trained vocab), never on ``workers``. The
+random streams differ from google-research/bert's single ``random.Random``,
+so the instances are equal in distribution, not in bytes, to its output.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from bert_trainer.prepare import (
     masking,
     parallel,
     shards,
+    source,
     tasks,
     vocab,
     words,
@@ -73,60 +86,75 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
     started = time.perf_counter()
     workers = config.workers or parallel.cpu_count()
     files = _expand(config.corpus)
-    sentences = documents.split_documents(storage.read_text(path) for path in files)
-    if not sentences.text:
-        raise InputError(f"the corpus {', '.join(config.corpus)} holds no text")
-    log.info("read corpus", extra={"files": len(files), "lines": len(sentences.text)})
-
-    corpus_words = _split_words(sentences.text, config.lowercase, workers)
-    tokens = _vocab(config, corpus_words)
-    corpus = documents.tokenize_corpus(sentences, corpus_words, tokens)
-    if corpus.num_documents == 0:
-        raise InputError(f"the corpus {', '.join(config.corpus)} tokenizes to nothing")
+    chunks = source.plan_chunks(source.sizes(files), config.chunk_bytes)
     log.info(
-        "tokenized corpus",
-        extra={
-            "documents": corpus.num_documents,
-            "sentences": corpus.num_sentences,
-            "tokens": corpus.num_tokens,
-            "vocab_size": len(tokens),
-        },
+        "planned corpus chunks",
+        extra={"files": len(files), "chunks": len(chunks), "chunk_bytes": config.chunk_bytes},
     )
+    tokens = _vocab(config, chunks, workers)
+    special = _special_ids(tokens)
 
-    shared = tasks.Shared(
-        token_ids=corpus.token_ids,
-        layout=instances.Layout(
-            sentence_starts=corpus.sentence_starts.tolist(),
-            document_starts=corpus.document_starts.tolist(),
-        ),
-        special=_special_ids(tokens),
-        config=config,
-    )
     destinations = tuple(
         storage.join(config.output_tfrecords, shards.shard_name(i, config.num_shards))
         for i in range(config.num_shards)
     )
     totals = np.zeros(4, dtype=np.int64)
+    sentence_count = document_count = sentence_kept = token_count = 0
     with (
         tempfile.TemporaryDirectory(prefix="bert-prepare-") as scratch,
-        parallel.pool(shared, workers) as imap,
+        shards.Dealer(scratch, config.num_shards) as dealer,
     ):
-        with shards.Dealer(scratch, config.num_shards) as dealer:
-            for done in imap(tasks.run_task, tasks.plan(corpus, config.dupe_factor)):
-                dealer.deal(done.groups, done.group_sizes)
-                totals += (done.instances, done.tokens, done.masked, done.random_next)
+        for chunk in chunks:
+            corpus, lines = _tokenize_chunk(chunk, config.lowercase, tokens, workers)
+            sentence_count += lines
+            document_count += corpus.num_documents
+            sentence_kept += corpus.num_sentences
+            token_count += corpus.num_tokens
+            log.info(
+                "tokenized chunk",
+                extra={
+                    "chunk": chunk.index,
+                    "chunks": len(chunks),
+                    "documents": corpus.num_documents,
+                    "tokens": corpus.num_tokens,
+                },
+            )
+            if corpus.num_documents == 0:
+                continue
+            shared = tasks.Shared(
+                token_ids=corpus.token_ids,
+                layout=instances.Layout(
+                    sentence_starts=corpus.sentence_starts.tolist(),
+                    document_starts=corpus.document_starts.tolist(),
+                ),
+                special=special,
+                config=config,
+            )
+            plan = tasks.plan(corpus, config.dupe_factor, chunk.index)
+            del corpus
+            with parallel.pool(shared, workers) as imap:
+                for done in imap(tasks.run_task, plan):
+                    dealer.deal(done.groups, done.group_sizes)
+                    totals += (done.instances, done.tokens, done.masked, done.random_next)
+            del shared
+        if sentence_count == 0:
+            raise InputError(f"the corpus {', '.join(config.corpus)} holds no text")
+        if document_count == 0:
+            raise InputError(f"the corpus {', '.join(config.corpus)} tokenizes to nothing")
         seeds = [
             tasks.seed_sequence(config.seed, tasks.SHARD_STREAM, i)
             for i in range(config.num_shards)
         ]
-        for _ in imap(shards.write_shard, dealer.jobs(destinations, seeds)):
-            pass
+        jobs = dealer.jobs(destinations, seeds)
+        with parallel.pool(None, min(workers, config.num_shards)) as imap:
+            for _ in imap(shards.write_shard, jobs):
+                pass
 
     elapsed = time.perf_counter() - started
     result = PrepareResult(
-        documents=corpus.num_documents,
-        sentences=corpus.num_sentences,
-        corpus_tokens=corpus.num_tokens,
+        documents=document_count,
+        sentences=sentence_kept,
+        corpus_tokens=token_count,
         vocab_size=len(tokens),
         instances=int(totals[0]),
         tokens=int(totals[1]),
@@ -138,6 +166,7 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
     log.info(
         "wrote instances",
         extra={
+            "documents": result.documents,
             "instances": result.instances,
             "masked": result.masked,
             "random_next": result.random_next,
@@ -147,6 +176,35 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
         },
     )
     return result
+
+
+def _tokenize_chunk(
+    chunk: source.Chunk, lowercase: bool, tokens: list[str], workers: int
+) -> tuple[documents.Corpus, int]:
+    """The chunk's corpus, and how many non-blank lines it had."""
+    sentences = documents.split_documents(source.read_chunk(chunk))
+    chunk_words = _split_words(sentences.text, lowercase, workers)
+    return documents.tokenize_corpus(sentences, chunk_words, tokens), len(sentences.text)
+
+
+def count_words(
+    chunks: Sequence[source.Chunk], lowercase: bool, workers: int
+) -> tuple[dict[str, int], int]:
+    """Every word's count over ``chunks``, in order of first appearance, and the line count.
+
+    One chunk's text at a time; what is kept is the table of counts only.
+    """
+    counts: dict[str, int] = {}
+    lines = 0
+    get = counts.get
+    for chunk in chunks:
+        sentences = documents.split_documents(source.read_chunk(chunk))
+        lines += len(sentences.text)
+        chunk_words = _split_words(sentences.text, lowercase, workers)
+        del sentences
+        for word, n in zip(chunk_words.distinct, chunk_words.counts().tolist(), strict=True):
+            counts[word] = get(word, 0) + n
+    return counts, lines
 
 
 def _expand(patterns: Sequence[str]) -> list[str]:
@@ -180,7 +238,7 @@ def _split_words_task(bounds: tuple[int, int]) -> words.Words:
     return words.split_words(shared.text[start:end], lowercase=shared.lowercase)
 
 
-def _vocab(config: PrepareConfig, corpus_words: words.Words) -> list[str]:
+def _vocab(config: PrepareConfig, chunks: Sequence[source.Chunk], workers: int) -> list[str]:
     if config.vocab is not None:
         raw = storage.read_bytes(config.vocab)
         try:
@@ -190,12 +248,17 @@ def _vocab(config: PrepareConfig, corpus_words: words.Words) -> list[str]:
         # Copied byte for byte: later stages compare vocab files.
         storage.write_bytes(config.output_vocab, raw)
         return tokens
+    counts, lines = count_words(chunks, config.lowercase, workers)
+    if lines == 0:
+        raise InputError(f"the corpus {', '.join(config.corpus)} holds no text")
+    log.info("counted words", extra={"distinct_words": len(counts), "lines": lines})
     tokens = vocab.train_vocab(
-        corpus_words.distinct,
-        corpus_words.counts().tolist(),
+        list(counts),
+        list(counts.values()),
         vocab_size=config.vocab_size,
         min_frequency=config.min_frequency,
     )
+    del counts
     storage.write_text(config.output_vocab, vocab.vocab_text(tokens))
     log.info("trained vocab", extra={"vocab_size": len(tokens)})
     return tokens

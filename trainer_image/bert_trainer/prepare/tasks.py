@@ -1,9 +1,11 @@
 """The unit of parallel work: one dupe round over a run of documents, to framed records.
 
 A task builds its documents' sentence pairs, shuffles them, masks them and
-serializes them, all with generators seeded from ``(seed, round, chunk)``;
-the plan of tasks depends only on the corpus, so the output does not depend
-on how many workers run them.
+serializes them, all with generators seeded from ``(seed, corpus chunk,
+round, task)``; the plan of tasks depends only on the corpus chunk (see
+``source``), so the output does not depend on how many workers run them.
+The documents of one task are those of one corpus chunk, and so are the
+documents their random next segments are drawn from.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ TASK_STREAM, SHARD_STREAM = 0, 1
 
 @dataclass(frozen=True)
 class Task:
+    corpus_chunk: int
+    """The index of the corpus chunk (``source.Chunk``) the documents are from."""
     round: int
     chunk: int
+    """The task's run of documents within the corpus chunk."""
     first_document: int
     end_document: int
 
@@ -55,13 +60,13 @@ class TaskResult:
     random_next: int
 
 
-def plan(corpus: documents.Corpus, dupe_factor: int) -> list[Task]:
+def plan(corpus: documents.Corpus, dupe_factor: int, corpus_chunk: int = 0) -> list[Task]:
     """Runs of consecutive documents of about TASK_TOKENS tokens, once per dupe round."""
     tokens = corpus.document_tokens()
     chunk_of_document = (np.cumsum(tokens) - tokens) // TASK_TOKENS
     cuts = [0, *(np.flatnonzero(np.diff(chunk_of_document)) + 1).tolist(), corpus.num_documents]
     return [
-        Task(round=r, chunk=c, first_document=first, end_document=end)
+        Task(corpus_chunk=corpus_chunk, round=r, chunk=c, first_document=first, end_document=end)
         for r in range(dupe_factor)
         for c, (first, end) in enumerate(itertools.pairwise(cuts))
     ]
@@ -76,9 +81,9 @@ def run_task(task: Task) -> TaskResult:
     shared = parallel.state()
     assert isinstance(shared, Shared), "run_task runs inside parallel.pool(Shared(...))"
     config = shared.config
-    python_seed, numpy_seed = seed_sequence(config.seed, TASK_STREAM, task.round, task.chunk).spawn(
-        2
-    )
+    python_seed, numpy_seed = seed_sequence(
+        config.seed, TASK_STREAM, task.corpus_chunk, task.round, task.chunk
+    ).spawn(2)
     # The pair loop makes scalar draws, which Python's generator does ~10x faster than numpy's.
     python_rng = random.Random(int.from_bytes(python_seed.generate_state(4).tobytes(), "little"))
     numpy_rng = np.random.Generator(np.random.PCG64(numpy_seed))
