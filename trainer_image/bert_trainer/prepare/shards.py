@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from bert_trainer import storage
 
-SHUFFLE_BYTES = 128 << 20
+SHUFFLE_BYTES = 32 << 20
 """Spool bytes shuffled in memory at once; larger spools are shuffled through buckets."""
 _COPY_BYTES = 16 << 20
 
