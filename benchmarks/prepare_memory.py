@@ -174,9 +174,14 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def run_worker(config_json: str, log: Path) -> tuple[Run, int]:
-    """One worker in a subprocess: its Run, and the peak PSS of its process tree."""
+def run_worker(config_json: str, log: Path, tree: Path | None = None) -> tuple[Run, int]:
+    """One worker in a subprocess: its Run, and the peak PSS of its process tree.
+
+    ``tree``: another ``trainer_image`` directory to import ``bert_trainer`` from.
+    """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     with log.open("a") as err:
         process = subprocess.Popen(
             [sys.executable, __file__, "--run-worker", "--", config_json],
@@ -212,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dupe-factor", type=int, default=2)
     parser.add_argument("--workers", type=int, default=None, help="default: one per core")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run, on the first size only, the bert_trainer of this trainer_image "
+        "directory (e.g. `git archive` of an older commit), without chunk_bytes",
+    )
     parser.add_argument("--run-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("worker_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -247,17 +258,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "output_vocab": str(out / "vocab.txt"),
                 "output_tfrecords": str(out / "tfrecords"),
             }
+            if args.baseline_tree is not None and size_mib == args.sizes_mib[0]:
+                baseline = {k: v for k, v in config.items() if k != "chunk_bytes"}
+                load = os.getloadavg()[0]
+                run, peak = run_worker(json.dumps(baseline), work / "runs.log", args.baseline_tree)
+                _print_run(f"baseline ({args.baseline_tree})", size_mib, run, peak, load)
+                shutil.rmtree(out, ignore_errors=True)
             load = os.getloadavg()[0]
             run, peak = run_worker(json.dumps(config), work / "runs.log")
             peaks.append(peak)
-            print(
-                f"  worker on {size_mib} MiB: {run.instances:,} instances from "
-                f"{run.documents:,} documents in {run.seconds:.0f}s (load average {load:.2f} "
-                f"at start); peak PSS of the process tree {peak / 2**20:,.0f} MiB; peak RSS "
-                f"main process {run.parent_peak_rss / 2**20:,.0f} MiB, largest pool process "
-                f"{run.child_peak_rss / 2**20:,.0f} MiB",
-                flush=True,
-            )
+            _print_run(f"chunk {args.chunk_mib} MiB", size_mib, run, peak, load)
             shutil.rmtree(corpus_dir, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
     finally:
@@ -267,6 +277,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"RATIO prepare_memory {ratio:.2f}x ({args.sizes_mib[-1]} MiB over "
         f"{args.sizes_mib[0]} MiB, chunk {args.chunk_mib} MiB) (target <= {TARGET_RATIO}x)",
+        flush=True,
+    )
+
+
+def _print_run(label: str, size_mib: int, run: Run, peak: int, load: float) -> None:
+    print(
+        f"  {label}, {size_mib} MiB: {run.instances:,} instances from {run.documents:,} "
+        f"documents in {run.seconds:.0f}s (load average {load:.2f} at start); peak PSS of the "
+        f"process tree {peak / 2**20:,.0f} MiB; peak RSS main process "
+        f"{run.parent_peak_rss / 2**20:,.0f} MiB, largest pool process "
+        f"{run.child_peak_rss / 2**20:,.0f} MiB",
         flush=True,
     )
 

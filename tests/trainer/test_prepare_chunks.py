@@ -294,3 +294,12 @@ def test_gcs_objects_are_read_by_ranges(
     assert max(length for _, length in reads) <= 1000, "not read by ranges"
     with pytest.raises(InputError, match="does not exist"):
         open_file(f"gs://{gcs_bucket}/ranges/absent.txt")
+
+
+def test_a_file_that_changes_between_plan_and_read_fails_the_attempt(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("one\n\ntwo\n")
+    [chunk] = source.plan_chunks(source.sizes([str(path)]), 100)
+    path.write_text("one\n\ntwo\n\nthree\n")
+    with pytest.raises(RuntimeError, match="changed while it was read"):
+        source.read_chunk(chunk)

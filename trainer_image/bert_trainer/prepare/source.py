@@ -105,13 +105,18 @@ def read_chunk(chunk: Chunk) -> list[str]:
 
 
 def read_piece(f: RangeFile, piece: Piece) -> str:
+    if f.size != piece.size:
+        # Not bad input: a new attempt plans the new corpus afresh.
+        raise RuntimeError(
+            f"{piece.path} changed while it was read ({piece.size} -> {f.size} bytes)"
+        )
     start = document_cut(f, piece.start)
     end = document_cut(f, piece.end)
     data = bytearray()
     for offset in range(start, end, READ_BLOCK):
         data += f.read(offset, min(READ_BLOCK, end - offset))
     if len(data) != end - start:
-        raise InputError(f"{piece.path} changed while it was read")
+        raise RuntimeError(f"{piece.path} changed while it was read")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
