@@ -27,7 +27,9 @@ MAX_INPUT_CHARS_PER_WORD = 100
 LIMIT_ALPHABET = 1000
 """Rare characters beyond this many become ``[UNK]``; HF's BertWordPieceTokenizer default."""
 _ENCODE_BATCH = 1 << 16
-_REPEAT_CHUNK = 1 << 16
+_REPEAT_BYTES = 1 << 16
+"""Characters per string fed to the trainer. tokenizers buffers a few hundred of them at a
+time, so this (not the words' counts) bounds the memory of the feed."""
 
 
 def train_vocab(
@@ -146,7 +148,8 @@ def _wordpiece_model(tokens: Sequence[str]) -> models.Model:
 
 
 def _repeated(words: Sequence[str], counts: Sequence[int]) -> Iterator[str]:
-    """Each word as often as it occurs, in strings of bounded size."""
+    """Each word as often as it occurs, in strings of at most about _REPEAT_BYTES characters."""
     for word, count in zip(words, counts, strict=True):
-        for start in range(0, count, _REPEAT_CHUNK):
-            yield (word + " ") * min(_REPEAT_CHUNK, count - start)
+        per_string = max(1, _REPEAT_BYTES // (len(word) + 1))
+        for start in range(0, count, per_string):
+            yield (word + " ") * min(per_string, count - start)
