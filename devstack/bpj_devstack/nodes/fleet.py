@@ -9,6 +9,7 @@ scheduler needs before any TPU pod can bind.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -59,7 +60,7 @@ def start(
         config = containerd.write_config(node, scratch.PAUSE_IMAGE)
         started(f"containerd-{node.name}", containerd.argv(node, config))
     for node in nodes:
-        _wait(f"containerd of {node.name}", lambda n=node: containerd.is_serving(n), 30)  # type: ignore[misc]
+        _wait(f"containerd of {node.name}", functools.partial(containerd.is_serving, node), 30)
         for archive in (pause_archive, *images):
             containerd.import_image(node, archive)
 
