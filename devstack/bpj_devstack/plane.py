@@ -265,6 +265,9 @@ def up(
         state.save()
         _wait_cluster_ready(state, pools, timeout)
         if kubelet_pools:
+            # Recorded before they start, so that a failed start is swept by down() too.
+            state.kubelet_nodes = [n.name for n in layout.kubelet_nodes(kubelet_pools)]
+            state.save()
             nodes = fleet.start(
                 kubelet_pools,
                 keys=keys,

@@ -286,7 +286,11 @@ def _leftovers() -> dict[str, list[str]]:
             line for line in chains.splitlines() if line.startswith((":KUBE-", ":CNI-"))
         ],
         "cgroups": [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{layout.CGROUP_PREFIX}*")],
-        "directories": [str(p) for p in (layout.RUN_ROOT, layout.VAR_ROOT) if p.exists()],
+        "directories": [
+            str(p)
+            for p in (layout.RUN_ROOT, layout.VAR_ROOT, layout.DEVICE_PLUGIN_SOCKET)
+            if p.exists()
+        ],
     }
 
 

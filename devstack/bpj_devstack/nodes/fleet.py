@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -69,7 +70,17 @@ def start(
         kubeconfig = kubelet.write_identity(node, keys, server)
         config = kubelet.write_config(node, keys)
         kubelet.ensure_cgroup_root(node)
-        started(f"kubelet-{node.name}", kubelet.argv(kubelet_binary, node, config, kubeconfig))
+        before = _inode(layout.DEVICE_PLUGIN_SOCKET)
+        pid = spawn(f"kubelet-{node.name}", kubelet.argv(kubelet_binary, node, config, kubeconfig))
+        host.record_pid(f"kubelet-{node.name}", pid)
+        # Two kubelets binding the shared device-plugin socket at once make one of them
+        # exit ("address already in use"): the next starts once this one has bound it.
+        _wait(
+            f"the kubelet of {node.name} to bind {layout.DEVICE_PLUGIN_SOCKET}",
+            functools.partial(_bound_anew, layout.DEVICE_PLUGIN_SOCKET, before),
+            60,
+            pid,
+        )
 
     _start_kube_proxy(nodes[0], keys, server, ports, started)
     kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(services.dns_objects()))
@@ -123,13 +134,42 @@ def _start_coredns(
     started("coredns", [str(binary), "-conf", str(corefile)])
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+def _wait(what: str, check: Callable[[], bool], timeout: float, pid: int | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        if pid is not None and not _running(pid):
+            raise RuntimeError(f"exited while waiting for {what}; see its log in the run's logs/")
         time.sleep(0.2)
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _bound_anew(path: Path, before: int | None) -> bool:
+    """``path`` is a socket made since ``before`` (its inode then) with a listener on it."""
+    if _inode(path) in (None, before):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _nodes(kubectl: Kubectl) -> dict[str, dict[str, object]]:

@@ -110,6 +110,13 @@ def sweep(kube_proxy: Path | None = None) -> None:
             _remove_chains(tool)
     _remove_cgroups()
     shutil.rmtree(layout.VAR_ROOT, ignore_errors=True)
+    layout.DEVICE_PLUGIN_SOCKET.unlink(missing_ok=True)
+    for directory in (
+        layout.DEVICE_PLUGIN_SOCKET.parent,
+        layout.DEVICE_PLUGIN_SOCKET.parent.parent,
+    ):
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only when empty: it may hold a real kubelet's files
     if "ip_forward" in record:
         _IP_FORWARD.write_text(record["ip_forward"] + "\n")
     shutil.rmtree(layout.RUN_ROOT, ignore_errors=True)

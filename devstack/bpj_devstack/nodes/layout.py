@@ -37,6 +37,12 @@ CGROUP_PREFIX = "bpj-"
 BRIDGE_PREFIX = "bpjn"
 """CNI bridges are ``bpjn<index>``; ``bpj0`` is the host address."""
 
+#: The one path all kubelets share: the device-plugin registration socket is a constant
+#: of k8s.io/kubelet (``DevicePluginPath``), not under --root-dir. Each kubelet removes
+#: and binds it on start, so kubelets start one at a time (``fleet``); nothing here uses
+#: device plugins, and ``host.sweep`` removes it.
+DEVICE_PLUGIN_SOCKET = Path("/var/lib/kubelet/device-plugins/kubelet.sock")
+
 #: First port of the kubelets' API (10250 on a real node); each node takes two.
 _KUBELET_PORT_BASE = 20250
 
