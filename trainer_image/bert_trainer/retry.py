@@ -27,23 +27,25 @@ data) is raised at once.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TypeVar
 
 import tensorflow as tf
 
 from bert_trainer import contract
-from bert_trainer.storage import InputError
+from bert_trainer.storage import (
+    DEFAULT_RETRY_BUDGET_SECONDS,
+    retry_budget_seconds,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET_SECONDS = 600.0
-"""Ten minutes: longer than most GCS incidents' error bursts, short enough that a
-slice does not idle for long when storage is really gone."""
+DEFAULT_BUDGET_SECONDS = DEFAULT_RETRY_BUDGET_SECONDS
+budget_seconds = retry_budget_seconds
+"""The retry budget from ``$BERT_TRAINER_STORAGE_RETRY_SECONDS`` (``bert_trainer.storage``)."""
 FIRST_DELAY_SECONDS = 1.0
 MAX_DELAY_SECONDS = 30.0
 
@@ -78,22 +80,6 @@ class StorageUnavailable(SystemExit):
             f"storage unavailable for {self.seconds:.0f}s (retry budget {self.budget:.0f}s, "
             f"{self.attempts} attempts) while {self.what}: {describe(self.error)}"
         )
-
-
-def budget_seconds(env: Mapping[str, str] | None = None) -> float:
-    """The retry budget from ``$BERT_TRAINER_STORAGE_RETRY_SECONDS``; InputError if invalid."""
-    raw = (os.environ if env is None else env).get(contract.ENV_STORAGE_RETRY_SECONDS)
-    if raw is None or not raw.strip():
-        return DEFAULT_BUDGET_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise InputError(
-            f"{contract.ENV_STORAGE_RETRY_SECONDS}={raw!r} is not a number of seconds >= 0"
-        )
-    return value
 
 
 def is_transient(error: BaseException) -> bool:

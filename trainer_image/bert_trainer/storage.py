@@ -14,15 +14,43 @@ import os
 import posixpath
 import re
 import shutil
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from bert_trainer import contract
 
 GCS_SCHEME = "gs://"
 
 
 class InputError(Exception):
     """The user's input is missing or invalid; retrying the attempt cannot help."""
+
+
+DEFAULT_RETRY_BUDGET_SECONDS = 600.0
+"""Ten minutes: longer than most GCS incidents' error bursts, short enough that a
+slice does not idle for long when storage is really gone."""
+
+
+def retry_budget_seconds(env: Mapping[str, str] | None = None) -> float:
+    """The storage retry budget from ``$BERT_TRAINER_STORAGE_RETRY_SECONDS``; InputError if invalid.
+
+    Here, not in ``bert_trainer.retry``, because that module imports TensorFlow and a
+    prepare worker reads storage without it.
+    """
+    raw = (os.environ if env is None else env).get(contract.ENV_STORAGE_RETRY_SECONDS)
+    if raw is None or not raw.strip():
+        return DEFAULT_RETRY_BUDGET_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise InputError(
+            f"{contract.ENV_STORAGE_RETRY_SECONDS}={raw!r} is not a number of seconds >= 0"
+        )
+    return value
 
 
 def is_gcs(path: str) -> bool:

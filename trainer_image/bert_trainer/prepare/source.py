@@ -33,16 +33,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bert_trainer import contract, storage
-from bert_trainer.storage import InputError
+from bert_trainer import storage
+from bert_trainer.storage import DEFAULT_RETRY_BUDGET_SECONDS as DEFAULT_RETRY_BUDGET_SECONDS
+from bert_trainer.storage import InputError, retry_budget_seconds
 
 READ_BLOCK = 8 << 20
 """Bytes per read (a ranged GET on gs://) when reading a range's text."""
 SCAN_BLOCK = 64 << 10
 """Bytes per read when looking for a document boundary."""
-DEFAULT_RETRY_BUDGET_SECONDS = 600.0
-"""``bert_trainer.retry.DEFAULT_BUDGET_SECONDS``; that module imports TensorFlow, which
-costs a prepare worker hundreds of MB, so the value is repeated here (a test keeps them equal)."""
 
 
 @dataclass(frozen=True)
@@ -204,19 +202,3 @@ def _retry() -> Any:
 
     budget = retry_budget_seconds()
     return DEFAULT_RETRY.with_timeout(budget) if budget > 0 else None
-
-
-def retry_budget_seconds() -> float:
-    """``bert_trainer.retry.budget_seconds()``, without importing TensorFlow."""
-    raw = os.environ.get(contract.ENV_STORAGE_RETRY_SECONDS)
-    if raw is None or not raw.strip():
-        return DEFAULT_RETRY_BUDGET_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise InputError(
-            f"{contract.ENV_STORAGE_RETRY_SECONDS}={raw!r} is not a number of seconds >= 0"
-        )
-    return value
