@@ -106,7 +106,7 @@ def write_config(node: layout.KubeletNode, sandbox_image: str) -> Path:
     return path
 
 
-def argv(node: layout.KubeletNode, config: Path) -> list[str]:
+def argv(config: Path) -> list[str]:
     return ["containerd", "--config", str(config)]
 
 

@@ -54,12 +54,14 @@ def start(
     nodes = layout.kubelet_nodes(pools)
     pause_archive = scratch.pause_archive()
 
-    def started(name: str, argv: list[str]) -> None:
-        host.record_pid(name, spawn(name, argv))
+    def started(name: str, argv: list[str]) -> int:
+        pid = spawn(name, argv)
+        host.record_pid(name, pid)
+        return pid
 
     for node in nodes:
         config = containerd.write_config(node, scratch.PAUSE_IMAGE)
-        started(f"containerd-{node.name}", containerd.argv(node, config))
+        started(f"containerd-{node.name}", containerd.argv(config))
     for node in nodes:
         _wait(f"containerd of {node.name}", functools.partial(containerd.is_serving, node), 30)
         for archive in (pause_archive, *images):
@@ -71,8 +73,9 @@ def start(
         config = kubelet.write_config(node, keys)
         kubelet.ensure_cgroup_root(node)
         before = _inode(layout.DEVICE_PLUGIN_SOCKET)
-        pid = spawn(f"kubelet-{node.name}", kubelet.argv(kubelet_binary, node, config, kubeconfig))
-        host.record_pid(f"kubelet-{node.name}", pid)
+        pid = started(
+            f"kubelet-{node.name}", kubelet.argv(kubelet_binary, node, config, kubeconfig)
+        )
         # Two kubelets binding the shared device-plugin socket at once make one of them
         # exit ("address already in use"): the next starts once this one has bound it.
         _wait(
@@ -100,7 +103,7 @@ def _start_kube_proxy(
     keys: pki.Pki,
     server: str,
     ports: Mapping[str, int],
-    started: Callable[[str, list[str]], None],
+    started: Callable[[str, list[str]], int],
 ) -> None:
     directory = layout.RUN_ROOT / "kube-proxy"
     directory.mkdir(parents=True, exist_ok=True)
@@ -120,7 +123,7 @@ def _start_coredns(
     keys: pki.Pki,
     server: str,
     ports: Mapping[str, int],
-    started: Callable[[str, list[str]], None],
+    started: Callable[[str, list[str]], int],
 ) -> None:
     directory = layout.RUN_ROOT / "coredns"
     directory.mkdir(parents=True, exist_ok=True)
