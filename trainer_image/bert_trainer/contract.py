@@ -13,6 +13,12 @@
 - Worker 0 reports progress by merge-patching the BertPretrainJob's status
   subresource (``status.progress``, fields named in ``PROGRESS_FIELDS``) with
   the pod's own service account; best effort and rate-limited.
+- A distributed prepare runs as one Indexed Job per pass (``PREPARE_PASSES``), each
+  pod ``prepare --pass PASS --workers N`` with its index in ``JOB_COMPLETION_INDEX``.
+  Each pod merge-patches only its own key of ``status.preparation.reports``
+  (``preparation_report_key``; fields ``PREPARATION_REPORT_FIELDS``): progress best
+  effort, the final report (``done: true``) retried and required, so a pass whose
+  Job completed has a final report from every index.
 """
 
 from __future__ import annotations
@@ -77,3 +83,36 @@ PROGRESS_FIELDS: Final = (
     "lastCheckpointStep",
     "updatedTime",
 )
+
+#: The passes of a distributed prepare, in order; each is one Indexed Job.
+#: - plan (1 pod): glob and size the corpus, write the chunk plan to the work dir,
+#:   report files, bytesTotal and chunksTotal (the operator derives the workers from it);
+#: - count (N pods, only when a vocab is trained): word counts of each chunk;
+#: - vocab (1 pod, only when a vocab is trained): merge the counts, train WordPiece;
+#: - records (N pods): instances of each chunk, dealt over the shards as fragments;
+#: - shards (min(N, numShards) pods): concatenate, shuffle and write each shard.
+PREPARE_PASSES: Final = ("plan", "count", "vocab", "records", "shards")
+ENV_COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+"""The pod's index in an Indexed Job (set by the Job controller)."""
+
+#: Keys of one ``status.preparation.reports[<pass>-<index>]`` entry (camelCase, as in the CRD).
+PREPARATION_REPORT_FIELDS: Final = (
+    "bytesDone",
+    "bytesTotal",
+    "chunksDone",
+    "chunksTotal",
+    "files",
+    "instances",
+    "vocabSize",
+    "done",
+    "updatedTime",
+)
+
+
+def preparation_report_key(prepare_pass: str, index: int) -> str:
+    """The key of a prepare pod's entry in ``status.preparation.reports``.
+
+    The progress admission policy lets a pod write this key only if its name starts
+    with ``<job>-prepare-<key>-``: the pods of index ``index`` of that pass's Job.
+    """
+    return f"{prepare_pass}-{index}"
