@@ -35,6 +35,7 @@ from bert_pretrain_operator import inputs
 from bert_pretrain_operator.api import BertPretrainJob, BertPretrainJobStatus
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import ApiError, Kube
+from bert_pretrain_operator.reconcile import preparation
 from bert_pretrain_operator.reconcile.decide import Decision, decide, fail_inputs
 from bert_pretrain_operator.reconcile.observe import observe
 from bert_pretrain_operator.render import render_stage, workloads
@@ -46,8 +47,9 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 Resolver = Callable[[BertPretrainJob], ResolvedInputs]
 
-#: Status fields other writers own: the trainer (progress) and kopf.
-_NOT_OURS = {"progress", "kopf"}
+#: Status fields other writers own: the trainer (progress, the preparation pods'
+#: reports) and kopf. A merge patch leaves what it does not name as it is.
+_NOT_OURS: dict[str, Any] = {"progress": True, "kopf": True, "preparation": {"reports"}}
 #: Seconds an input check that passed is reused for another job that names the same
 #: inputs (a sweep submitted at once): its objects were just found, and the trainer
 #: still fails with BadInput if one disappears afterwards. Failed checks are not reused.
@@ -119,6 +121,10 @@ class Controller:
         self.resolver = resolver
         self.cache = cache if cache is not None else JobCache()
         self._events = events
+        self._scale = preparation.Scale(
+            bytes_per_worker=settings.prepare_bytes_per_worker,
+            max_workers=settings.prepare_max_workers,
+        )
         # What each job's inputs resolved to, by uid: (generation, result). Every stage
         # of a run renders from the same result.
         self._resolved: dict[str | None, tuple[int | None, ResolvedInputs]] = {}
@@ -165,7 +171,7 @@ class Controller:
             jobs, pods = self.kube.children(namespace, name)
             events = self.kube.job_events(namespace, _jobs_missing_pods(jobs, pods))
         now = self.clock()
-        decision = decide(job, observe(jobs, pods, events), now)
+        decision = decide(job, observe(jobs, pods, events), now, self._scale)
         if not fresh and (decision.delete_jobs or decision.delete_self):
             raise _Stale  # deleting is decided on what is stored now, never on a copy
         if decision.create:
@@ -252,6 +258,8 @@ class Controller:
         # exists already unless this is the job's first stage.
         first_stage = job.status is None or job.status.jobs is None
         self.kube.write_config_map(workloads.config_map(job, config), exists=not first_stage)
+        # Rendered from the job as this decision leaves it: it holds the worker count.
+        job = job.model_copy(update={"status": decision.status})
         for stage, attempt in decision.create:
             for manifest in render_stage(job, self.settings, stage, attempt):
                 created = self.kube.create(manifest)

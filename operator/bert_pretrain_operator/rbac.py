@@ -1,6 +1,7 @@
 """The trainer pods' identity in a namespace: a ServiceAccount and the one permission it needs.
 
-Worker 0 of a training Job writes ``status.progress`` of its BertPretrainJob
+Worker 0 of a training Job writes ``status.progress`` of its BertPretrainJob, and
+each preparation pod its own entry of ``status.preparation.reports``
 (bert_trainer.contract). RBAC cannot name "the job this pod belongs to", so the
 Role grants get/patch on ``bertpretrainjobs/status`` in the namespace, and the
 chart's ValidatingAdmissionPolicy narrows it further (a pod may only write the
@@ -62,23 +63,55 @@ OPERATOR_STATUS_FIELDS = (
     "restarts",
     "startTime",
     "completionTime",
+    "stageProgress",
+)
+#: Fields of status.preparation the operator owns (it aggregates the pods' reports).
+OPERATOR_PREPARATION_FIELDS = (
+    "pass",
+    "workers",
+    "files",
+    "bytes",
+    "chunks",
+    "bytesDone",
+    "instances",
 )
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 PROGRESS_POLICY = "bert-trainer-progress"
 
 
 def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
-    """A ValidatingAdmissionPolicy (and binding): a trainer pod writes only its job's progress.
+    """A ValidatingAdmissionPolicy (and binding): a trainer pod writes only its own report.
 
     It applies to status writes by the trainer service account in any namespace,
-    authenticated with a pod-bound token (the kubelet's, or TokenRequest's). The
-    pod's name, which the API server puts in the token's user info, must start
-    with ``<job>-train-``: the names the operator gives a job's training pods.
+    authenticated with a pod-bound token (the kubelet's, or TokenRequest's), whose
+    user info names the pod. The operator names a job's pods after it:
+
+    - training pods ``<job>-train-<attempt>-<index>-...`` may write status.progress;
+    - preparation pods ``<job>-prep-<pass>-<index>-...`` may write only their own
+      entry ``<pass>-<index>`` of status.preparation.reports (and delete none).
+
+    Neither may change what the operator owns, nor what the other kind writes.
     """
     keep = " && ".join(
-        f"object.status.?{field} == oldObject.status.?{field}" for field in OPERATOR_STATUS_FIELDS
+        [
+            *(
+                f"object.status.?{field} == oldObject.status.?{field}"
+                for field in OPERATOR_STATUS_FIELDS
+            ),
+            *(
+                f"object.status.?preparation.?{field} == oldObject.status.?preparation.?{field}"
+                for field in OPERATOR_PREPARATION_FIELDS
+            ),
+        ]
     )
-    pod_name = f"request.userInfo.extra[{POD_NAME_EXTRA!r}][0]"
+
+    def reports(obj: str) -> str:
+        return (
+            f"has({obj}.status) && has({obj}.status.preparation) && "
+            f"has({obj}.status.preparation.reports) ? {obj}.status.preparation.reports : {{}}"
+        )
+
+    own_entry = "variables.podName.startsWith(object.metadata.name + '-prep-' + k + '-')"
     return [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -104,18 +137,60 @@ def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
                         f"':{trainer_service_account}')",
                     }
                 ],
+                "variables": [
+                    {
+                        "name": "podName",
+                        "expression": f"{POD_NAME_EXTRA!r} in request.userInfo.extra ? "
+                        f"request.userInfo.extra[{POD_NAME_EXTRA!r}][0] : ''",
+                    },
+                    {
+                        "name": "trainPod",
+                        "expression": "variables.podName.startsWith(object.metadata.name "
+                        "+ '-train-')",
+                    },
+                    {
+                        "name": "preparePod",
+                        "expression": "variables.podName.startsWith(object.metadata.name "
+                        "+ '-prep-')",
+                    },
+                    {"name": "oldReports", "expression": reports("oldObject")},
+                    {"name": "newReports", "expression": reports("object")},
+                ],
                 "validations": [
                     {
-                        "expression": f"{POD_NAME_EXTRA!r} in request.userInfo.extra && "
-                        f"{pod_name}.startsWith(object.metadata.name + '-train-')",
+                        "expression": "variables.trainPod || variables.preparePod",
                         "messageExpression": "'a trainer pod may only report the progress of "
                         "its own BertPretrainJob; ' + object.metadata.name + ' is not its job'",
                         "reason": "Forbidden",
                     },
                     {
                         "expression": f"!has(oldObject.status) || ({keep})",
-                        "message": "a trainer pod may only write status.progress; the rest of "
-                        "the status belongs to the operator",
+                        "message": "a trainer pod may only write status.progress or its own "
+                        "entry of status.preparation.reports; the rest of the status belongs "
+                        "to the operator",
+                        "reason": "Forbidden",
+                    },
+                    {
+                        "expression": "!variables.trainPod || "
+                        "variables.newReports == variables.oldReports",
+                        "message": "a training pod may not write status.preparation.reports",
+                        "reason": "Forbidden",
+                    },
+                    {
+                        "expression": "!variables.preparePod || "
+                        "object.status.?progress == oldObject.status.?progress",
+                        "message": "a preparation pod may not write status.progress",
+                        "reason": "Forbidden",
+                    },
+                    {
+                        "expression": "!variables.preparePod || ("
+                        "variables.oldReports.all(k, k in variables.newReports) && "
+                        f"variables.newReports.all(k, {own_entry} || "
+                        "(k in variables.oldReports && "
+                        "variables.newReports[k] == variables.oldReports[k])))",
+                        "messageExpression": "'a preparation pod may only write its own entry "
+                        "of status.preparation.reports (<pass>-<index> of pod ' "
+                        "+ variables.podName + ')'",
                         "reason": "Forbidden",
                     },
                 ],

@@ -47,7 +47,15 @@ class Settings:
     prepare_cpu: str = "2"
     """CPU request of the prepare Job (BPJ_PREPARE_CPU); it uses every core it gets."""
     prepare_memory: str = "8Gi"
-    """Memory request and limit of the prepare and export Jobs (BPJ_PREPARE_MEMORY)."""
+    """Memory request and limit of the prepare and export Jobs (BPJ_PREPARE_MEMORY). A
+    prepare worker peaks at about 12 times its chunk of text: 3 GiB for 256 MiB chunks."""
+    prepare_bytes_per_worker: int = 1 << 30
+    """Corpus bytes per prepare worker pod when a job does not set
+    spec.data.preparation.workers (BPJ_PREPARE_BYTES_PER_WORKER): four 256 MiB chunks per
+    pod, so a 20 GB corpus (Wikipedia and books) gets 20 pods."""
+    prepare_max_workers: int = 32
+    """Most prepare worker pods a job gets when its spec does not say
+    (BPJ_PREPARE_MAX_WORKERS); an explicit spec.data.preparation.workers may go to 64."""
     extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
     """Environment added to every trainer container (BPJ_TRAINER_ENV_<NAME>=value);
     the local stack uses it to point TensorFlow at the GCS emulator. Values land in
@@ -92,6 +100,12 @@ class Settings:
             ),
             prepare_cpu=env.get("BPJ_PREPARE_CPU", base.prepare_cpu),
             prepare_memory=env.get("BPJ_PREPARE_MEMORY", base.prepare_memory),
+            prepare_bytes_per_worker=max(
+                1, int(env.get("BPJ_PREPARE_BYTES_PER_WORKER", base.prepare_bytes_per_worker))
+            ),
+            prepare_max_workers=max(
+                1, int(env.get("BPJ_PREPARE_MAX_WORKERS", base.prepare_max_workers))
+            ),
             trainer_env_secret=env.get("BPJ_TRAINER_ENV_SECRET") or None,
             extra_trainer_env={
                 key[len(prefix) :]: value for key, value in env.items() if key.startswith(prefix)

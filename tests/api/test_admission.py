@@ -200,7 +200,12 @@ def test_get_shows_the_printer_columns(kubectl: Kubectl, namespace: str) -> None
         kubectl,
         namespace,
         "columns",
-        {"phase": "Training", "restarts": 1, "progress": {"step": 42, "loss": 3.25}},
+        {
+            "phase": "Training",
+            "restarts": 1,
+            "stageProgress": "step 42/100",
+            "progress": {"step": 42, "loss": 3.25},
+        },
     )
     (version,) = crd_manifest()["spec"]["versions"]
     columns = [c["name"].upper() for c in version["additionalPrinterColumns"]]
@@ -209,12 +214,13 @@ def test_get_shows_the_printer_columns(kubectl: Kubectl, namespace: str) -> None
     assert header == ["NAME", *columns]
     shown = dict(zip(header, row, strict=True))
     assert shown["NAME"] == "columns"
-    assert (shown["PHASE"], shown["STEP"], shown["LOSS"], shown["RESTARTS"]) == (
+    assert (shown["PHASE"], shown["PROGRESS"], shown["STEP"], shown["LOSS"]) == (
         "Training",
+        "step 42/100",
         "42",
         "3.25",
-        "1",
     )
+    assert shown["RESTARTS"] == "1"
     assert (shown["TPU"], shown["TOPOLOGY"]) == ("tpu-v5-lite-podslice", "2x4")
     narrow = kubectl("get", "bpj", "-n", namespace).stdout.splitlines()[0].split()
     priority = {c["name"].upper() for c in version["additionalPrinterColumns"] if c.get("priority")}

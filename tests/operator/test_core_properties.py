@@ -33,6 +33,7 @@ from bert_pretrain_operator.reconcile.observe import (
 from bert_pretrain_operator.render import render_all
 from bert_pretrain_operator.render.trainer_config import ResolvedInputs
 from bert_pretrain_operator.settings import Settings
+from bert_trainer.contract import PREPARE_PASSES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BASES = [yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))]
@@ -98,8 +99,9 @@ def observed_jobs(draw: st.DrawFn, name: str) -> ObservedJob:
 @st.composite
 def observations(draw: st.DrawFn) -> Observed:
     attempts = draw(st.lists(st.integers(1, 12), max_size=4, unique=True))
+    passes = draw(st.lists(st.sampled_from(PREPARE_PASSES), max_size=5, unique=True))
     return Observed(
-        prepare=draw(st.none() | observed_jobs("p")),
+        prepare={p: draw(observed_jobs(f"p-{p}")) for p in passes},
         train={a: draw(observed_jobs(f"t{a}")) for a in attempts},
         export=draw(st.none() | observed_jobs("e")),
     )

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from bert_pretrain_operator.api import BertPretrainJob, Phase
+from bert_pretrain_operator.api import (
+    BertPretrainJob,
+    BertPretrainJobStatus,
+    Phase,
+    PreparationReport,
+    PreparationStatus,
+)
 from bert_pretrain_operator.reconcile.decide import Decision, decide, fail_inputs
 from bert_pretrain_operator.reconcile.observe import (
     Failure,
@@ -19,6 +25,8 @@ from bert_pretrain_operator.reconcile.observe import (
     ObservedJob,
     Trouble,
 )
+from bert_pretrain_operator.reconcile.preparation import Scale
+from bert_trainer.contract import PREPARE_PASSES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -53,7 +61,7 @@ def test_corpus_job_starts_with_prepare() -> None:
     assert d.create == (("prepare", 0),)
     assert d.status.phase == Phase.PREPARING
     assert d.status.start_time == T0
-    assert d.status.jobs is not None and d.status.jobs.prepare == "quickstart-prepare"
+    assert d.status.jobs is not None and d.status.jobs.prepare == "quickstart-prep-plan"
     assert [e.reason for e in d.events] == ["Started", "Preparing"]
 
 
@@ -61,7 +69,9 @@ def test_the_same_observation_twice_creates_nothing_new() -> None:
     job = make_job()
     first = decide(job, Observed(), T0)
     again = decide(
-        apply(job, first), Observed(prepare=ObservedJob("quickstart-prepare", JobState.RUNNING)), T0
+        apply(job, first),
+        Observed(prepare={"plan": ObservedJob("quickstart-prep-plan", JobState.RUNNING)}),
+        T0,
     )
     assert again.create == ()
     assert again.events == ()
@@ -79,7 +89,7 @@ def test_prepared_records_skip_the_prepare_stage() -> None:
 def test_full_pipeline_reaches_succeeded() -> None:
     job = make_job()
     job = apply(job, decide(job, Observed(), T0))
-    prepared = Observed(prepare=ObservedJob("quickstart-prepare", JobState.SUCCEEDED))
+    job, prepared = run_preparation(job, workers=1)
     d = decide(job, prepared, T0)
     assert d.create == (("train", 1),)
     assert cond(d, "Prepared")[0] == "True"
@@ -102,6 +112,117 @@ def test_full_pipeline_reaches_succeeded() -> None:
     assert d.status.completion_time == later
     assert cond(d, "Succeeded")[0] == "True"
     assert "Succeeded" in [e.reason for e in d.events]
+
+
+def reported(job: BertPretrainJob, **reports: dict[str, Any]) -> BertPretrainJob:
+    """``job`` after preparation pods wrote their entries (keys ``plan_0`` for ``plan-0``)."""
+    status = job.status or BertPretrainJobStatus()
+    prep = status.preparation or PreparationStatus()
+    entries = dict(prep.reports or {})
+    for key, value in reports.items():
+        entries[key.replace("_", "-")] = PreparationReport.model_validate(value)
+    prep = prep.model_copy(update={"reports": entries})
+    return job.model_copy(update={"status": status.model_copy(update={"preparation": prep})})
+
+
+def run_preparation(
+    job: BertPretrainJob, *, workers: int, corpus_bytes: int = 3 << 20
+) -> tuple[BertPretrainJob, Observed]:
+    """Every pass of ``job``'s preparation run to success; returns the job and what is seen."""
+    seen: dict[str, ObservedJob] = {}
+    for prepare_pass in ("plan", "count", "vocab", "records", "shards"):
+        d = decide(job, Observed(prepare=dict(seen)), T0, SMALL)
+        assert d.create == (("prepare", PREPARE_PASSES.index(prepare_pass)),)
+        job = apply(job, d)
+        name = f"quickstart-prep-{prepare_pass}"
+        pods = 1 if prepare_pass in ("plan", "vocab") else min(workers, 8)
+        for i in range(pods):
+            report: dict[str, Any] = {
+                "done": True,
+                "instances": 100 if prepare_pass == "records" else None,
+            }
+            if prepare_pass == "plan":
+                report.update(files=3, bytesTotal=corpus_bytes, chunksTotal=12)
+            job = reported(job, **{f"{prepare_pass}_{i}": report})
+        seen[prepare_pass] = ObservedJob(name, JobState.SUCCEEDED)
+    return job, Observed(prepare=seen)
+
+
+#: One worker per MiB of text, at most 4: small numbers for the tests.
+SMALL = Scale(bytes_per_worker=1 << 20, max_workers=4)
+
+
+def test_passes_run_in_order_with_workers_derived_from_plans_report() -> None:
+    job = make_job()
+    d = decide(job, Observed(), T0, SMALL)
+    job = apply(job, d)
+    plan = {"plan": ObservedJob("quickstart-prep-plan", JobState.SUCCEEDED)}
+    # The Job completed, but this copy of the job predates plan's report: wait for it.
+    d = decide(job, Observed(prepare=plan), T0, SMALL)
+    assert d.create == ()
+    assert cond(d, "Prepared")[1] == "Planning"
+    job = reported(job, plan_0={"done": True, "files": 3, "bytesTotal": 3 << 20, "chunksTotal": 12})
+    d = decide(job, Observed(prepare=plan), T0, SMALL)
+    assert d.create == (("prepare", PREPARE_PASSES.index("count")),)
+    assert d.status.preparation is not None
+    assert (d.status.preparation.workers, d.status.preparation.bytes) == (3, 3 << 20)
+    assert d.status.jobs is not None and d.status.jobs.prepare == "quickstart-prep-count"
+    assert "3 file(s), 3,145,728 bytes in 12 chunk(s)" in d.events[0].message
+    job = apply(job, d)
+    # Reports of a running pass add up in status and in the Progress column.
+    job = reported(
+        job, count_0={"bytesDone": 1 << 20, "done": True}, count_2={"bytesDone": 1 << 19}
+    )
+    running = {**plan, "count": ObservedJob("quickstart-prep-count", JobState.RUNNING)}
+    d = decide(job, Observed(prepare=running), T0, SMALL)
+    assert d.create == ()
+    assert d.status.preparation is not None and d.status.preparation.bytes_done == 3 << 19
+    assert d.status.stage_progress == "count 1.5/3.0 MiB"
+    assert "1/3 pod(s) done" in cond(d, "Prepared")[2]
+
+
+def test_worker_count_is_capped_by_chunks_and_the_operators_maximum() -> None:
+    plan = {"plan": ObservedJob("quickstart-prep-plan", JobState.SUCCEEDED)}
+    for corpus, chunks, expected in ((100 << 20, 12, 4), (100 << 20, 2, 2), (10, 12, 1)):
+        job = apply(make_job(), decide(make_job(), Observed(), T0, SMALL))
+        job = reported(
+            job, plan_0={"done": True, "files": 1, "bytesTotal": corpus, "chunksTotal": chunks}
+        )
+        d = decide(job, Observed(prepare=plan), T0, SMALL)
+        assert d.status.preparation is not None and d.status.preparation.workers == expected
+
+
+def test_an_explicit_worker_count_wins() -> None:
+    job = make_job(data__preparation={"workers": 7})
+    job, _ = run_preparation(job, workers=7, corpus_bytes=1)
+    assert job.status is not None and job.status.preparation is not None
+    assert job.status.preparation.workers == 7
+
+
+def test_given_vocab_skips_count_and_vocab_passes() -> None:
+    job = make_job(data={"corpus": ["gs://bkt/corpus/*.txt"], "vocab": "gs://bkt/vocab.txt"})
+    job = apply(job, decide(job, Observed(), T0, SMALL))
+    job = reported(job, plan_0={"done": True, "files": 1, "bytesTotal": 5, "chunksTotal": 1})
+    plan = {"plan": ObservedJob("quickstart-prep-plan", JobState.SUCCEEDED)}
+    d = decide(job, Observed(prepare=plan), T0, SMALL)
+    assert d.create == (("prepare", PREPARE_PASSES.index("records")),)
+
+
+def test_a_failed_pass_fails_the_job_naming_its_job() -> None:
+    job = apply(make_job(), decide(make_job(), Observed(), T0))
+    failed = {"plan": ObservedJob("quickstart-prep-plan", JobState.FAILED, failure=None)}
+    d = decide(job, Observed(prepare=failed), T0)
+    assert d.status.phase == Phase.FAILED
+    assert cond(d, "Failed")[1:] == ("PrepareFailed", "the prepare Job quickstart-prep-plan failed")
+
+
+def test_preparation_totals_instances_and_ends_prepared() -> None:
+    job = apply(make_job(), decide(make_job(), Observed(), T0, SMALL))
+    job, seen = run_preparation(job, workers=3)
+    d = decide(job, seen, T0, SMALL)
+    assert cond(d, "Prepared")[0] == "True"
+    assert d.status.preparation is not None and d.status.preparation.instances == 300
+    assert d.create == (("train", 1),)
 
 
 def test_preemption_starts_a_new_attempt_and_counts_a_restart() -> None:

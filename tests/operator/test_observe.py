@@ -54,7 +54,14 @@ def pod(
 def test_stages_and_attempts_are_grouped_by_label() -> None:
     observed = observe(
         [
-            job("bpj-prepare", "prepare", None, "Complete"),
+            job("bpj-prep-plan", "prepare", None, "Complete"),
+            {
+                **job("bpj-prep-count", "prepare"),
+                "metadata": {
+                    "name": "bpj-prep-count",
+                    "labels": names.child_labels("bpj", "prepare", prepare_pass="count"),
+                },
+            },
             job("bpj-train-1", "train", 1, "Failed"),
             job("bpj-train-2", "train", 2),
         ],
@@ -70,7 +77,8 @@ def test_stages_and_attempts_are_grouped_by_label() -> None:
             pod("bpj-train-2", "Running"),
         ],
     )
-    assert observed.prepare is not None and observed.prepare.state is JobState.SUCCEEDED
+    assert observed.prepare["count"].state is JobState.PENDING
+    assert set(observed.prepare) == {"count"}  # a Job without a known pass is not ours
     assert observed.train[1].state is JobState.FAILED
     assert observed.train[1].failure is not None
     assert observed.train[1].failure.reason == "Preempted"

@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from bert_pretrain_operator import tpu_catalogue
-from bert_pretrain_operator.api import BertPretrainJob
+from bert_pretrain_operator.api import (
+    BertPretrainJob,
+    BertPretrainJobStatus,
+    CpuResources,
+    ExportSpec,
+    PreparationSpec,
+    PreparationStatus,
+)
 from bert_pretrain_operator.render import names, render_stage, workloads
 from bert_pretrain_operator.render.trainer_config import ResolvedInputs, trainer_config
 from bert_pretrain_operator.settings import Settings
@@ -138,12 +145,65 @@ def test_children_are_owned_by_the_job() -> None:
 
 
 def test_cpu_stages_fail_fast_on_bad_input_and_ignore_disruptions() -> None:
-    prepare = workloads.prepare_job(load("quickstart.yaml"), SETTINGS)
-    rules = prepare["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0]["action"] == "FailJob"
-    assert rules[0]["onExitCodes"]["values"] == [contract.EXIT_BAD_INPUT]
-    assert rules[1]["action"] == "Ignore"
-    assert "nodeSelector" not in prepare["spec"]["template"]["spec"]
+    job = load("quickstart.yaml")
+    for stage in (
+        workloads.prepare_job(job, SETTINGS, "count"),
+        workloads.export_job(job, SETTINGS),
+    ):
+        rules = stage["spec"]["podFailurePolicy"]["rules"]
+        assert rules[0]["action"] == "FailJob"
+        assert rules[0]["onExitCodes"]["values"] == [contract.EXIT_BAD_INPUT]
+        assert rules[1]["action"] == "Ignore"
+        assert "nodeSelector" not in stage["spec"]["template"]["spec"]
+
+
+def with_workers(job: BertPretrainJob, workers: int) -> BertPretrainJob:
+    status = BertPretrainJobStatus(preparation=PreparationStatus(workers=workers))
+    return job.model_copy(update={"status": status})
+
+
+@pytest.mark.parametrize(
+    ("prepare_pass", "workers", "pods"),
+    [("plan", 5, 1), ("count", 5, 5), ("vocab", 5, 1), ("records", 5, 5), ("shards", 12, 8)],
+)
+def test_each_pass_is_an_indexed_job_whose_indexes_retry_alone(
+    prepare_pass: str, workers: int, pods: int
+) -> None:
+    job = with_workers(load("quickstart.yaml"), workers)
+    manifest = workloads.prepare_job(job, SETTINGS, prepare_pass)
+    spec = manifest["spec"]
+    assert manifest["metadata"]["name"] == f"quickstart-prep-{prepare_pass}"
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == pods
+    assert spec["backoffLimitPerIndex"] == workloads.CPU_STAGE_BACKOFF_LIMIT
+    assert spec["maxFailedIndexes"] == 0 and "backoffLimit" not in spec
+    assert container(manifest)["args"][-4:] == ["--pass", prepare_pass, "--workers", str(workers)]
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels[names.LABEL_PASS] == prepare_pass
+
+
+def test_preparation_and_export_resources_come_from_the_spec_or_the_settings() -> None:
+    job = load("quickstart.yaml")
+    default = container(workloads.prepare_job(job, SETTINGS, "records"))["resources"]
+    assert default == {
+        "requests": {"cpu": SETTINGS.prepare_cpu, "memory": SETTINGS.prepare_memory},
+        "limits": {"memory": SETTINGS.prepare_memory},
+    }
+    spec = job.spec.model_copy(
+        update={
+            "data": job.spec.data.model_copy(
+                update={
+                    "preparation": PreparationSpec(resources=CpuResources(cpu="6", memory="20Gi"))
+                }
+            ),
+            "export": ExportSpec(resources=CpuResources(memory="12Gi")),
+        }
+    )
+    job = job.model_copy(update={"spec": spec})
+    prepare = container(workloads.prepare_job(job, SETTINGS, "records"))["resources"]
+    assert prepare == {"requests": {"cpu": "6", "memory": "20Gi"}, "limits": {"memory": "20Gi"}}
+    export = container(workloads.export_job(job, SETTINGS))["resources"]
+    assert export["requests"] == {"cpu": SETTINGS.prepare_cpu, "memory": "12Gi"}
 
 
 def test_pods_run_locked_down() -> None:
@@ -164,6 +224,7 @@ def test_config_map_round_trips_through_the_trainer_model() -> None:
     assert parsed == config
     assert parsed.prepare is not None and parsed.train is not None
     assert parsed.prepare.output_tfrecords == "gs://bpj-quickstart/runs/quickstart/tfrecords"
+    assert parsed.prepare.work_dir == "gs://bpj-quickstart/runs/quickstart/prepare"
     assert parsed.train.tfrecords == "gs://bpj-quickstart/runs/quickstart/tfrecords/*.tfrecord"
     assert parsed.train.model.hidden_size == 128
     assert parsed.train.model.vocab_size == job.spec.data.vocab_size

@@ -28,7 +28,7 @@ from bert_trainer.prepare import (
     vocab,
     words,
 )
-from bert_trainer.prepare.run import _special_ids
+from bert_trainer.prepare.run import special_ids
 from bert_trainer.storage import InputError
 from tests.trainer.conftest import PrepareConfigFactory, small_prepare_config
 
@@ -110,7 +110,7 @@ def small_corpus(corpus_dir: Path) -> SmallCorpus:
     )
     corpus = documents.tokenize_corpus(sentences, corpus_words, tokens)
     layout = instances.Layout(corpus.sentence_starts.tolist(), corpus.document_starts.tolist())
-    return SmallCorpus(corpus, tokens, _special_ids(tokens), layout)
+    return SmallCorpus(corpus, tokens, special_ids(tokens), layout)
 
 
 def shard_bytes(result: PrepareResult) -> list[bytes]:

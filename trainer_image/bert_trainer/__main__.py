@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None, *, probe: DeviceProbe | None = None)
     if config.job is not None:
         _configure_logging({"namespace": config.job.namespace, "job": config.job.name})
     try:
-        _command(args.command, device)(config)
+        _command(args.command, device, args.prepare_pass, args.workers)(config)
     except InputError as e:
         return _fail(contract.EXIT_BAD_INPUT, f"{args.command}: {_one_line(e)}")
     except SystemExit as e:
@@ -132,6 +132,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bert_trainer", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument(
+        "--pass",
+        dest="prepare_pass",
+        choices=contract.PREPARE_PASSES,
+        help="prepare: run one pass, index $JOB_COMPLETION_INDEX of --workers (default: all)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="prepare --pass: pods of the pass")
+    parser.add_argument(
         "--config",
         default=os.environ.get(contract.ENV_CONFIG_PATH, contract.CONFIG_PATH),
         help=f"TrainerConfig JSON (default: ${contract.ENV_CONFIG_PATH} or {contract.CONFIG_PATH})",
@@ -143,11 +150,26 @@ def _load_config(path: str) -> TrainerConfig:
     return TrainerConfig.model_validate_json(storage.read_bytes(path))
 
 
-def _command(name: str, device: Device = "cpu") -> Callable[[TrainerConfig], None]:
+def _command(
+    name: str, device: Device = "cpu", prepare_pass: str | None = None, workers: int = 1
+) -> Callable[[TrainerConfig], None]:
     def prepare(config: TrainerConfig) -> None:
-        from bert_trainer.prepare import run_prepare
+        section = _section(config.prepare, "prepare")
+        if prepare_pass is None:
+            from bert_trainer.prepare import run_prepare
 
-        run_prepare(_section(config.prepare, "prepare"))
+            run_prepare(section)
+            return
+        from bert_trainer.prepare.distributed import run_pass
+        from bert_trainer.prepare.reports import make_reporter
+
+        try:
+            index = int(os.environ.get(contract.ENV_COMPLETION_INDEX) or 0)
+        except ValueError as e:
+            raise InputError(f"${contract.ENV_COMPLETION_INDEX} is not an index") from e
+        run_pass(
+            section, prepare_pass, index, workers, make_reporter(config.job, prepare_pass, index)
+        )
 
     # Sections are checked before the (TensorFlow-heavy) stage modules are imported.
     def train(config: TrainerConfig) -> None:

@@ -70,6 +70,10 @@ class PrepareConfig(_Model):
     """Where the vocab used for the records is written (copied when given)."""
     output_tfrecords: str
     """Directory (prefix) that receives ``part-NNNNN-of-MMMMM.tfrecord`` shards."""
+    work_dir: str | None = None
+    """Prefix of the preparation's intermediates (its plan, word counts, record
+    fragments): required by ``prepare --pass``; the operator renders
+    ``<spec.output>/prepare``. None: a local temporary directory (one process)."""
 
 
 class TrainConfig(_Model):

@@ -113,6 +113,6 @@ def preparation_report_key(prepare_pass: str, index: int) -> str:
     """The key of a prepare pod's entry in ``status.preparation.reports``.
 
     The progress admission policy lets a pod write this key only if its name starts
-    with ``<job>-prepare-<key>-``: the pods of index ``index`` of that pass's Job.
+    with ``<job>-prep-<key>-``: the pods of index ``index`` of that pass's Job.
     """
     return f"{prepare_pass}-{index}"

@@ -9,6 +9,7 @@ retrying cannot conjure a file the user forgot to upload.
 
 from __future__ import annotations
 
+import contextlib
 import glob as _local_glob
 import os
 import posixpath
@@ -151,6 +152,17 @@ def download_file(path: str, local_path: str) -> None:
         _blob(path).download_to_filename(local_path)
     except NotFound as e:
         raise InputError(f"{path} does not exist") from e
+
+
+def delete(path: str) -> None:
+    """Remove ``path`` if it exists (intermediates a finished pass no longer needs)."""
+    if not is_gcs(path):
+        Path(path).unlink(missing_ok=True)
+        return
+    from google.api_core.exceptions import NotFound
+
+    with contextlib.suppress(NotFound):
+        _blob(path).delete()
 
 
 def _local_tmp_for(path: str) -> Path:

@@ -70,6 +70,7 @@ _PLAIN_KEYS: Final = frozenset(
         "maxLength",
         "minItems",
         "maxItems",
+        "maxProperties",
         "required",
     }
 )
@@ -79,7 +80,8 @@ _FORMATS: Final = frozenset({"date-time"})
 
 _PRINTER_COLUMNS: Final = (
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.stageProgress"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {
@@ -165,6 +167,7 @@ _KEY_ORDER: Final = (
     "pattern",
     "minItems",
     "maxItems",
+    "maxProperties",
     "items",
     "required",
     "properties",

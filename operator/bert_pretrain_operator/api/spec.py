@@ -71,6 +71,42 @@ PREPARE_DEFAULTS: Final = {
 DEFAULT_WARMUP_FRACTION: Final = 0.01
 
 
+#: A Kubernetes quantity as CPU and memory requests use it: 500m, 2, 1.5, 8Gi, 512M.
+QUANTITY_PATTERN: Final = r"^[0-9]+([.][0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
+#: Most prepare worker pods one job may run at once (an explicit spec.data.preparation.workers).
+MAX_PREPARE_WORKERS: Final = 64
+
+
+class CpuResources(RuledModel):
+    """CPU and memory of each pod of a CPU stage. Unset fields take the operator's defaults."""
+
+    cpu: str | None = Field(default=None, max_length=32, pattern=QUANTITY_PATTERN)
+    """cpu is the pod's CPU request (a Kubernetes quantity: 500m, 2, 4). The work of a
+    pod is spread over its CPU cores. Defaults to the operator's setting (2 by default)."""
+    memory: str | None = Field(default=None, max_length=32, pattern=QUANTITY_PATTERN)
+    """memory is the pod's memory request and limit (a Kubernetes quantity: 4Gi,
+    8Gi). A prepare worker holds one chunk of text (chunkBytes) and its word and
+    token tables: about 12 times chunkBytes at its peak. Defaults to the operator's
+    setting (8Gi by default)."""
+
+
+class PreparationSpec(RuledModel):
+    """How the corpus preparation is spread over CPU pods. Only with spec.data.corpus."""
+
+    workers: int | None = Field(default=None, ge=1, le=MAX_PREPARE_WORKERS)
+    """workers is the number of CPU pods of each parallel pass (word counting, instance
+    creation, shard writing). By default it is derived from the corpus' size, as the
+    first pass measures it: one pod per GiB of text (the operator's setting), at most
+    one per chunk, capped by the operator (32 by default). An explicit value wins."""
+    chunk_bytes: int | None = Field(default=None, ge=1024, le=4 * 2**30)
+    """chunkBytes is the text a pod reads and processes at once; files larger than a
+    chunk are split at document boundaries. The random next sentences of
+    next-sentence prediction are drawn from the same chunk. Defaults to 268435456
+    (256 MiB)."""
+    resources: CpuResources | None = None
+    """resources are each preparation pod's CPU and memory."""
+
+
 #: Settings of vocabulary training (camelCase): not allowed with a given vocabulary.
 _VOCAB_TRAINING_FIELDS: Final = ("vocabSize", "minFrequency")
 #: Settings of corpus preparation (camelCase): not allowed with prepared tfrecords.
@@ -80,6 +116,7 @@ _PREPARE_ONLY_FIELDS: Final = (
     "dupeFactor",
     "shortSeqProb",
     "wholeWordMasking",
+    "preparation",
 )
 
 
@@ -133,6 +170,9 @@ class DataSpec(RuledModel):
     whole_word_masking: bool | None = None
     """wholeWordMasking masks all WordPieces of a word together. Only with corpus.
     Defaults to false."""
+    preparation: PreparationSpec | None = None
+    """preparation spreads the corpus preparation over CPU pods: how many, how much
+    text each holds at once, their CPU and memory. Only with corpus."""
 
     rules: ClassVar[tuple[Rule[DataSpec], ...]] = (
         Rule(
@@ -457,6 +497,8 @@ class ExportSpec(RuledModel):
     """huggingFace writes a HuggingFace transformers BERT directory (config.json,
     model weights, vocab.txt, tokenizer config) under spec.output/export/. When
     false the job ends after training."""
+    resources: CpuResources | None = None
+    """resources are the export pod's CPU and memory; it loads the whole model on CPU."""
 
 
 class RunPolicy(RuledModel):

@@ -1,7 +1,8 @@
 """``BertPretrainJob.status``: what the operator and the trainer report.
 
 The operator owns everything but ``progress``, which worker 0 of the training
-Job merge-patches (fields named in ``bert_trainer.contract.PROGRESS_FIELDS``).
+Job merge-patches (fields named in ``bert_trainer.contract.PROGRESS_FIELDS``),
+and ``preparation.reports``, where each preparation pod writes its own entry.
 Unlike the spec, status models ignore unknown fields when parsing, so an
 operator reading a status written by a newer version does not fail; the API
 server prunes fields the schema does not know anyway, except under ``kopf``.
@@ -107,6 +108,58 @@ class TrainingProgress(_StatusModel):
     """updatedTime is when the trainer last wrote this progress."""
 
 
+class PreparationReport(_StatusModel):
+    """What one pod of a preparation pass reported (it may write only its own entry)."""
+
+    bytes_done: int | None = Field(default=None, ge=0)
+    """bytesDone is the text this pod has processed."""
+    bytes_total: int | None = Field(default=None, ge=0)
+    """bytesTotal is the text this pod processes in this pass (the whole corpus for plan)."""
+    chunks_done: int | None = Field(default=None, ge=0)
+    """chunksDone is the chunks (shards, in the shards pass) this pod has finished."""
+    chunks_total: int | None = Field(default=None, ge=0)
+    """chunksTotal is the chunks (shards) of this pod (of the whole corpus, for plan)."""
+    files: int | None = Field(default=None, ge=0)
+    """files is the number of corpus files (plan only)."""
+    instances: int | None = Field(default=None, ge=0)
+    """instances is the pretraining instances this pod has written."""
+    vocab_size: int | None = Field(default=None, ge=0)
+    """vocabSize is the size of the vocabulary (vocab only)."""
+    done: bool | None = None
+    """done is true once the pod finished its part of the pass."""
+    updated_time: datetime | None = None
+    """updatedTime is when the pod wrote this report."""
+
+
+#: Most entries of status.preparation.reports: every pass of the largest preparation.
+MAX_PREPARATION_REPORTS: Final = 512
+
+
+class PreparationStatus(_StatusModel):
+    """The corpus preparation: its passes, its scale and how far it got."""
+
+    current_pass: str | None = Field(default=None, alias="pass", max_length=16)
+    """pass is the preparation pass running now (or the last one): plan, count,
+    vocab, records or shards."""
+    workers: int | None = Field(default=None, ge=0)
+    """workers is the number of pods of the parallel passes."""
+    files: int | None = Field(default=None, ge=0)
+    """files is the number of corpus files."""
+    bytes: int | None = Field(default=None, ge=0)
+    """bytes is the corpus' size."""
+    chunks: int | None = Field(default=None, ge=0)
+    """chunks is the number of chunks the corpus was cut into."""
+    bytes_done: int | None = Field(default=None, ge=0)
+    """bytesDone is the text the current pass has processed, over all its pods."""
+    instances: int | None = Field(default=None, ge=0)
+    """instances is the number of pretraining instances written."""
+    reports: dict[str, PreparationReport] | None = Field(
+        default=None, json_schema_extra={"maxProperties": MAX_PREPARATION_REPORTS}
+    )
+    """reports holds each preparation pod's own report, keyed <pass>-<index>; the
+    operator sums them into the fields above."""
+
+
 class BertPretrainJobStatus(_StatusModel):
     """BertPretrainJobStatus is the observed state of a BertPretrainJob."""
 
@@ -131,6 +184,12 @@ class BertPretrainJobStatus(_StatusModel):
     """restarts counts training attempts restarted after preemption or node failure."""
     progress: TrainingProgress | None = None
     """progress is the trainer's latest report."""
+    preparation: PreparationStatus | None = None
+    """preparation is the corpus preparation's progress (with spec.data.corpus)."""
+    stage_progress: str | None = Field(default=None, max_length=256)
+    """stageProgress says in a few words how far the running stage is (kubectl get's
+    Progress column): the preparation pass and its bytes or shards, or the
+    training step."""
     start_time: datetime | None = None
     """startTime is when the operator started the first stage. Once set, spec.data,
     spec.model, spec.tpu, spec.output and spec.training.globalBatchSize/optimizer

@@ -27,8 +27,10 @@ from bert_pretrain_operator.api import (
     Condition,
     ConditionStatus,
     Phase,
+    PreparationStatus,
     StageJobs,
 )
+from bert_pretrain_operator.reconcile import preparation
 from bert_pretrain_operator.reconcile.observe import (
     Failure,
     JobState,
@@ -37,6 +39,7 @@ from bert_pretrain_operator.reconcile.observe import (
 )
 from bert_pretrain_operator.render import names
 from bert_pretrain_operator.render.trainer_config import needs_prepare
+from bert_trainer import contract
 
 # Condition types (positive polarity, as Kubernetes conventions ask).
 PREPARED: Final = "Prepared"
@@ -65,7 +68,9 @@ class Decision:
 
     status: BertPretrainJobStatus
     create: tuple[tuple[Stage, int], ...] = ()
-    """Stages to create: (stage, attempt); attempt is 0 for prepare and export."""
+    """Stages to create: (stage, n); n is the training attempt, the index of the
+    preparation pass in ``contract.PREPARE_PASSES``, or 0 for export. The objects are
+    rendered from the job with this decision's status (it holds the worker count)."""
     delete_jobs: tuple[str, ...] = ()
     delete_self: bool = False
     events: tuple[Event, ...] = ()
@@ -139,7 +144,7 @@ def _seconds(delta: dt.timedelta) -> float:
 
 
 def _active_jobs(observed: Observed) -> list[str]:
-    jobs = [observed.prepare, observed.export, *observed.train.values()]
+    jobs = [*observed.prepare.values(), observed.export, *observed.train.values()]
     return [
         j.name
         for j in jobs
@@ -147,7 +152,12 @@ def _active_jobs(observed: Observed) -> list[str]:
     ]
 
 
-def decide(job: BertPretrainJob, observed: Observed, now: dt.datetime) -> Decision:
+def decide(
+    job: BertPretrainJob,
+    observed: Observed,
+    now: dt.datetime,
+    scale: preparation.Scale = preparation.DEFAULT_SCALE,
+) -> Decision:
     """The next status and actions for ``job``; pure and idempotent."""
     b = _Builder(job, now, job.status or BertPretrainJobStatus())
     b.set(observed_generation=job.metadata.generation)
@@ -188,14 +198,14 @@ def decide(job: BertPretrainJob, observed: Observed, now: dt.datetime) -> Decisi
             return b.build()
         b.requeue_after = policy.active_deadline_seconds - elapsed
 
-    if needs_prepare(job) and not _cpu_stage(b, _PREPARE, observed.prepare):
+    if needs_prepare(job) and not _prepare(b, observed, scale):
         return b.build()
     if not _train(b, observed):
         return b.build()
     if job.spec.export.hugging_face and not _cpu_stage(b, _EXPORT, observed.export):
         return b.build()
     b.phase(Phase.SUCCEEDED)
-    b.set(completion_time=now)
+    b.set(completion_time=now, stage_progress="done")
     b.condition(SUCCEEDED, True, "Succeeded", "every stage completed")
     b.event(
         "Normal",
@@ -241,11 +251,11 @@ def _stage_in_progress(b: _Builder, child: ObservedJob, cond: str, what: str) ->
         b.condition(cond, False, child.state.value, f"{what} {child.state.value.lower()}")
 
 
-def _failed_stage(b: _Builder, failure: Failure | None, stage: str) -> None:
+def _failed_stage(b: _Builder, failure: Failure | None, stage: str, job: str) -> None:
     if failure is None:
-        b.fail(f"{stage.capitalize()}Failed", f"the {stage} Job failed")
+        b.fail(f"{stage.capitalize()}Failed", f"the {stage} Job {job} failed")
     elif failure.retriable:
-        b.fail(f"{stage.capitalize()}Failed", f"the {stage} Job failed: {failure.message}")
+        b.fail(f"{stage.capitalize()}Failed", f"the {stage} Job {job} failed: {failure.message}")
     else:
         b.fail(failure.reason, failure.message)
 
@@ -261,9 +271,6 @@ class _CpuStage:
     done_message: str
 
 
-_PREPARE = _CpuStage(
-    "prepare", Phase.PREPARING, PREPARED, "Preparing", "vocabulary and TFRecords are in GCS"
-)
 _EXPORT = _CpuStage(
     "export", Phase.EXPORTING, EXPORTED, "Exporting", "the HuggingFace checkpoint is in GCS"
 )
@@ -271,10 +278,11 @@ _EXPORT = _CpuStage(
 
 def _cpu_stage(b: _Builder, spec: _CpuStage, child: ObservedJob | None) -> bool:
     """Run a CPU stage's Job; True once it succeeded."""
-    name = (names.prepare_job if spec.stage == "prepare" else names.export_job)(_name(b))
+    name = names.export_job(_name(b))
     if child is None:
         b.create.append((spec.stage, 0))
         b.jobs(**{spec.stage: name})
+        b.set(stage_progress="exporting the HuggingFace checkpoint")
         b.phase(spec.phase)
         b.condition(spec.condition, False, "Creating", f"creating the {spec.stage} Job {name}")
         b.event("Normal", spec.started_reason, f"created the {spec.stage} Job {name}")
@@ -285,11 +293,103 @@ def _cpu_stage(b: _Builder, spec: _CpuStage, child: ObservedJob | None) -> bool:
             b.event("Normal", spec.condition, f"the {spec.stage} Job {name} succeeded")
         return True
     if child.state is JobState.FAILED:
-        _failed_stage(b, child.failure, spec.stage)
+        _failed_stage(b, child.failure, spec.stage, name)
         return False
     b.phase(spec.phase)
     _stage_in_progress(b, child, spec.condition, f"the {spec.stage} Job {name} is")
     return False
+
+
+def _prepare(b: _Builder, observed: Observed, scale: preparation.Scale) -> bool:
+    """Run the preparation's passes one after the other; True once the last succeeded."""
+    job = b.job
+    status = preparation.measured(b.status.preparation or PreparationStatus())
+    workers = status.workers or preparation.workers(
+        job, preparation.report(status, "plan", 0), scale
+    )
+    passes = preparation.passes(job)
+    for position, prepare_pass in enumerate(passes):
+        name = names.prepare_job(_name(b), prepare_pass)
+        pods = preparation.pass_pods(prepare_pass, workers or 1)
+        child = observed.prepare.get(prepare_pass)
+        if child is not None and child.state is JobState.SUCCEEDED:
+            continue
+        if child is None:
+            if prepare_pass != "plan" and workers is None:
+                # plan's Job completed after its pod's final report was stored; this
+                # copy of the job predates it. Its status event brings the report.
+                b.set(preparation=status)
+                b.condition(
+                    PREPARED, False, "Planning", "waiting for the plan pass' report of the corpus"
+                )
+                return False
+            status = status.model_copy(update={"workers": workers} if workers else {})
+            b.set(preparation=preparation.totals(status, prepare_pass, pods))
+            b.create.append(("prepare", contract.PREPARE_PASSES.index(prepare_pass)))
+            b.jobs(prepare=name)
+            b.phase(Phase.PREPARING)
+            done = f"{passes[position - 1]} finished; " if position else ""
+            b.condition(
+                PREPARED,
+                False,
+                "Creating",
+                f"{done}creating the {prepare_pass} pass Job {name} ({pods} pod(s))",
+            )
+            b.event(
+                "Normal",
+                "Preparing",
+                f"{done}{_measure(status) if prepare_pass != 'plan' else ''}"
+                f"pass {position + 1} of {len(passes)} ({prepare_pass}): created the Job "
+                f"{name} with {pods} pod(s)",
+            )
+            b.set(
+                stage_progress=preparation.summary(
+                    b.status.preparation or status, prepare_pass, pods
+                )
+            )
+            return False
+        status = preparation.totals(status, prepare_pass, pods)
+        b.set(preparation=status, stage_progress=preparation.summary(status, prepare_pass, pods))
+        if child.state is JobState.FAILED:
+            _failed_stage(b, child.failure, "prepare", name)
+            return False
+        b.phase(Phase.PREPARING)
+        finished = preparation.pods_done(status, prepare_pass, pods)
+        _stage_in_progress(
+            b,
+            child,
+            PREPARED,
+            f"pass {position + 1} of {len(passes)} ({prepare_pass}, {finished}/{pods} pod(s) "
+            "done): "
+            f"the Job {name} is",
+        )
+        return False
+    if not _is_true(b, PREPARED):
+        status = preparation.totals(status, passes[-1], 0)
+        b.set(preparation=status)
+        b.condition(
+            PREPARED,
+            True,
+            PREPARED,
+            f"vocabulary and {status.instances or 0:,} instances in "
+            f"{preparation.NUM_SHARDS} TFRecord shards are in GCS",
+        )
+        b.event(
+            "Normal",
+            PREPARED,
+            f"the preparation wrote {status.instances or 0:,} instances "
+            f"with {status.workers or 1} worker(s)",
+        )
+    return True
+
+
+def _measure(status: PreparationStatus) -> str:
+    if status.bytes is None:
+        return ""
+    return (
+        f"the corpus has {status.files} file(s), {status.bytes:,} bytes in "
+        f"{status.chunks} chunk(s); "
+    )
 
 
 def _train(b: _Builder, observed: Observed) -> bool:
@@ -358,6 +458,10 @@ def _train(b: _Builder, observed: Observed) -> bool:
         )
     else:
         _stage_in_progress(b, child, TRAINED, f"training attempt {attempt} ({child.name}) is")
+    progress = b.status.progress
+    if progress is not None and progress.step is not None:
+        total = progress.total_steps or job.spec.training.train_steps
+        b.set(stage_progress=f"step {progress.step}/{total}")
     return False
 
 
@@ -368,6 +472,7 @@ def _start_attempt(b: _Builder, attempt: int, reason: str, message: str) -> None
     b.jobs(train=name)
     b.phase(Phase.TRAINING)
     b.condition(TRAINED, False, "Creating", f"{message}: creating {name}")
+    b.set(stage_progress=f"training attempt {attempt} starting")
     b.event("Normal", reason, f"{message} ({name})")
 
 

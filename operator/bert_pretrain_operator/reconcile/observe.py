@@ -75,7 +75,8 @@ class ObservedJob:
 class Observed:
     """Everything the operator read about a job's children in one reconcile."""
 
-    prepare: ObservedJob | None = None
+    prepare: Mapping[str, ObservedJob] = field(default_factory=dict)
+    """The preparation's Jobs by pass (``contract.PREPARE_PASSES``)."""
     train: Mapping[int, ObservedJob] = field(default_factory=dict)
     export: ObservedJob | None = None
 
@@ -242,7 +243,8 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
         job_name = pod.get("metadata", {}).get("labels", {}).get("job-name")
         if job_name:
             pods_by_job.setdefault(job_name, []).append(pod)
-    prepare = export = None
+    export = None
+    prepare: dict[str, ObservedJob] = {}
     train: dict[int, ObservedJob] = {}
     for job in jobs:
         meta = job.get("metadata", {})
@@ -254,7 +256,8 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
         )
         stage = labels.get(names.LABEL_STAGE)
         if stage == names.STAGE_PREPARE:
-            prepare = observed
+            if labels.get(names.LABEL_PASS) in contract.PREPARE_PASSES:
+                prepare[labels[names.LABEL_PASS]] = observed
         elif stage == names.STAGE_EXPORT:
             export = observed
         elif stage == names.STAGE_TRAIN:

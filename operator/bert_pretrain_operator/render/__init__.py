@@ -14,9 +14,11 @@ from bert_pretrain_operator.render import workloads
 from bert_pretrain_operator.render.trainer_config import (
     ResolvedInputs,
     needs_prepare,
+    preparation_passes,
     trainer_config,
 )
 from bert_pretrain_operator.settings import Settings
+from bert_trainer import contract
 
 Manifest = dict[str, Any]
 
@@ -27,9 +29,13 @@ UID_PLACEHOLDER = "<uid of the BertPretrainJob>"
 def render_stage(
     job: BertPretrainJob, settings: Settings, stage: str, attempt: int
 ) -> list[Manifest]:
-    """The objects one stage needs besides the shared ConfigMap."""
+    """The objects one stage needs besides the shared ConfigMap.
+
+    ``attempt`` is the training attempt, or for prepare the pass' index in
+    ``contract.PREPARE_PASSES``.
+    """
     if stage == "prepare":
-        return [workloads.prepare_job(job, settings)]
+        return [workloads.prepare_job(job, settings, contract.PREPARE_PASSES[attempt])]
     if stage == "export":
         return [workloads.export_job(job, settings)]
     objects = []
@@ -58,7 +64,10 @@ def render_all(
     )
     objects = [workloads.config_map(job, config)]
     if needs_prepare(job):
-        objects += render_stage(job, settings, "prepare", 0)
+        for prepare_pass in preparation_passes(job):
+            objects += render_stage(
+                job, settings, "prepare", contract.PREPARE_PASSES.index(prepare_pass)
+            )
     objects += render_stage(job, settings, "train", 1)
     if job.spec.export.hugging_face:
         objects += render_stage(job, settings, "export", 0)

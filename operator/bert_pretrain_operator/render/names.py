@@ -19,6 +19,8 @@ LABEL_STAGE: Final = LABEL_PREFIX + "stage"
 """Value: prepare, train or export."""
 LABEL_ATTEMPT: Final = LABEL_PREFIX + "attempt"
 """Value: the training attempt (1, 2, ...) of a train Job and its pods."""
+LABEL_PASS: Final = LABEL_PREFIX + "pass"
+"""Value: the preparation pass (``contract.PREPARE_PASSES``) of a prepare Job and its pods."""
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "bert-pretrain-operator"
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
@@ -32,8 +34,11 @@ def config_map(job: str) -> str:
     return f"{job}-trainer-config"
 
 
-def prepare_job(job: str) -> str:
-    return f"{job}-prepare"
+def prepare_job(job: str, prepare_pass: str) -> str:
+    """One pass's Indexed Job. Short: the Job controller cuts a pod's generated name at
+    58 characters, and the progress policy matches ``<job>-prep-<pass>-<index>-`` in it
+    (a 40-character job name, the longest pass and a two-digit index make 57)."""
+    return f"{job}-prep-{prepare_pass}"
 
 
 def train_job(job: str, attempt: int) -> str:
@@ -49,10 +54,17 @@ def workers_service(job: str) -> str:
     return f"{job}-workers"
 
 
-def child_labels(job: str, stage: str | None = None, attempt: int | None = None) -> dict[str, str]:
+def child_labels(
+    job: str,
+    stage: str | None = None,
+    attempt: int | None = None,
+    prepare_pass: str | None = None,
+) -> dict[str, str]:
     labels = {LABEL_JOB: job, LABEL_MANAGED_BY: MANAGED_BY}
     if stage is not None:
         labels[LABEL_STAGE] = stage
     if attempt is not None:
         labels[LABEL_ATTEMPT] = str(attempt)
+    if prepare_pass is not None:
+        labels[LABEL_PASS] = prepare_pass
     return labels

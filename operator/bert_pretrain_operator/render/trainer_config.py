@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass
 
 from bert_pretrain_operator.api import BertPretrainJob, Dimensions
+from bert_trainer import contract
 from bert_trainer.config import (
     BertModelConfig,
     ExportConfig,
@@ -45,6 +46,8 @@ class OutputLayout:
     tfrecords_glob: str
     tfrecords_dir: str | None
     """Directory the prepare stage writes records to; None when records are given."""
+    prepare_work: str
+    """The preparation's intermediates: its plan, word counts and record fragments."""
     checkpoints: str
     summaries: str
     export: str
@@ -67,6 +70,7 @@ def layout(job: BertPretrainJob) -> OutputLayout:
         vocab=vocab,
         tfrecords_glob=spec.data.tfrecords or f"{records_dir}/*.tfrecord",
         tfrecords_dir=records_dir,
+        prepare_work=out + "/prepare",
         checkpoints=out + "/checkpoints",
         summaries=out + "/summaries",
         export=out + "/export/huggingface",
@@ -81,6 +85,13 @@ def needs_prepare(job: BertPretrainJob) -> bool:
 
 def vocab_is_trained(job: BertPretrainJob) -> bool:
     return needs_prepare(job) and not job.spec.data.vocab and not job.spec.model.init_checkpoint
+
+
+def preparation_passes(job: BertPretrainJob) -> tuple[str, ...]:
+    """The preparation passes this job runs, in order: count and vocab only when a
+    vocab is trained (``reconcile.preparation``)."""
+    trained = vocab_is_trained(job)
+    return tuple(p for p in contract.PREPARE_PASSES if trained or p not in ("count", "vocab"))
 
 
 def model_config(job: BertPretrainJob, resolved: ResolvedInputs) -> BertModelConfig:
@@ -133,6 +144,12 @@ def trainer_config(
             if vocab_is_trained(job)
             else spec.output.rstrip("/") + "/vocab.txt",
             output_tfrecords=paths.tfrecords_dir,
+            work_dir=paths.prepare_work,
+            **(
+                {"chunk_bytes": data.preparation.chunk_bytes}
+                if data.preparation and data.preparation.chunk_bytes
+                else {}
+            ),
         )
     model = model_config(job, resolved)
     training = spec.training

@@ -1,8 +1,12 @@
 """The Kubernetes objects of a job's stages, as plain dicts (pure functions).
 
-- prepare / export: a batch/v1 Job on CPU nodes. Its podFailurePolicy fails the
-  Job at once on the trainer's bad-input exit code (retrying cannot help) and
-  does not count pod disruptions against the retry budget.
+- prepare: one Indexed Job per pass (``reconcile.preparation``) on CPU nodes, each
+  pod ``prepare --pass P --workers N`` on its index's share. A failed pod is
+  retried on its own index (backoffLimitPerIndex): the other indexes' work stands.
+- export: a batch/v1 Job on CPU nodes.
+- Both: the podFailurePolicy fails the Job at once on the trainer's bad-input exit
+  code (retrying cannot help) and does not count pod disruptions against the
+  retry budget.
 - train: an Indexed Job with one pod per TPU VM of the slice
   (completions = parallelism = VMs, backoffLimit 0). A failed attempt is
   replaced by a new Job (the operator counts restarts), so the whole slice
@@ -24,10 +28,11 @@ from typing import Any, Final
 
 from bert_pretrain_operator import tpu_catalogue
 from bert_pretrain_operator.api import BertPretrainJob
+from bert_pretrain_operator.api.spec import CpuResources
 from bert_pretrain_operator.render import names
 from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
-from bert_trainer.config import TrainerConfig
+from bert_trainer.config import PrepareConfig, TrainerConfig
 
 Manifest = dict[str, Any]
 
@@ -39,6 +44,10 @@ COMPLETION_INDEX_ANNOTATION: Final = "batch.kubernetes.io/job-completion-index"
 #: Retries of the CPU stages on failures that are not bad input (e.g. a lost node).
 CPU_STAGE_BACKOFF_LIMIT: Final = 2
 CONTAINER_NAME: Final = "trainer"
+#: Output shards of a prepared corpus (the trainer's default).
+NUM_SHARDS: Final[int] = PrepareConfig.model_fields["num_shards"].default
+#: Preparation passes that run on a single pod whatever the worker count.
+SINGLE_POD_PASSES: Final = frozenset({"plan", "vocab"})
 CONFIG_KEY: Final = "config.json"
 
 
@@ -137,20 +146,43 @@ def _pod_spec(job: BertPretrainJob, settings: Settings, container: dict[str, Any
     }
 
 
-def _cpu_stage_job(job: BertPretrainJob, settings: Settings, stage: str, name: str) -> Manifest:
-    owner = job.metadata.name
-    assert owner
-    labels = names.child_labels(owner, stage)
-    resources = {
-        "requests": {"cpu": settings.prepare_cpu, "memory": settings.prepare_memory},
-        "limits": {"memory": settings.prepare_memory},
-    }
+def _cpu_resources(settings: Settings, given: CpuResources | None) -> dict[str, Any]:
+    cpu = (given and given.cpu) or settings.prepare_cpu
+    memory = (given and given.memory) or settings.prepare_memory
+    # A memory limit equal to the request: a worker over it is OOMKilled on its own,
+    # instead of pressuring its node. No CPU limit: throttling only slows the pass.
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+
+
+def _cpu_stage_job(
+    job: BertPretrainJob,
+    settings: Settings,
+    stage: str,
+    name: str,
+    *,
+    resources: dict[str, Any],
+    labels: dict[str, str],
+    args: list[str] | None = None,
+    pods: int | None = None,
+) -> Manifest:
+    container = _container(job, settings, stage, resources)
+    container["args"] += args or []
+    spec: dict[str, Any] = {"backoffLimit": CPU_STAGE_BACKOFF_LIMIT}
+    if pods is not None:
+        spec = {
+            "completionMode": "Indexed",
+            "completions": pods,
+            "parallelism": pods,
+            # Each index retries on its own: a lost pod reruns its share, not the pass.
+            "backoffLimitPerIndex": CPU_STAGE_BACKOFF_LIMIT,
+            "maxFailedIndexes": 0,
+        }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": _metadata(job, name, labels),
         "spec": {
-            "backoffLimit": CPU_STAGE_BACKOFF_LIMIT,
+            **spec,
             "podFailurePolicy": {
                 "rules": [
                     {
@@ -169,20 +201,62 @@ def _cpu_stage_job(job: BertPretrainJob, settings: Settings, stage: str, name: s
             },
             "template": {
                 "metadata": {"labels": labels},
-                "spec": _pod_spec(job, settings, _container(job, settings, stage, resources)),
+                "spec": _pod_spec(job, settings, container),
             },
         },
     }
 
 
-def prepare_job(job: BertPretrainJob, settings: Settings) -> Manifest:
-    assert job.metadata.name
-    return _cpu_stage_job(job, settings, names.STAGE_PREPARE, names.prepare_job(job.metadata.name))
+def pass_pods(prepare_pass: str, workers: int) -> int:
+    """Pods of one preparation pass's Indexed Job."""
+    if prepare_pass in SINGLE_POD_PASSES:
+        return 1
+    if prepare_pass == "shards":
+        return min(workers, NUM_SHARDS)
+    return workers
+
+
+def prepare_workers(job: BertPretrainJob) -> int:
+    """The worker count the operator decided (status.preparation.workers), else the spec's.
+
+    ``bpj render`` renders a job before any pass ran: without an explicit count it
+    shows one worker, as a corpus smaller than the operator's bytes per worker gets.
+    """
+    decided = job.status.preparation.workers if job.status and job.status.preparation else None
+    given = job.spec.data.preparation.workers if job.spec.data.preparation else None
+    return decided or given or 1
+
+
+def prepare_job(job: BertPretrainJob, settings: Settings, prepare_pass: str) -> Manifest:
+    owner = job.metadata.name
+    assert owner
+    if prepare_pass not in contract.PREPARE_PASSES:
+        raise ValueError(f"{prepare_pass!r} is not one of {contract.PREPARE_PASSES}")
+    workers = prepare_workers(job)
+    given = job.spec.data.preparation.resources if job.spec.data.preparation else None
+    return _cpu_stage_job(
+        job,
+        settings,
+        names.STAGE_PREPARE,
+        names.prepare_job(owner, prepare_pass),
+        resources=_cpu_resources(settings, given),
+        labels=names.child_labels(owner, names.STAGE_PREPARE, prepare_pass=prepare_pass),
+        args=["--pass", prepare_pass, "--workers", str(workers)],
+        pods=pass_pods(prepare_pass, workers),
+    )
 
 
 def export_job(job: BertPretrainJob, settings: Settings) -> Manifest:
-    assert job.metadata.name
-    return _cpu_stage_job(job, settings, names.STAGE_EXPORT, names.export_job(job.metadata.name))
+    owner = job.metadata.name
+    assert owner
+    return _cpu_stage_job(
+        job,
+        settings,
+        names.STAGE_EXPORT,
+        names.export_job(owner),
+        resources=_cpu_resources(settings, job.spec.export.resources),
+        labels=names.child_labels(owner, names.STAGE_EXPORT),
+    )
 
 
 def slice_shape(job: BertPretrainJob) -> tpu_catalogue.SliceShape:

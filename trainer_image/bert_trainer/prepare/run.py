@@ -40,16 +40,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bert_trainer import storage
+from bert_trainer import contract, storage
 from bert_trainer.config import PrepareConfig
 from bert_trainer.prepare import (
     documents,
-    instances,
     masking,
     parallel,
     shards,
     source,
-    tasks,
     vocab,
     words,
 )
@@ -83,83 +81,35 @@ class PrepareResult:
 
 
 def run_prepare(config: PrepareConfig) -> PrepareResult:
-    started = time.perf_counter()
-    workers = config.workers or parallel.cpu_count()
-    files = _expand(config.corpus)
-    chunks = source.plan_chunks(source.sizes(files), config.chunk_bytes)
-    log.info(
-        "planned corpus chunks",
-        extra={"files": len(files), "chunks": len(chunks), "chunk_bytes": config.chunk_bytes},
-    )
-    tokens = _vocab(config, chunks, workers)
-    special = _special_ids(tokens)
+    """Every pass (``distributed``) with one worker, in this process.
 
+    With no ``work_dir`` the intermediates go to a local temporary directory.
+    """
+    from bert_trainer.prepare import distributed, workdir
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bert-prepare-") as scratch:
+        if config.work_dir is None:
+            config = config.model_copy(update={"work_dir": scratch})
+        assert config.work_dir is not None
+        passes = [p for p in contract.PREPARE_PASSES if config.vocab is None or p != "count"]
+        reports = {p: distributed.run_pass(config, p, 0, 1) for p in passes}
+        plan = workdir.Plan.from_json(storage.read_text(workdir.plan_path(config.work_dir)))
+        stats = distributed.chunk_stats(config, plan)
+    elapsed = time.perf_counter() - started
     destinations = tuple(
         storage.join(config.output_tfrecords, shards.shard_name(i, config.num_shards))
         for i in range(config.num_shards)
     )
-    totals = np.zeros(4, dtype=np.int64)
-    sentence_count = document_count = sentence_kept = token_count = 0
-    with (
-        tempfile.TemporaryDirectory(prefix="bert-prepare-") as scratch,
-        shards.Dealer(scratch, config.num_shards) as dealer,
-    ):
-        for chunk in chunks:
-            corpus, lines = _tokenize_chunk(chunk, config.lowercase, tokens, workers)
-            sentence_count += lines
-            document_count += corpus.num_documents
-            sentence_kept += corpus.num_sentences
-            token_count += corpus.num_tokens
-            log.info(
-                "tokenized chunk",
-                extra={
-                    "chunk": chunk.index,
-                    "chunks": len(chunks),
-                    "documents": corpus.num_documents,
-                    "tokens": corpus.num_tokens,
-                },
-            )
-            if corpus.num_documents == 0:
-                continue
-            shared = tasks.Shared(
-                token_ids=corpus.token_ids,
-                layout=instances.Layout(
-                    sentence_starts=corpus.sentence_starts.tolist(),
-                    document_starts=corpus.document_starts.tolist(),
-                ),
-                special=special,
-                config=config,
-            )
-            plan = tasks.plan(corpus, config.dupe_factor, chunk.index)
-            del corpus
-            with parallel.pool(shared, workers) as imap:
-                for done in imap(tasks.run_task, plan):
-                    dealer.deal(done.groups, done.group_sizes)
-                    totals += (done.instances, done.tokens, done.masked, done.random_next)
-            del shared
-        if sentence_count == 0:
-            raise InputError(f"the corpus {', '.join(config.corpus)} holds no text")
-        if document_count == 0:
-            raise InputError(f"the corpus {', '.join(config.corpus)} tokenizes to nothing")
-        seeds = [
-            tasks.seed_sequence(config.seed, tasks.SHARD_STREAM, i)
-            for i in range(config.num_shards)
-        ]
-        jobs = dealer.jobs(destinations, seeds)
-        with parallel.pool(None, min(workers, config.num_shards)) as imap:
-            for _ in imap(shards.write_shard, jobs):
-                pass
-
-    elapsed = time.perf_counter() - started
     result = PrepareResult(
-        documents=document_count,
-        sentences=sentence_kept,
-        corpus_tokens=token_count,
-        vocab_size=len(tokens),
-        instances=int(totals[0]),
-        tokens=int(totals[1]),
-        masked=int(totals[2]),
-        random_next=int(totals[3]),
+        documents=sum(s.documents for s in stats),
+        sentences=sum(s.sentences for s in stats),
+        corpus_tokens=sum(s.corpus_tokens for s in stats),
+        vocab_size=reports["vocab"]["vocabSize"],
+        instances=sum(s.instances for s in stats),
+        tokens=sum(s.tokens for s in stats),
+        masked=sum(s.masked for s in stats),
+        random_next=sum(s.random_next for s in stats),
         shards=destinations,
         elapsed_seconds=elapsed,
     )
@@ -178,7 +128,7 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
     return result
 
 
-def _tokenize_chunk(
+def tokenize_chunk(
     chunk: source.Chunk, lowercase: bool, tokens: list[str], workers: int
 ) -> tuple[documents.Corpus, int]:
     """The chunk's corpus, and how many non-blank lines it had."""
@@ -207,7 +157,7 @@ def count_words(
     return counts, lines
 
 
-def _expand(patterns: Sequence[str]) -> list[str]:
+def expand(patterns: Sequence[str]) -> list[str]:
     files: list[str] = []
     for pattern in patterns:
         matched = storage.glob(pattern)
@@ -238,17 +188,21 @@ def _split_words_task(bounds: tuple[int, int]) -> words.Words:
     return words.split_words(shared.text[start:end], lowercase=shared.lowercase)
 
 
-def _vocab(config: PrepareConfig, chunks: Sequence[source.Chunk], workers: int) -> list[str]:
-    if config.vocab is not None:
-        raw = storage.read_bytes(config.vocab)
-        try:
-            tokens = vocab.parse_vocab(raw.decode("utf-8"), config.vocab)
-        except UnicodeDecodeError as e:
-            raise InputError(f"vocab {config.vocab} is not UTF-8 text") from e
-        # Copied byte for byte: later stages compare vocab files.
-        storage.write_bytes(config.output_vocab, raw)
-        return tokens
-    counts, lines = count_words(chunks, config.lowercase, workers)
+def given_vocab(config: PrepareConfig) -> list[str]:
+    """The given vocab's tokens, copied byte for byte to ``output_vocab``."""
+    assert config.vocab is not None
+    raw = storage.read_bytes(config.vocab)
+    try:
+        tokens = vocab.parse_vocab(raw.decode("utf-8"), config.vocab)
+    except UnicodeDecodeError as e:
+        raise InputError(f"vocab {config.vocab} is not UTF-8 text") from e
+    # Copied byte for byte: later stages compare vocab files.
+    storage.write_bytes(config.output_vocab, raw)
+    return tokens
+
+
+def train_and_write_vocab(config: PrepareConfig, counts: dict[str, int], lines: int) -> list[str]:
+    """WordPiece trained on the corpus' word counts (first-appearance order), written out."""
     if lines == 0:
         raise InputError(f"the corpus {', '.join(config.corpus)} holds no text")
     log.info("counted words", extra={"distinct_words": len(counts), "lines": lines})
@@ -258,13 +212,12 @@ def _vocab(config: PrepareConfig, chunks: Sequence[source.Chunk], workers: int) 
         vocab_size=config.vocab_size,
         min_frequency=config.min_frequency,
     )
-    del counts
     storage.write_text(config.output_vocab, vocab.vocab_text(tokens))
     log.info("trained vocab", extra={"vocab_size": len(tokens)})
     return tokens
 
 
-def _special_ids(tokens: list[str]) -> masking.SpecialIds:
+def special_ids(tokens: list[str]) -> masking.SpecialIds:
     ids = vocab.token_ids(tokens)
     return masking.SpecialIds(
         cls=ids[vocab.CLS],

@@ -49,12 +49,13 @@ class ShardJob:
 class Dealer:
     """Appends records round-robin to one spool file per shard."""
 
-    def __init__(self, directory: str, num_shards: int) -> None:
+    def __init__(self, directory: str, num_shards: int, start: int = 0) -> None:
+        """``start`` is the shard the first record goes to (a chunk's own, see ``distributed``)."""
         self.paths = [os.path.join(directory, f"spool-{i}") for i in range(num_shards)]
         self.size_paths = [f"{path}.sizes" for path in self.paths]
         self._files = [open(path, "wb") for path in self.paths]  # noqa: SIM115 (closed in close())
         self._size_files = [open(path, "wb") for path in self.size_paths]  # noqa: SIM115
-        self.dealt = 0
+        self.dealt = start
 
     def deal(self, groups: Sequence[bytes], sizes: Sequence[npt.NDArray[np.int64]]) -> None:
         """Deal a batch given as ``groups[r]``: its records ``r, r + n, r + 2n, ...``.
@@ -70,6 +71,12 @@ class Dealer:
             self._files[shard].write(data)
             self._size_files[shard].write(np.asarray(record_sizes, dtype=np.int64).tobytes())
         self.dealt += sum(len(s) for s in sizes)
+
+    def fragments(self) -> list[tuple[str, str]]:
+        """The spool and sizes file of every shard, flushed (to upload them as they are)."""
+        for f in [*self._files, *self._size_files]:
+            f.flush()
+        return list(zip(self.paths, self.size_paths, strict=True))
 
     def jobs(
         self, destinations: Sequence[str], seeds: Sequence[np.random.SeedSequence]

@@ -84,7 +84,7 @@ class KubernetesStatusSink:
 
     def send(self, progress: Mapping[str, Any]) -> None:
         if self._api is None:
-            self._api = _custom_objects_api()
+            self._api = custom_objects_api()
         self._api.patch_namespaced_custom_object_status(
             group=contract.API_GROUP,
             version=contract.API_VERSION,
@@ -96,7 +96,7 @@ class KubernetesStatusSink:
         )
 
 
-def _custom_objects_api() -> Any:
+def custom_objects_api() -> Any:
     from kubernetes import client, config
 
     cfg = client.Configuration()
