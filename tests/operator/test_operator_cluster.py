@@ -47,6 +47,9 @@ def manifest(bucket: str, name: str, *, records: bool = False, **spec: Any) -> d
             "tfrecords": f"gs://{bucket}/records/*.tfrecord",
             "vocab": f"gs://{bucket}/vocab.txt",
         }
+    else:
+        # KWOK's pods run nothing, so plan never reports the corpus' size: say the workers.
+        doc["spec"]["data"]["preparation"] = {"workers": 2}
     for key, value in spec.items():
         doc["spec"][key] = value
     return copy.deepcopy(doc)
@@ -142,7 +145,7 @@ def test_corpus_job_runs_every_stage_to_succeeded(
     apply(kubectl, namespace, manifest(bucket, "pipeline"))
     st = wait_phase(kubectl, namespace, "pipeline", "Succeeded")
     assert st["jobs"] == {
-        "prepare": "pipeline-prepare",
+        "prepare": "pipeline-prep-shards",
         "train": "pipeline-train-1",
         "export": "pipeline-export",
     }
@@ -153,11 +156,15 @@ def test_corpus_job_runs_every_stage_to_succeeded(
     jobs = kubectl_json(
         kubectl, "get", "jobs", "-n", namespace, "-l", f"{names.LABEL_JOB}=pipeline"
     )["items"]
-    assert sorted(j["metadata"]["name"] for j in jobs) == [
-        "pipeline-export",
-        "pipeline-prepare",
-        "pipeline-train-1",
-    ]
+    assert sorted(j["metadata"]["name"] for j in jobs) == sorted(
+        [
+            "pipeline-export",
+            *(f"pipeline-prep-{p}" for p in ("plan", "count", "vocab", "records", "shards")),
+            "pipeline-train-1",
+        ]
+    )
+    count = next(j for j in jobs if j["metadata"]["name"] == "pipeline-prep-count")
+    assert (count["spec"]["completions"], count["status"]["succeeded"]) == (2, 2)
     expected = {"Started", "Preparing", "Prepared", "Training", "Trained", "Exporting", "Succeeded"}
     reasons: set[str] = set()
 
