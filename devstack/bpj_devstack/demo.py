@@ -169,6 +169,9 @@ def read_status(state: plane.StackState) -> dict[str, Any]:
 def describe(status: dict[str, Any]) -> str:
     progress = status.get("progress") or {}
     parts = [f"phase={status.get('phase', 'Pending')}"]
+    if status.get("phase") == "Preparing" and status.get("stageProgress"):
+        # The preparation's pass and its bytes, shards and instances, as kubectl get shows.
+        parts.append(f"progress={status['stageProgress']!r}")
     if progress.get("step") is not None:
         parts.append(f"step={progress['step']}/{progress.get('totalSteps', '?')}")
     if progress.get("loss") is not None:
@@ -298,6 +301,12 @@ def summarize(
     files = download_export(state, target)
     progress = status.get("progress") or {}
     print("==> Succeeded")
+    prepared = status.get("preparation") or {}
+    print(
+        f"    prepared:        {prepared.get('instances')} instances from "
+        f"{prepared.get('bytes')} bytes of text ({prepared.get('chunks')} chunk(s)), "
+        f"{prepared.get('workers')} worker pod(s) per pass"
+    )
     print(f"    trained steps:   {progress.get('step')} of {progress.get('totalSteps')}")
     print(f"    final loss:      {progress.get('loss')}")
     print(f"    last checkpoint: {progress.get('lastCheckpoint')}")

@@ -48,7 +48,7 @@ class Settings:
     """CPU request of the prepare Job (BPJ_PREPARE_CPU); it uses every core it gets."""
     prepare_memory: str = "8Gi"
     """Memory request and limit of the prepare and export Jobs (BPJ_PREPARE_MEMORY). A
-    prepare worker peaks at about 12 times its chunk of text: 3 GiB for 256 MiB chunks."""
+    prepare worker's peak grows with its chunk of text, not with the corpus."""
     prepare_bytes_per_worker: int = 1 << 30
     """Corpus bytes per prepare worker pod when a job does not set
     spec.data.preparation.workers (BPJ_PREPARE_BYTES_PER_WORKER): four 256 MiB chunks per

@@ -144,3 +144,94 @@ def _upload_corpus(state: plane.StackState, bucket: str) -> None:
         f"b.blob('corpus/corpus.txt').upload_from_filename({str(demo.CORPUS)!r})\n"
     )
     subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, check=True)
+
+
+#: A pod's index in its Indexed Job, as the Job controller annotates it.
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def _pods_of(state: plane.StackState, job: str) -> list[dict[str, Any]]:
+    pods = _kubectl_json(state, "get", "pods", "-n", NAMESPACE, "-l", f"job-name={job}")
+    return list(pods["items"])
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+def test_three_prepare_workers_and_a_lost_pod_that_reruns_only_its_index(
+    slice_stack: plane.StackState,
+) -> None:
+    """Three worker pods per pass prepare the corpus; one killed mid-pass reruns alone."""
+    state = slice_stack
+    bucket = f"prep-{uuid.uuid4().hex[:8]}"
+    _upload_corpus(state, bucket)
+    doc = _job(bucket)
+    doc["metadata"]["name"] = "three-workers"
+    doc["spec"]["output"] = f"gs://{bucket}/runs/three-workers"
+    doc["spec"]["training"].update(trainSteps=2, checkpointEverySteps=2)
+    doc["spec"]["data"]["preparation"] = {
+        "workers": 3,
+        "chunkBytes": 4096,  # the 40 KB corpus makes about ten chunks
+        "resources": {"cpu": "200m", "memory": "1536Mi"},
+    }
+    demo.kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(doc))
+
+    records_job = "three-workers-prep-records"
+    victim: dict[str, Any] = {}
+
+    def victim_running() -> bool:
+        for pod in _pods_of(state, records_job):
+            index = pod["metadata"]["annotations"].get(INDEX)
+            if index == "1" and pod["status"].get("phase") == "Running":
+                victim.update(pod)
+                return True
+        return False
+
+    wait_for(victim_running, 600, "the records pass' index-1 pod to run")
+    reports = (
+        _kubectl_json(state, "get", "bpj", "three-workers", "-n", NAMESPACE)["status"]
+        .get("preparation", {})
+        .get("reports", {})
+    )
+    assert not reports.get("records-1", {}).get("done"), "index 1 finished before it was killed"
+    demo.kubectl(
+        state, "delete", "pod", "-n", NAMESPACE, victim["metadata"]["name"], "--wait=false"
+    )
+
+    def finished() -> bool:
+        status = (
+            _kubectl_json(state, "get", "bpj", "three-workers", "-n", NAMESPACE).get("status") or {}
+        )
+        return status.get("phase") in ("Succeeded", "Failed")
+
+    wait_for(finished, 900, "the three-worker job to finish")
+    job = _kubectl_json(state, "get", "bpj", "three-workers", "-n", NAMESPACE)
+    status = job["status"]
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[-4000:]
+
+    # Every pass ran each index once, except records' index 1: the killed pod and its rerun.
+    for prepare_pass, pods in (("plan", 1), ("count", 3), ("vocab", 1), ("records", 3)):
+        name = f"three-workers-prep-{prepare_pass}"
+        by_index: dict[str, list[str]] = {}
+        for pod in _pods_of(state, name):
+            if pod["metadata"]["uid"] == victim["metadata"]["uid"]:
+                continue  # deleted: gone, or Failed while the Job controller lets it go
+            by_index.setdefault(pod["metadata"]["annotations"][INDEX], []).append(
+                pod["metadata"]["uid"]
+            )
+        # One pod per index that ran to the end: for records' index 1, the rerun.
+        assert {i: len(u) for i, u in by_index.items()} == {str(i): 1 for i in range(pods)}, (
+            name,
+            by_index,
+        )
+    records = _kubectl_json(state, "get", "job", records_job, "-n", NAMESPACE)
+    assert records["status"]["succeeded"] == 3
+
+    prep = status["preparation"]
+    assert (prep["workers"], prep["files"]) == (3, 1)
+    assert prep["chunks"] >= 6 and prep["bytes"] == demo.CORPUS.stat().st_size
+    assert prep["instances"] == sum(prep["reports"][f"records-{i}"]["instances"] for i in range(3))
+    assert prep["instances"] > 0
+    assert all(r["done"] for r in prep["reports"].values())
+    shards = _kubectl_json(state, "get", "job", "three-workers-prep-shards", "-n", NAMESPACE)
+    assert shards["spec"]["completions"] == 3
+    assert status["progress"]["step"] == 2
