@@ -178,7 +178,7 @@ def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
                     },
                     {
                         "expression": "!variables.preparePod || "
-                        "object.status.?progress == oldObject.status.?progress",
+                        "object.?status.?progress == oldObject.?status.?progress",
                         "message": "a preparation pod may not write status.progress",
                         "reason": "Forbidden",
                     },

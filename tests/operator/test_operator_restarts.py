@@ -365,7 +365,7 @@ def test_operator_killed_repeatedly_leaves_no_duplicate_children(
         time.sleep(rng.uniform(0.2, 1.5))
 
     previous = "None"  # no status yet
-    for stage_phase, stage, child, series in STAGES:
+    for stage_phase, _stage, child, series in STAGES:
         run_and_kill(child, "child Job seen", child_seen(child))
         assert kills[-1].phase in (previous, stage_phase), kills
         if series:

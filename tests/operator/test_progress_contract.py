@@ -13,7 +13,7 @@ from bert_pretrain_operator.rbac import progress_policy
 from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
 from bpj_devstack import plane
-from tests.support import Kubectl
+from tests.support import Kubectl, kubectl_json
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -125,3 +125,46 @@ def test_trainer_token_patches_only_its_own_jobs_progress(
         check=False,
     )
     assert can_i.stdout.strip() == "no"
+
+
+def test_a_preparation_pod_writes_only_its_own_report(
+    kubectl: Kubectl,
+    devstack: plane.StackState,
+    namespace: str,
+    crd_installed: None,
+    policy_installed: None,
+) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_job("gamma")))
+    pod = _trainer_client(kubectl, devstack, namespace, "gamma-prep-count-1-abcde")
+    peer = _trainer_client(kubectl, devstack, namespace, "gamma-prep-count-2-fghij")
+    trainer = _trainer_client(kubectl, devstack, namespace, "gamma-train-1-0-klmno")
+
+    def reports(key: str, value: dict[str, Any]) -> dict[str, Any]:
+        return {"preparation": {"reports": {key: value}}}
+
+    mine = {"bytesDone": 10, "bytesTotal": 40, "done": False}
+    stored = _patch_status(pod, namespace, "gamma", reports("count-1", mine))
+    assert stored["status"]["preparation"]["reports"] == {"count-1": mine}
+    theirs = {"bytesDone": 5, "done": True}
+    _patch_status(peer, namespace, "gamma", reports("count-2", theirs))
+
+    refused: list[tuple[Any, dict[str, Any], str]] = [
+        # Another index's entry, an entry of another pass, another pod's entry removed.
+        (pod, reports("count-2", {"done": False}), "only write its own entry"),
+        (pod, reports("records-1", {"done": True}), "only write its own entry"),
+        (pod, {"preparation": {"reports": {"count-2": None}}}, "only write its own entry"),
+        # What the operator aggregates, and what training pods write.
+        (pod, {"preparation": {"workers": 64}}, "belongs to the operator"),
+        (pod, {"stageProgress": "done"}, "belongs to the operator"),
+        (pod, {"progress": {"step": 3}}, "may not write status.progress"),
+        (trainer, reports("count-1", {"done": True}), "may not write status.preparation"),
+    ]
+    for client, status, message in refused:
+        with pytest.raises(ApiException) as denied:
+            _patch_status(client, namespace, "gamma", status)
+        assert denied.value.status in (403, 422), status
+        assert message in denied.value.body, (status, denied.value.body)
+    final = kubectl_json(kubectl, "get", "bpj", "gamma", "-n", namespace)["status"]
+    assert final["preparation"]["reports"] == {"count-1": mine, "count-2": theirs}
