@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +90,49 @@ def prepare_config(corpus_dir: Path, tmp_path: Path) -> PrepareConfigFactory:
         return small_prepare_config(corpus_dir, tmp_path / "out", **overrides)
 
     return make
+
+
+# --- The prepare passes ------------------------------------------------------------------
+
+TINY_CHUNK = 8 << 10
+"""A chunk size that cuts ``corpus_dir`` into about 14 chunks."""
+
+
+def pass_config(corpus_dir: Path, out_dir: Path, **overrides: Any) -> PrepareConfig:
+    """``small_prepare_config`` in tiny chunks, 4 shards, one process, a work dir in ``out_dir``."""
+    fields: dict[str, Any] = {
+        "chunk_bytes": TINY_CHUNK,
+        "work_dir": str(out_dir / "work"),
+        "num_shards": 4,
+        "workers": 1,
+    }
+    return small_prepare_config(corpus_dir, out_dir, **{**fields, **overrides})
+
+
+def run_passes(config: PrepareConfig, pods: int | Mapping[str, int], order_seed: int = 0) -> None:
+    """Every pass, each index run on its own in a shuffled order, as the pods of Jobs would.
+
+    ``pods``: of every parallel pass, or per pass (plan and vocab always have one).
+    """
+    from bert_trainer import contract
+    from bert_trainer.prepare.passes import run_pass
+
+    rng = random.Random(order_seed)
+    for prepare_pass in contract.PREPARE_PASSES:
+        if prepare_pass in ("plan", "vocab"):
+            n = 1
+        else:
+            n = pods if isinstance(pods, int) else pods[prepare_pass]
+        indexes = list(range(n))
+        rng.shuffle(indexes)
+        for index in indexes:
+            run_pass(config, prepare_pass, index, n)
+
+
+def prepare_outputs(config: PrepareConfig) -> dict[str, bytes]:
+    """The shards and the vocab a preparation wrote, by file name."""
+    files = {
+        p.name: p.read_bytes() for p in sorted(Path(config.output_tfrecords).glob("*.tfrecord"))
+    }
+    files["vocab.txt"] = Path(config.output_vocab).read_bytes()
+    return files

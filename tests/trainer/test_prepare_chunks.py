@@ -286,7 +286,7 @@ def test_gcs_objects_are_read_by_ranges(
         return original(offset, length)
 
     monkeypatch.setattr(gcs_file, "read", counted)
-    monkeypatch.setattr(source, "open_file", lambda path: gcs_file)
+    monkeypatch.setattr(source, "open_file", lambda path, generation=None: gcs_file)
     assert gcs_file.size == len(text.encode())
     chunks = source.plan_chunks([(remote, gcs_file.size)], 2000)
     assert len(chunks) > 3

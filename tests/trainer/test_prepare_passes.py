@@ -1,224 +1,472 @@
-"""The preparation as passes over pods: the same bytes for any worker count, reruns, reports."""
+"""The preparation as passes over pods: the same bytes for any pod count, reruns, balance."""
 
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Mapping
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bert_trainer import contract, storage
 from bert_trainer.__main__ import main
-from bert_trainer.config import PrepareConfig, TrainerConfig
-from bert_trainer.prepare import run_prepare, workdir
-from bert_trainer.prepare.distributed import run_pass
-from bert_trainer.prepare.reports import PassReporter
+from bert_trainer.config import JobRef, PrepareConfig, TrainerConfig
+from bert_trainer.prepare import fragments, run_prepare, shards, source, tfrecord, vocab, workdir
+from bert_trainer.prepare import plan as plans
+from bert_trainer.prepare.passes import run_pass
 from bert_trainer.prepare.run import count_words
 from bert_trainer.storage import InputError
-from tests.trainer.conftest import small_prepare_config
-
-TINY_CHUNK = 8 << 10
-PASSES = contract.PREPARE_PASSES
+from tests.trainer.conftest import pass_config, prepare_outputs, run_passes, synthetic_corpus
 
 
-def config_for(corpus_dir: Path, out: Path, **overrides: Any) -> PrepareConfig:
-    fields: dict[str, Any] = {
-        "chunk_bytes": TINY_CHUNK,
-        "work_dir": str(out / "work"),
-        "num_shards": 4,
-        "workers": 1,
-    }
-    return small_prepare_config(corpus_dir, out, **{**fields, **overrides})
+def load_plan(config: PrepareConfig) -> plans.Plan:
+    return plans.Plan.from_json(storage.read_text(workdir.plan_path(config.work_dir or "")))
 
 
-def run_all(config: PrepareConfig, workers: int, order_seed: int = 0) -> None:
-    """Every pass, each index run separately and in a shuffled order, as pods would."""
-    rng = random.Random(order_seed)
-    for prepare_pass in PASSES:
-        pods = 1 if prepare_pass in ("plan", "vocab") else workers
-        indexes = list(range(pods))
-        rng.shuffle(indexes)
-        for index in indexes:
-            run_pass(config, prepare_pass, index, pods)
+@pytest.fixture(scope="module")
+def reference(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """What ``run_prepare`` (every pass in one process, a temporary work dir) writes."""
+    config = pass_config(corpus_dir, tmp_path_factory.mktemp("reference"), work_dir=None)
+    run_prepare(config)
+    return prepare_outputs(config)
 
 
-def outputs(config: PrepareConfig) -> dict[str, bytes]:
-    files = {
-        p.name: p.read_bytes() for p in sorted(Path(config.output_tfrecords).glob("*.tfrecord"))
-    }
-    files["vocab.txt"] = Path(config.output_vocab).read_bytes()
-    return files
+# --- The same bytes for any number of pods -------------------------------------------------
 
 
-def test_any_worker_count_writes_the_same_bytes_as_one_process(
+@pytest.mark.parametrize(
+    "pods",
+    [1, 3, {"count": 2, "records": 5, "shards": 3}],
+    ids=["1-pod", "3-pods", "2-5-3-pods"],
+)
+def test_any_pod_count_writes_the_bytes_of_one_process(
+    corpus_dir: Path, tmp_path: Path, reference: dict[str, bytes], pods: Any
+) -> None:
+    config = pass_config(corpus_dir, tmp_path)
+    run_passes(config, pods, order_seed=7)
+    assert prepare_outputs(config) == reference
+    assert len(reference) == 5  # 4 shards and the vocab
+    plan = load_plan(config)
+    assert len(plan.chunks) > 10
+    records_pods = pods if isinstance(pods, int) else pods["records"]
+    # Every pod had chunks: the pods really split the work.
+    assert all(plans.assigned(plan, records_pods, i) for i in range(records_pods))
+
+
+def test_a_given_vocab_skips_the_count_and_gives_the_same_bytes(
     corpus_dir: Path, tmp_path: Path
 ) -> None:
-    single = config_for(corpus_dir, tmp_path / "single", work_dir=None)
+    given = tmp_path / "given-vocab.txt"
+    run_prepare(pass_config(corpus_dir, tmp_path / "trained", work_dir=None))
+    given.write_bytes((tmp_path / "trained" / "vocab.txt").read_bytes())
+    single = pass_config(corpus_dir, tmp_path / "single", work_dir=None, vocab=str(given))
     run_prepare(single)
-    expected = outputs(single)
-    assert len(expected) == 5
-    for workers in (1, 3):
-        config = config_for(corpus_dir, tmp_path / f"pods-{workers}")
-        run_all(config, workers, order_seed=workers)
-        assert outputs(config) == expected, f"{workers} workers"
-    # The plan had many chunks, so 3 workers really split the work.
-    plan = workdir.Plan.from_json(storage.read_text(workdir.plan_path(config.work_dir or "")))
-    assert len(plan.chunks) > 6
-    assert all(workdir.assigned(plan.chunks, 3, i) for i in range(3))
+    config = pass_config(corpus_dir, tmp_path / "pods", vocab=str(given))
+    run_passes(config, 3)
+    assert prepare_outputs(config) == prepare_outputs(single)
+    assert not (Path(config.work_dir or "") / "counts").exists()
+    assert (
+        json.loads((Path(config.work_dir or "") / "done" / "count-0.json").read_text())["report"]
+        == {}
+    )
 
 
-def test_the_vocab_of_the_count_and_vocab_passes_is_the_whole_corpus_vocab(
+def test_the_merged_counts_are_the_whole_corpus_counts_and_give_its_vocab(
     corpus_dir: Path, tmp_path: Path
 ) -> None:
-    config = config_for(corpus_dir, tmp_path / "pods")
-    for prepare_pass, pods in (("plan", 1), ("count", 3), ("vocab", 1)):
-        for index in range(pods):
-            run_pass(config, prepare_pass, index, pods)
-    whole = config_for(corpus_dir, tmp_path / "whole", chunk_bytes=1 << 30)
-    from bert_trainer.prepare import source, vocab
+    config = pass_config(corpus_dir, tmp_path)
+    run_pass(config, "plan", 0, 1)
+    for index in (2, 0, 1):
+        run_pass(config, "count", index, 3)
+    plan = load_plan(config)
+    merged: dict[str, int] = {}
+    lines = 0
+    for chunk in plan.chunks:
+        words, counts, chunk_lines = workdir.read_counts(
+            workdir.counts_path(config.work_dir or "", chunk.index)
+        )
+        lines += chunk_lines
+        for word, n in zip(words, counts, strict=True):
+            merged[word] = merged.get(word, 0) + n
+    # The whole corpus as one chunk, counted in one go.
+    whole = source.plan_chunks(source.sizes(storage.glob(config.corpus[0])), 1 << 30)
+    assert len(whole) == 1 < len(plan.chunks)
+    counts, whole_lines = count_words(whole, config.lowercase, 1)
+    assert list(merged.items()) == list(counts.items())  # first-appearance order too
+    assert lines == whole_lines
 
-    chunks = source.plan_chunks(source.sizes(sorted(storage.glob(whole.corpus[0]))), 1 << 30)
-    assert len(chunks) == 1
-    counts, _ = count_words(chunks, whole.lowercase, 1)
+    run_pass(config, "vocab", 0, 1)
     tokens = vocab.train_vocab(
         list(counts),
         list(counts.values()),
-        vocab_size=whole.vocab_size,
-        min_frequency=whole.min_frequency,
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
     )
     assert Path(config.output_vocab).read_text() == vocab.vocab_text(tokens)
+    assert not list(Path(config.work_dir or "").glob("counts/*")), "counts kept after the vocab"
 
 
-def test_a_rerun_index_gives_the_same_bytes_with_or_without_its_marker(
+@pytest.mark.tensorflow
+def test_the_records_of_pods_parse_with_googles_feature_spec(
     corpus_dir: Path, tmp_path: Path
 ) -> None:
-    reference = config_for(corpus_dir, tmp_path / "reference")
-    run_all(reference, 2)
-    config = config_for(corpus_dir, tmp_path / "rerun")
+    from tests.trainer.test_prepare import parse_with_tensorflow
+
+    config = pass_config(corpus_dir, tmp_path)
+    run_passes(config, 3)
+    paths = sorted(str(p) for p in Path(config.output_tfrecords).glob("*.tfrecord"))
+    arrays = parse_with_tensorflow(paths, config.max_seq_length, config.max_predictions_per_seq)
+    instances = sum(
+        json.loads((Path(config.work_dir or "") / "done" / f"records-{i}.json").read_text())[
+            "report"
+        ]["instances"]
+        for i in range(3)
+    )
+    assert arrays["input_ids"].shape == (instances, config.max_seq_length)
+    assert set(arrays["next_sentence_labels"].ravel().tolist()) == {0, 1}
+
+
+# --- Reruns ------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """A pod dying mid-pass."""
+
+
+def test_an_index_that_crashed_midway_redoes_its_share_to_the_same_bytes(
+    corpus_dir: Path, tmp_path: Path, reference: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = pass_config(corpus_dir, tmp_path)
     work = Path(config.work_dir or "")
-    for prepare_pass in PASSES:
-        pods = 1 if prepare_pass in ("plan", "vocab") else 2
-        for index in range(pods):
-            run_pass(config, prepare_pass, index, pods)
-            if prepare_pass in ("records", "count") and index == 1:
-                # A pod that died after its outputs but before its marker, then its rerun.
-                (work / "done" / f"{prepare_pass}-1.json").unlink()
-                run_pass(config, prepare_pass, 1, pods)
-    # A rerun of a finished index (its marker stands) changes nothing.
-    marker = work / "done" / "shards-0.json"
-    before = marker.read_text()
-    assert run_pass(config, "shards", 0, 2) == json.loads(before)
-    assert outputs(config) == outputs(reference)
-    # Intermediates are gone once the shards are written.
+    run_pass(config, "plan", 0, 1)
+    for index in range(2):
+        run_pass(config, "count", index, 2)
+    run_pass(config, "vocab", 0, 1)
+    run_pass(config, "records", 0, 2)
+
+    # Records index 1 dies after uploading some of its fragments (and some chunks' stats).
+    uploads = 0
+    upload = storage.upload_file
+
+    def dying_upload(local: str, path: str) -> None:
+        nonlocal uploads
+        uploads += 1
+        if uploads > 20:
+            raise Crash(path)
+        upload(local, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(storage, "upload_file", dying_upload)
+        with pytest.raises(Crash):
+            run_pass(config, "records", 1, 2)
+    assert not (work / "done" / "records-1.json").exists()
+    assert uploads > 20
+    run_pass(config, "records", 1, 2)
+
+    # Shards index 0 dies after writing its first shard, before its second and its marker.
+    written = 0
+    write_shard = shards.write_shard
+
+    def dying_write(job: shards.ShardJob) -> int:
+        nonlocal written
+        if written == 1:
+            raise Crash(job.destination)
+        written += 1
+        return write_shard(job)
+
+    with monkeypatch.context() as m:
+        m.setattr(shards, "write_shard", dying_write)
+        with pytest.raises(Crash):
+            run_pass(config, "shards", 0, 2)
+    assert (Path(config.output_tfrecords) / "part-00000-of-00004.tfrecord").exists()
+    assert not (work / "done" / "shards-0.json").exists()
+    run_pass(config, "shards", 0, 2)
+    run_pass(config, "shards", 1, 2)
+    assert prepare_outputs(config) == reference
+    # Intermediates are gone once every shard is written.
     assert not list(work.glob("records/*/shard-*"))
     assert not list(work.glob("counts/*"))
 
 
-def test_shards_are_balanced_within_the_documented_bound(corpus_dir: Path, tmp_path: Path) -> None:
-    config = config_for(corpus_dir, tmp_path / "out", num_shards=5)
-    result = run_prepare(config)
-    counts = [_records(p) for p in sorted(result.shards)]
-    chunks = len(
-        workdir.make_plan(
-            [(str(p), p.stat().st_size) for p in sorted(corpus_dir.glob("*.txt"))], TINY_CHUNK
-        ).chunks
-    )
-    bound = -(-chunks // config.num_shards) + 1
-    assert sum(counts) == result.instances
-    assert max(counts) - min(counts) <= bound, (counts, bound)
+def test_an_index_with_its_marker_only_reports_again(
+    corpus_dir: Path, tmp_path: Path, reference: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = pass_config(corpus_dir, tmp_path)
+    run_passes(config, 2)
+    work = Path(config.work_dir or "")
+    reports = {p.stem: json.loads(p.read_text())["report"] for p in work.glob("done/*.json")}
+    assert sorted(reports) == [
+        "count-0",
+        "count-1",
+        "plan-0",
+        "records-0",
+        "records-1",
+        "shards-0",
+        "shards-1",
+        "vocab-0",
+    ]
+
+    def no_work(*args: Any) -> Any:
+        raise AssertionError("a finished index worked again")
+
+    monkeypatch.setattr(fragments, "write_chunk", no_work)
+    monkeypatch.setattr(shards, "write_shard", no_work)
+    monkeypatch.setattr("bert_trainer.prepare.run.count_words", no_work)
+    monkeypatch.setattr("bert_trainer.prepare.run.train_and_write_vocab", no_work)
+    for key, report in reports.items():
+        prepare_pass, index = key.split("-")
+        pods = 1 if prepare_pass in ("plan", "vocab") else 2
+        assert run_pass(config, prepare_pass, int(index), pods) == report
+    assert prepare_outputs(config) == reference
 
 
-def _records(path: str) -> int:
-    data = Path(path).read_bytes()
-    n = offset = 0
-    while offset < len(data):
-        length = int.from_bytes(data[offset : offset + 8], "little")
-        offset += 8 + 4 + length + 4
-        n += 1
-    return n
+def test_an_index_whose_marker_was_lost_redoes_its_share(
+    corpus_dir: Path, tmp_path: Path, reference: dict[str, bytes]
+) -> None:
+    config = pass_config(corpus_dir, tmp_path)
+    work = Path(config.work_dir or "")
+    for prepare_pass in contract.PREPARE_PASSES:
+        pods = 1 if prepare_pass in ("plan", "vocab") else 2
+        for index in range(pods):
+            run_pass(config, prepare_pass, index, pods)
+            if prepare_pass in ("count", "records") and index == 1:
+                # Died after its outputs, before its marker: the rerun overwrites them.
+                (work / "done" / f"{prepare_pass}-1.json").unlink()
+                run_pass(config, prepare_pass, 1, pods)
+    assert prepare_outputs(config) == reference
 
 
-class Capture:
-    def __init__(self, failures: int = 0) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.failures = failures
-
-    def send(self, key: str, report: Mapping[str, Any]) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("API unreachable")
-        self.sent.append((key, dict(report)))
-
-
-def test_a_pod_reports_only_its_own_entry_and_ends_with_done(
+def test_intermediates_of_other_settings_are_never_taken_for_these(
     corpus_dir: Path, tmp_path: Path
 ) -> None:
-    config = config_for(corpus_dir, tmp_path / "out")
-    plan_sink = Capture()
-    run_pass(config, "plan", 0, 1, PassReporter(plan_sink, "plan", 0))
-    ((key, plan),) = plan_sink.sent
-    assert key == "plan-0" and plan["done"] is True
-    assert plan["files"] == 2
-    assert plan["bytesTotal"] == sum(p.stat().st_size for p in corpus_dir.glob("*.txt"))
-    sink = Capture()
-    run_pass(config, "count", 1, 3, PassReporter(sink, "count", 1, min_interval_seconds=0))
-    assert {key for key, _ in sink.sent} == {"count-1"}
-    assert [r["done"] for _, r in sink.sent][-1] is True
-    assert not any(r["done"] for _, r in sink.sent[:-1])
-    final = sink.sent[-1][1]
-    assert final["bytesDone"] == final["bytesTotal"] > 0
-    assert set(final) <= set(contract.PREPARATION_REPORT_FIELDS)
+    """A reused work dir: every marker of another seed is stale, and so is the plan."""
+    first = pass_config(corpus_dir, tmp_path / "first", seed=1)
+    run_passes(first, 2)
+    fresh = pass_config(corpus_dir, tmp_path / "fresh", seed=2)
+    run_passes(fresh, 2)
+    reused = pass_config(corpus_dir, tmp_path / "reused", seed=2, work_dir=first.work_dir)
+    run_passes(reused, 2)
+    assert prepare_outputs(reused) == prepare_outputs(fresh) != prepare_outputs(first)
+    # Two configurations at once in one work dir (two jobs, one output) is bad input.
+    with pytest.raises(InputError, match="holds the plan of other prepare settings"):
+        run_pass(first, "records", 0, 2)
 
 
-def test_an_undeliverable_final_report_fails_the_pass(
+def test_a_pass_before_its_inputs_exist_is_an_infrastructure_failure(
+    corpus_dir: Path, tmp_path: Path
+) -> None:
+    config = pass_config(corpus_dir, tmp_path)
+    with pytest.raises(RuntimeError, match="plan pass did not write it"):
+        run_pass(config, "count", 0, 2)
+    run_pass(config, "plan", 0, 1)
+    with pytest.raises(RuntimeError, match="count pass did not write it"):
+        run_pass(config, "vocab", 0, 1)
+    with pytest.raises(RuntimeError, match="vocab pass did not write it"):
+        run_pass(config, "records", 0, 1)
+    with pytest.raises(RuntimeError, match="records pass did not write it"):
+        run_pass(config, "shards", 0, 1)
+
+
+# --- Balance -----------------------------------------------------------------------------
+
+
+def test_shards_are_balanced_within_the_documented_bound(corpus_dir: Path, tmp_path: Path) -> None:
+    config = pass_config(corpus_dir, tmp_path, num_shards=5)
+    work = config.work_dir or ""
+    for prepare_pass in ("plan", "count", "vocab", "records"):
+        run_pass(config, prepare_pass, 0, 1)
+    plan = load_plan(config)
+    stats = fragments.read_stats(work, plan.chunks)
+    for chunk, s in zip(plan.chunks, stats, strict=True):
+        dealt = []
+        for shard in range(5):
+            sizes = Path(workdir.sizes_path(workdir.fragment_path(work, chunk.index, shard)))
+            dealt.append(len(np.fromfile(sizes, dtype=np.int64)) if sizes.exists() else 0)
+        # Within a chunk: at most one apart, the extras from the chunk's own shard on.
+        assert sum(dealt) == s.instances
+        assert max(dealt) - min(dealt) <= 1
+        extras = [(chunk.index + j) % 5 for j in range(s.instances % 5)]
+        assert [shard for shard in range(5) if dealt[shard] > min(dealt)] == sorted(extras)
+    run_pass(config, "shards", 0, 1)
+    counts = [
+        len(list(tfrecord.read_records(p.read_bytes())))
+        for p in sorted(Path(config.output_tfrecords).glob("*.tfrecord"))
+    ]
+    assert sum(counts) == sum(s.instances for s in stats)
+    # Over the chunks: at most one apart per chunk whose count is not a multiple of 5.
+    bound = sum(1 for s in stats if s.instances % 5)
+    assert max(counts) - min(counts) <= bound, (counts, bound)
+    assert len(plan.chunks) > 10 and bound > 1
+
+
+# --- Bad input ---------------------------------------------------------------------------
+
+
+def test_the_passes_keep_the_bad_input_errors(corpus_dir: Path, tmp_path: Path) -> None:
+    missing = pass_config(corpus_dir, tmp_path / "a", corpus=[str(tmp_path / "none-*.txt")])
+    with pytest.raises(InputError, match="matches no file"):
+        run_pass(missing, "plan", 0, 1)
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(3):
+        (blank / f"{i}.txt").write_text("\n\n   \n" * 2000)
+    empty = pass_config(blank, tmp_path / "b")
+    run_pass(empty, "plan", 0, 1)
+    for index in range(2):
+        run_pass(empty, "count", index, 2)
+    with pytest.raises(InputError, match="holds no text"):
+        run_pass(empty, "vocab", 0, 1)
+
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "c.txt").write_text("\x01\x02\n\ufffd\n\n" * 3000)
+    given = tmp_path / "vocab.txt"
+    given.write_text("\n".join(vocab.SPECIAL_TOKENS) + "\nthe\n")
+    nothing = pass_config(control, tmp_path / "c", vocab=str(given))
+    for prepare_pass in ("plan", "vocab", "records"):
+        run_pass(nothing, prepare_pass, 0, 1)
+    assert len(load_plan(nothing).chunks) > 1
+    with pytest.raises(InputError, match="tokenizes to nothing"):
+        run_pass(nothing, "shards", 1, 2)
+
+    latin1 = tmp_path / "latin1"
+    latin1.mkdir()
+    (latin1 / "l.txt").write_bytes("caf\xe9 au lait.\n".encode("latin-1"))
+    bad = pass_config(latin1, tmp_path / "d")
+    run_pass(bad, "plan", 0, 1)
+    with pytest.raises(InputError, match="not UTF-8"):
+        run_pass(bad, "count", 0, 1)
+
+
+def test_a_corpus_file_that_changed_after_the_plan_fails_the_pod(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(synthetic_corpus(30, seed=3))
+    config = pass_config(corpus, tmp_path / "out")
+    run_pass(config, "plan", 0, 1)
+    (corpus / "a.txt").write_text(synthetic_corpus(31, seed=3))
+    with pytest.raises(RuntimeError, match="changed while it was read"):
+        run_pass(config, "count", 0, 1)
+
+
+def test_indexes_outside_the_pass_are_bad_input(corpus_dir: Path, tmp_path: Path) -> None:
+    config = pass_config(corpus_dir, tmp_path)
+    with pytest.raises(InputError, match="no index 3 of 3"):
+        run_pass(config, "records", 3, 3)
+    with pytest.raises(InputError, match="no index 1 of 1"):
+        run_pass(config, "plan", 1, 4)  # one pod whatever --workers says
+    with pytest.raises(InputError, match="no index 0 of 0"):
+        run_pass(config, "count", 0, 0)
+    with pytest.raises(InputError, match="workDir"):
+        run_pass(config.model_copy(update={"work_dir": None}), "plan", 0, 1)
+
+
+def test_run_prepare_removes_its_temporary_work_dir(
     corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(contract.ENV_STORAGE_RETRY_SECONDS, "3")
-    config = config_for(corpus_dir, tmp_path / "out")
-    clock = [0.0]
-    waits: list[float] = []
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    result = run_prepare(pass_config(corpus_dir, tmp_path / "out", work_dir=None))
+    assert result.instances > 0 and result.vocab_size > 0
+    assert list(scratch.iterdir()) == []
+    # With a work dir, what stays is the plan and the markers.
+    config = pass_config(corpus_dir, tmp_path / "kept")
+    run_prepare(config)
+    kept = {
+        p.relative_to(config.work_dir or "").as_posix()
+        for p in Path(config.work_dir or "").rglob("*")
+        if p.is_file()
+    }
+    assert {k for k in kept if not k.startswith("records/")} == {
+        "plan.json",
+        *(f"done/{p}-0.json" for p in contract.PREPARE_PASSES),
+    }
+    assert all(k.endswith("/stats.json") for k in kept if k.startswith("records/"))
 
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        clock[0] += seconds
 
-    flaky = Capture(failures=2)
-    run_pass(
-        config, "plan", 0, 1, PassReporter(flaky, "plan", 0, clock=lambda: clock[0], sleep=sleep)
+# --- gs:// -------------------------------------------------------------------------------
+
+
+@pytest.mark.gcs
+def test_passes_on_gcs_write_the_bytes_of_one_local_process(
+    gcs_bucket: str, corpus_dir: Path, tmp_path: Path, reference: dict[str, bytes]
+) -> None:
+    root = f"gs://{gcs_bucket}"
+    for path in sorted(corpus_dir.glob("*.txt")):
+        storage.upload_file(str(path), f"{root}/corpus/{path.name}")
+    config = pass_config(
+        corpus_dir,
+        tmp_path,
+        corpus=[f"{root}/corpus/*.txt"],
+        work_dir=f"{root}/out/prepare",
+        output_vocab=f"{root}/out/vocab.txt",
+        output_tfrecords=f"{root}/out/tfrecords",
     )
-    assert len(flaky.sent) == 1 and waits == [1.0, 2.0]
-    down = Capture(failures=100)
-    with pytest.raises(RuntimeError, match="final report plan-0"):
-        run_pass(
-            config_for(corpus_dir, tmp_path / "again"),
-            "plan",
-            0,
-            1,
-            PassReporter(down, "plan", 0, clock=lambda: clock[0], sleep=sleep),
-        )
+    run_passes(config, 2)
+    written = {
+        p.rsplit("/", 1)[-1]: storage.read_bytes(p)
+        for p in storage.glob(f"{root}/out/tfrecords/*.tfrecord")
+    }
+    written["vocab.txt"] = storage.read_bytes(config.output_vocab)
+    assert written == reference
+    plan = plans.Plan.from_json(storage.read_text(f"{root}/out/prepare/plan.json"))
+    assert all(f.generation for f in plan.files)
+    assert not storage.glob(f"{root}/out/prepare/records/*/shard-*")
+
+    # An object replaced after the plan fails the pods that read it: not bad input.
+    storage.upload_file(str(corpus_dir / "part-b.txt"), f"{root}/corpus/part-a.txt")
+    storage.delete(f"{root}/out/prepare/done/records-0.json")
+    with pytest.raises(RuntimeError, match="changed after the corpus was planned"):
+        run_pass(config, "records", 0, 2)
 
 
-def test_a_pass_needs_a_work_dir(corpus_dir: Path, tmp_path: Path) -> None:
-    config = config_for(corpus_dir, tmp_path / "out", work_dir=None)
-    with pytest.raises(InputError, match="workDir"):
-        run_pass(config, "plan", 0, 1)
-    path = tmp_path / "config.json"
-    path.write_text(TrainerConfig(prepare=config).model_dump_json(by_alias=True))
-    code = main(["prepare", "--config", str(path), "--pass", "plan"])
-    assert code == contract.EXIT_BAD_INPUT
+# --- The command line --------------------------------------------------------------------
+
+
+def write_config(path: Path, config: PrepareConfig, job: JobRef | None = None) -> str:
+    path.write_text(TrainerConfig(prepare=config, job=job).model_dump_json(by_alias=True))
+    return str(path)
+
+
+def test_the_cli_needs_a_work_dir_for_a_pass(
+    corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = tmp_path / "termination-log"
+    monkeypatch.setenv(contract.ENV_TERMINATION_MESSAGE_PATH, str(message))
+    path = write_config(tmp_path / "c.json", pass_config(corpus_dir, tmp_path, work_dir=None))
+    assert main(["prepare", "--config", path, "--pass", "plan"]) == contract.EXIT_BAD_INPUT
+    assert "workDir" in message.read_text()
+    assert main(["prepare", "--config", path, "--workers", "2"]) == contract.EXIT_BAD_INPUT
+    assert "needs --pass" in message.read_text()
 
 
 def test_the_cli_runs_the_index_of_its_pod(
     corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = config_for(corpus_dir, tmp_path / "out")
-    path = tmp_path / "config.json"
-    path.write_text(TrainerConfig(prepare=config).model_dump_json(by_alias=True))
-    assert main(["prepare", "--config", str(path), "--pass", "plan"]) == 0
+    message = tmp_path / "termination-log"
+    monkeypatch.setenv(contract.ENV_TERMINATION_MESSAGE_PATH, str(message))
+    config = pass_config(corpus_dir, tmp_path)
+    work = Path(config.work_dir or "")
+    path = write_config(tmp_path / "c.json", config)
+    monkeypatch.delenv(contract.ENV_COMPLETION_INDEX, raising=False)
+    assert main(["prepare", "--config", path, "--pass", "plan", "--workers", "3"]) == 0
     monkeypatch.setenv(contract.ENV_COMPLETION_INDEX, "2")
-    assert main(["prepare", "--config", str(path), "--pass", "count", "--workers", "3"]) == 0
-    assert (Path(config.work_dir or "") / "done" / "count-2.json").exists()
-    assert not (Path(config.work_dir or "") / "done" / "count-0.json").exists()
+    assert main(["prepare", "--config", path, "--pass", "count", "--workers", "3"]) == 0
+    assert [p.name for p in sorted(work.glob("done/*"))] == ["count-2.json", "plan-0.json"]
+    # The vocab needs every index's counts: count-0 and count-1 did not run.
+    monkeypatch.setenv(contract.ENV_COMPLETION_INDEX, "0")
+    code = main(["prepare", "--config", path, "--pass", "vocab", "--workers", "3"])
+    assert code == contract.EXIT_INFRASTRUCTURE
+    assert "count pass did not write it" in message.read_text()
+    for bad in ("x", "-1"):
+        monkeypatch.setenv(contract.ENV_COMPLETION_INDEX, bad)
+        code = main(["prepare", "--config", path, "--pass", "count", "--workers", "3"])
+        assert code == contract.EXIT_BAD_INPUT, bad
+        assert contract.ENV_COMPLETION_INDEX in message.read_text()
+    monkeypatch.setenv(contract.ENV_COMPLETION_INDEX, "3")
+    code = main(["prepare", "--config", path, "--pass", "count", "--workers", "3"])
+    assert code == contract.EXIT_BAD_INPUT

@@ -135,9 +135,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pass",
         dest="prepare_pass",
         choices=contract.PREPARE_PASSES,
-        help="prepare: run one pass, index $JOB_COMPLETION_INDEX of --workers (default: all)",
+        help=(
+            f"prepare: run one pass, as index ${contract.ENV_COMPLETION_INDEX} (0 if unset) of "
+            "--workers pods; needs prepare.workDir (default: every pass in this process)"
+        ),
     )
-    parser.add_argument("--workers", type=int, default=1, help="prepare --pass: pods of the pass")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="prepare --pass: the number of pods of the pass (default 1; plan and vocab: 1)",
+    )
     parser.add_argument(
         "--config",
         default=os.environ.get(contract.ENV_CONFIG_PATH, contract.CONFIG_PATH),
@@ -151,24 +159,27 @@ def _load_config(path: str) -> TrainerConfig:
 
 
 def _command(
-    name: str, device: Device = "cpu", prepare_pass: str | None = None, workers: int = 1
+    name: str, device: Device = "cpu", prepare_pass: str | None = None, workers: int | None = None
 ) -> Callable[[TrainerConfig], None]:
     def prepare(config: TrainerConfig) -> None:
         section = _section(config.prepare, "prepare")
         if prepare_pass is None:
+            if workers is not None:
+                raise InputError("--workers is the pod count of one pass: it needs --pass")
             from bert_trainer.prepare import run_prepare
 
             run_prepare(section)
             return
-        from bert_trainer.prepare.distributed import run_pass
+        from bert_trainer.prepare.passes import run_pass
         from bert_trainer.prepare.reports import make_reporter
 
-        try:
-            index = int(os.environ.get(contract.ENV_COMPLETION_INDEX) or 0)
-        except ValueError as e:
-            raise InputError(f"${contract.ENV_COMPLETION_INDEX} is not an index") from e
+        index = _completion_index()
         run_pass(
-            section, prepare_pass, index, workers, make_reporter(config.job, prepare_pass, index)
+            section,
+            prepare_pass,
+            index,
+            1 if workers is None else workers,
+            make_reporter(config.job, prepare_pass, index),
         )
 
     # Sections are checked before the (TensorFlow-heavy) stage modules are imported.
@@ -196,6 +207,20 @@ def _command(
         "export": export,
     }
     return commands[name]
+
+
+def _completion_index() -> int:
+    """This pod's index in its Indexed Job (``$JOB_COMPLETION_INDEX``), 0 outside one."""
+    raw = os.environ.get(contract.ENV_COMPLETION_INDEX, "").strip()
+    if not raw:
+        return 0
+    try:
+        index = int(raw)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise InputError(f"${contract.ENV_COMPLETION_INDEX}={raw!r} is not an index")
+    return index
 
 
 def _section(section: _T | None, name: str) -> _T:

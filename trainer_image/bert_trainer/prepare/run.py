@@ -50,6 +50,7 @@ from bert_trainer.prepare import (
     source,
     vocab,
     words,
+    workdir,
 )
 from bert_trainer.storage import InputError
 
@@ -81,21 +82,27 @@ class PrepareResult:
 
 
 def run_prepare(config: PrepareConfig) -> PrepareResult:
-    """Every pass (``distributed``) with one worker, in this process.
+    """Every pass (``passes``) with one pod, in this process.
 
-    With no ``work_dir`` the intermediates go to a local temporary directory.
+    The intermediates go to ``config.work_dir``, or to a local temporary directory,
+    removed at the end, when it is None.
     """
-    from bert_trainer.prepare import distributed, workdir
+    from bert_trainer.prepare import fragments, passes
+    from bert_trainer.prepare import plan as plans
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bert-prepare-") as scratch:
         if config.work_dir is None:
             config = config.model_copy(update={"work_dir": scratch})
-        assert config.work_dir is not None
-        passes = [p for p in contract.PREPARE_PASSES if config.vocab is None or p != "count"]
-        reports = {p: distributed.run_pass(config, p, 0, 1) for p in passes}
-        plan = workdir.Plan.from_json(storage.read_text(workdir.plan_path(config.work_dir)))
-        stats = distributed.chunk_stats(config, plan)
+        work_dir = config.work_dir
+        assert work_dir is not None
+        reports = {
+            p: passes.run_pass(config, p, 0, 1)
+            for p in contract.PREPARE_PASSES
+            if p != "count" or config.vocab is None
+        }
+        plan = plans.Plan.from_json(storage.read_text(workdir.plan_path(work_dir)))
+        stats = fragments.read_stats(work_dir, plan.chunks)
     elapsed = time.perf_counter() - started
     destinations = tuple(
         storage.join(config.output_tfrecords, shards.shard_name(i, config.num_shards))
@@ -106,13 +113,14 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
         sentences=sum(s.sentences for s in stats),
         corpus_tokens=sum(s.corpus_tokens for s in stats),
         vocab_size=reports["vocab"]["vocabSize"],
-        instances=sum(s.instances for s in stats),
+        instances=reports["shards"]["instances"],
         tokens=sum(s.tokens for s in stats),
         masked=sum(s.masked for s in stats),
         random_next=sum(s.random_next for s in stats),
         shards=destinations,
         elapsed_seconds=elapsed,
     )
+    assert result.instances == sum(s.instances for s in stats)
     log.info(
         "wrote instances",
         extra={

@@ -23,6 +23,10 @@ Reads stream: a range is read in blocks of :data:`READ_BLOCK` bytes, from gs://
 with ranged GETs of one object generation (no whole-file download), each GET
 retried on transient errors for as long as the trainer's storage retry
 budget (``$BERT_TRAINER_STORAGE_RETRY_SECONDS``, see ``bert_trainer.retry``).
+A piece planned with a generation (``prepare/plan.py`` records each object's) is
+read only from that generation: the pods of later passes read what the plan
+measured, and a replaced object fails them (``RuntimeError``) instead of mixing
+versions; a local file must still have its planned size.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Piece:
     end: int
     size: int
     """The file's size."""
+    generation: int | None = None
+    """The gs:// object's generation when planned (``prepare/plan.py``); None: any."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Chunk:
 
 class RangeFile(Protocol):
     size: int
+    generation: int | None
+    """The gs:// object generation read; None for local files."""
 
     def read(self, offset: int, length: int) -> bytes: ...
 
@@ -99,7 +107,7 @@ def sizes(paths: Sequence[str]) -> list[tuple[str, int]]:
 
 def read_chunk(chunk: Chunk) -> list[str]:
     """The text of each piece of ``chunk``, cut at document boundaries."""
-    return [read_piece(open_file(piece.path), piece) for piece in chunk.pieces]
+    return [read_piece(open_file(piece.path, piece.generation), piece) for piece in chunk.pieces]
 
 
 def read_piece(f: RangeFile, piece: Piece) -> str:
@@ -154,11 +162,15 @@ def _lines_from(f: RangeFile, offset: int) -> Iterator[tuple[int, bytes]]:
         carry = data[begin:]
 
 
-def open_file(path: str) -> RangeFile:
-    return _GcsFile(path) if storage.is_gcs(path) else _LocalFile(path)
+def open_file(path: str, generation: int | None = None) -> RangeFile:
+    """``path`` to read by ranges; for gs:// its current generation, which must be
+    ``generation`` if given (RuntimeError otherwise: the object changed since it was planned)."""
+    return _GcsFile(path, generation) if storage.is_gcs(path) else _LocalFile(path)
 
 
 class _LocalFile:
+    generation: int | None = None
+
     def __init__(self, path: str) -> None:
         self.path = path
         try:
@@ -175,7 +187,7 @@ class _LocalFile:
 class _GcsFile:
     """One generation of an object, read by ranged GETs."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, generation: int | None = None) -> None:
         self.path = path
         self._retry = _retry()
         # storage's client: one per process (and emulator), as for every other gs:// call.
@@ -183,8 +195,17 @@ class _GcsFile:
         bucket = storage._client().bucket(bucket_name)
         blob = bucket.get_blob(name, retry=self._retry)
         if blob is None:
+            if generation is not None:
+                # Not bad input: the corpus was there when it was planned.
+                raise RuntimeError(f"{path} was deleted after the corpus was planned")
             raise InputError(f"{path} does not exist")
+        if generation is not None and blob.generation != generation:
+            raise RuntimeError(
+                f"{path} changed after the corpus was planned "
+                f"(generation {generation} -> {blob.generation})"
+            )
         self.size = int(blob.size or 0)
+        self.generation: int | None = int(blob.generation)
         self._blob: Any = bucket.blob(name, generation=blob.generation)
 
     def read(self, offset: int, length: int) -> bytes:

@@ -1,31 +1,34 @@
-"""The preparation's intermediates under ``PrepareConfig.work_dir``, and the chunk plan.
+"""The preparation's intermediates under ``PrepareConfig.work_dir``.
 
 Layout (``<spec.output>/prepare`` on a cluster; a local temporary directory for
-``run_prepare``)::
+``run_prepare`` without a work dir)::
 
-    plan.json                              the corpus files, their sizes, the chunks
-    counts/chunk-NNNNN.tsv.gz              a chunk's word counts (count pass)
-    records/chunk-NNNNN/shard-SSSSS        a chunk's records dealt to shard S (records)
-    records/chunk-NNNNN/shard-SSSSS.sizes  their sizes (int64)
-    records/chunk-NNNNN/stats.json         the chunk's documents, sentences, instances
-    done/<pass>-<index>.json               an index's final report, written last
+    plan.json                              the corpus files, sizes, generations, chunks (plan)
+    counts/chunk-NNNNN.tsv.gz              a chunk's line count and word counts (count)
+    records/chunk-NNNNN/shard-SSSSS        the chunk's records dealt to shard S (records)
+    records/chunk-NNNNN/shard-SSSSS.sizes  their sizes, int64 little-endian (records)
+    records/chunk-NNNNN/stats.json         what the chunk held and produced (records)
+    done/<pass>-<index>.json               an index's marker: its final report, written last
 
-The plan is written once, by the plan pass; later passes read it and never glob
-the corpus again, so every pass sees the same chunks. The share of each index
-(``assigned``) depends only on the plan and the worker count; what a chunk
-produces depends only on the chunk, so the output does not depend on either.
+Every file is written whole (a GCS object, or a local rename), each by one index
+only, and always with the same bytes for the same configuration, so a rerun
+overwrites rather than mixes. A fragment with no record is not written (its
+``stats.json`` says so). The vocab pass deletes ``counts/`` after its marker, each
+shards index its own fragments after its marker.
+
+``counts/chunk-NNNNN.tsv.gz`` is gzip'd UTF-8 text: the chunk's number of lines, then
+one ``word<TAB>count`` line per distinct word in order of first appearance (BERT's
+words hold no whitespace, so neither a tab nor a newline).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bert_trainer import storage
-from bert_trainer.prepare import source
 
 
 def plan_path(work_dir: str) -> str:
@@ -40,6 +43,10 @@ def fragment_path(work_dir: str, chunk: int, shard: int) -> str:
     return storage.join(work_dir, "records", f"chunk-{chunk:05d}", f"shard-{shard:05d}")
 
 
+def sizes_path(fragment: str) -> str:
+    return fragment + ".sizes"
+
+
 def stats_path(work_dir: str, chunk: int) -> str:
     return storage.join(work_dir, "records", f"chunk-{chunk:05d}", "stats.json")
 
@@ -48,77 +55,66 @@ def marker_path(work_dir: str, prepare_pass: str, index: int) -> str:
     return storage.join(work_dir, "done", f"{prepare_pass}-{index}.json")
 
 
-@dataclass(frozen=True)
-class Plan:
-    files: tuple[tuple[str, int], ...]
-    chunk_bytes: int
-    chunks: tuple[source.Chunk, ...]
+def read_intermediate(path: str, written_by: str) -> bytes:
+    """An intermediate an earlier pass wrote; its absence is no fault of the input.
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(size for _, size in self.files)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "files": [[path, size] for path, size in self.files],
-                "chunkBytes": self.chunk_bytes,
-                "chunks": [
-                    [[p.path, p.start, p.end, p.size] for p in chunk.pieces]
-                    for chunk in self.chunks
-                ],
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        data: dict[str, Any] = json.loads(text)
-        return cls(
-            files=tuple((str(path), int(size)) for path, size in data["files"]),
-            chunk_bytes=int(data["chunkBytes"]),
-            chunks=tuple(
-                source.Chunk(i, tuple(source.Piece(*piece) for piece in pieces))
-                for i, pieces in enumerate(data["chunks"])
-            ),
-        )
-
-
-def make_plan(files: Sequence[tuple[str, int]], chunk_bytes: int) -> Plan:
-    return Plan(tuple(files), chunk_bytes, tuple(source.plan_chunks(files, chunk_bytes)))
-
-
-def assigned(chunks: Sequence[source.Chunk], workers: int, index: int) -> list[source.Chunk]:
-    """Index ``index``'s chunks of ``workers``: contiguous runs balanced by nominal bytes.
-
-    Chunk ``k`` goes to ``floor((start_k + size_k / 2) * workers / total)``, ``start_k``
-    being the nominal bytes before it.
+    RuntimeError (exit 20), not InputError: the pass that writes it has not finished,
+    or someone removed the work dir; retrying (after that pass) can help.
     """
-    total = sum(c.nominal_bytes for c in chunks)
-    if total == 0:
-        return [c for c in chunks if c.index % workers == index]
-    mine: list[source.Chunk] = []
-    start = 0
-    for chunk in chunks:
-        middle2 = 2 * start + chunk.nominal_bytes
-        if min(workers - 1, middle2 * workers // (2 * total)) == index:
-            mine.append(chunk)
-        start += chunk.nominal_bytes
-    return mine
+    try:
+        return storage.read_bytes(path)
+    except storage.InputError as e:
+        raise RuntimeError(f"{path} is missing: the {written_by} pass did not write it") from e
 
 
 def write_counts(path: str, words: Sequence[str], counts: Sequence[int], lines: int) -> None:
-    """A chunk's word counts, in first-appearance order; words never hold whitespace."""
+    """A chunk's word counts, in first-appearance order, and its line count."""
+    if any("\t" in w or "\n" in w for w in words):
+        raise ValueError("a word holds a tab or a newline")  # BERT's words never do
     body = "".join(f"{w}\t{n}\n" for w, n in zip(words, counts, strict=True))
-    storage.write_bytes(path, gzip.compress(f"{lines}\n{body}".encode(), compresslevel=1))
+    # mtime=0: the same counts are the same bytes.
+    storage.write_bytes(path, gzip.compress(f"{lines}\n{body}".encode(), compresslevel=1, mtime=0))
 
 
 def read_counts(path: str) -> tuple[list[str], list[int], int]:
-    text = gzip.decompress(storage.read_bytes(path)).decode()
-    first, _, body = text.partition("\n")
+    """``(words, counts, lines)`` as ``write_counts`` wrote them."""
+    text = gzip.decompress(read_intermediate(path, "count")).decode("utf-8")
+    # Only "\n" ends a line: splitlines() would also cut at characters a word may hold.
+    first, *lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
     words: list[str] = []
     counts: list[int] = []
-    for line in body.splitlines():
-        word, _, n = line.rpartition("\t")
+    for line in lines:
+        word, _, n = line.partition("\t")
         words.append(word)
         counts.append(int(n))
     return words, counts, int(first)
+
+
+def write_marker(path: str, workers: int, config_digest: str, report: Mapping[str, int]) -> None:
+    storage.write_text(
+        path,
+        json.dumps(
+            {"workers": workers, "configDigest": config_digest, "report": dict(report)},
+            sort_keys=True,
+        ),
+    )
+
+
+def read_marker(path: str, workers: int, config_digest: str) -> dict[str, int] | None:
+    """The final report in an index's marker, if it is this configuration's and pod count's.
+
+    A marker of another configuration (a reused work dir) or another number of pods
+    (whose index had another share) is no marker: the index redoes its share.
+    """
+    if not storage.exists(path):
+        return None
+    try:
+        data: dict[str, Any] = json.loads(storage.read_text(path))
+    except (storage.InputError, ValueError):
+        return None
+    if data.get("workers") != workers or data.get("configDigest") != config_digest:
+        return None
+    report: dict[str, int] = data["report"]
+    return report

@@ -3,14 +3,12 @@
 Best effort by design: a report is sent from a background thread, at most once
 per ``min_report_interval_seconds`` (the newest report wins while one is
 pending), and any failure is logged and dropped. Training must never stall or
-die because the Kubernetes API is slow or unreachable.
+die because the Kubernetes API is slow or unreachable. The thread and the API
+client are ``bert_trainer.report``'s, shared with the prepare passes' reports.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,10 +17,7 @@ from typing import Any, Protocol
 
 from bert_trainer import contract
 from bert_trainer.config import JobRef
-
-log = logging.getLogger(__name__)
-
-_REQUEST_TIMEOUT_SECONDS = 10.0
+from bert_trainer.report import BackgroundReporter, StatusPatcher
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ class ProgressSink(Protocol):
     def send(self, progress: Mapping[str, Any]) -> None: ...
 
 
-class KubernetesStatusSink:
+class KubernetesStatusSink(StatusPatcher):
     """Merge-patches ``status.progress`` through the pod's service account.
 
     Uses the in-cluster configuration, or ``KUBECONFIG`` outside a cluster
@@ -78,39 +73,11 @@ class KubernetesStatusSink:
     configuration surfaces as a failed (dropped) report, not a failed start.
     """
 
-    def __init__(self, job: JobRef) -> None:
-        self._job = job
-        self._api: Any = None
-
     def send(self, progress: Mapping[str, Any]) -> None:
-        if self._api is None:
-            self._api = custom_objects_api()
-        self._api.patch_namespaced_custom_object_status(
-            group=contract.API_GROUP,
-            version=contract.API_VERSION,
-            namespace=self._job.namespace,
-            plural=contract.PLURAL,
-            name=self._job.name,
-            body={"status": {"progress": dict(progress)}},
-            _request_timeout=_REQUEST_TIMEOUT_SECONDS,
-        )
+        self.patch({"progress": dict(progress)})
 
 
-def custom_objects_api() -> Any:
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)
-    # The kubeconfig loader takes HTTPS_PROXY from the environment but not NO_PROXY;
-    # without it, a proxy meant for storage traffic would also carry API calls.
-    cfg.no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy")
-    return client.CustomObjectsApi(client.ApiClient(cfg))
-
-
-class ProgressReporter:
+class ProgressReporter(BackgroundReporter[Progress]):
     """Rate-limited, non-blocking, failure-swallowing progress reports.
 
     ``report`` returns at once; a daemon thread sends. ``close`` sends what
@@ -124,64 +91,16 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._sink = sink
-        self._min_interval = min_interval_seconds
-        self._clock = clock
-        self._now = now
-        self._pending: Progress | None = None
-        self._last_sent_at: float | None = None
-        self._closed = False
-        self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="progress-reporter", daemon=True)
-        self._thread.start()
+        def send(progress: Progress) -> None:
+            sink.send(progress.to_status(now()))
 
-    def report(self, progress: Progress, force: bool = False) -> None:
-        """Queue ``progress``; ``force`` skips the rate limit (final and checkpoint reports)."""
-        with self._wake:
-            self._pending = progress
-            if force:
-                self._last_sent_at = None
-            self._wake.notify()
-
-    def close(self, timeout: float = 5.0) -> None:
-        with self._wake:
-            self._closed = True
-            self._last_sent_at = None
-            self._wake.notify()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                progress = self._wait_for_due_report()
-                if progress is None:
-                    return
-                self._pending = None
-                self._last_sent_at = self._clock()
-            self._send(progress)
-
-    def _wait_for_due_report(self) -> Progress | None:
-        while True:
-            if self._pending is None:
-                if self._closed:
-                    return None
-                self._wake.wait()
-                continue
-            wait = self._seconds_until_due()
-            if wait <= 0:
-                return self._pending
-            self._wake.wait(wait)
-
-    def _seconds_until_due(self) -> float:
-        if self._last_sent_at is None or self._closed:
-            return 0.0
-        return self._last_sent_at + self._min_interval - self._clock()
-
-    def _send(self, progress: Progress) -> None:
-        try:
-            self._sink.send(progress.to_status(self._now()))
-        except Exception:
-            log.warning("progress report dropped", exc_info=True)
+        super().__init__(
+            send,
+            min_interval_seconds,
+            clock,
+            name="progress-reporter",
+            dropped="progress report dropped",
+        )
 
 
 def make_reporter(job: JobRef | None, is_chief: bool) -> ProgressReporter | None:
