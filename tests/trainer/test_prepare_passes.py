@@ -93,14 +93,14 @@ def test_the_merged_counts_are_the_whole_corpus_counts_and_give_its_vocab(
     # The whole corpus as one chunk, counted in one go.
     whole = source.plan_chunks(source.sizes(storage.glob(config.corpus[0])), 1 << 30)
     assert len(whole) == 1 < len(plan.chunks)
-    counts, whole_lines = count_words(whole, config.lowercase, 1)
-    assert list(merged.items()) == list(counts.items())  # first-appearance order too
+    whole_counts, whole_lines = count_words(whole, config.lowercase, 1)
+    assert list(merged.items()) == list(whole_counts.items())  # first-appearance order too
     assert lines == whole_lines
 
     run_pass(config, "vocab", 0, 1)
     tokens = vocab.train_vocab(
-        list(counts),
-        list(counts.values()),
+        list(whole_counts),
+        list(whole_counts.values()),
         vocab_size=config.vocab_size,
         min_frequency=config.min_frequency,
     )
