@@ -26,9 +26,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
@@ -146,23 +148,18 @@ def assemble_shard(
             if not expected:
                 continue
             fragment = workdir.fragment_path(work_dir, chunk, shard)
-            local = spool + ".fragment"
-            _download(workdir.sizes_path(fragment), local)
-            fragment_sizes = np.fromfile(local, dtype=np.int64)
-            _download(fragment, local)
-            if len(fragment_sizes) != expected or int(fragment_sizes.sum()) != os.path.getsize(
-                local
-            ):
-                raise RuntimeError(
-                    f"{fragment} holds {len(fragment_sizes)} records of "
-                    f"{os.path.getsize(local)} bytes, not the {expected} records the records "
-                    "pass dealt to it"
-                )
-            sizes.write(fragment_sizes.tobytes())
-            with open(local, "rb") as f:
-                while block := f.read(_COPY_BYTES):
-                    records.write(block)
-            os.remove(local)
+            with _local_copy(workdir.sizes_path(fragment), spool + ".sizes-fragment") as local:
+                fragment_sizes = np.fromfile(local, dtype=np.int64)
+            with _local_copy(fragment, spool + ".fragment") as local:
+                size = os.path.getsize(local)
+                if len(fragment_sizes) != expected or int(fragment_sizes.sum()) != size:
+                    raise RuntimeError(
+                        f"{fragment} holds {len(fragment_sizes)} records of {size} bytes, not "
+                        f"the {expected} records the records pass dealt to it"
+                    )
+                sizes.write(fragment_sizes.tobytes())
+                with open(local, "rb") as f:
+                    shutil.copyfileobj(f, records, _COPY_BYTES)
     return sizes_file
 
 
@@ -179,11 +176,22 @@ def delete_fragments(
     each(storage.delete, paths)
 
 
-def _download(path: str, local: str) -> None:
+@contextmanager
+def _local_copy(path: str, scratch: str) -> Iterator[str]:
+    """A local file with ``path``'s bytes: ``path`` itself if local, else a download."""
+    if not storage.is_gcs(path):
+        if not os.path.exists(path):
+            raise RuntimeError(f"{path} is missing: the records pass did not write it")
+        yield path
+        return
     try:
-        storage.download_file(path, local)
+        storage.download_file(path, scratch)
     except storage.InputError as e:
         raise RuntimeError(f"{path} is missing: the records pass did not write it") from e
+    try:
+        yield scratch
+    finally:
+        os.remove(scratch)
 
 
 def each(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:

@@ -1,32 +1,38 @@
 """The ``prepare`` stage: corpus -> vocab.txt + sharded TFRecords of MLM/NSP instances.
 
+``run_prepare`` runs the passes of ``passes`` (plan, count, vocab, records,
+shards) one after the other with one pod, in this process; a cluster runs each
+pass as an Indexed Job over several pods, with the same output bytes. This
+module also holds the steps the passes share.
+
 The corpus is processed one chunk of whole documents at a time (``source``:
 about ``chunk_bytes`` of text, cut at blank lines, files larger than a chunk
 split by byte ranges), so a worker's memory does not grow with the corpus.
 
-1. Counting pass (only when a vocab is trained): for each chunk, split its
-   sentences into BERT's words (``words``, in parallel) and add their counts
-   to one table of word counts, in order of first appearance; the text is
-   dropped. A WordPiece vocab is trained on the merged counts, which are
-   exactly the whole corpus' (a test compares the vocabs).
-2. Instance pass, for each chunk: split it into documents of sentences and
-   words again, WordPiece each distinct word once (Rust, all cores), then run
+1. Counting (only when a vocab is trained): for each chunk, split its sentences
+   into BERT's words (``words``, in parallel) and count them, in order of first
+   appearance; the text is dropped. A WordPiece vocab is trained on the merged
+   counts, which are exactly the whole corpus' (a test compares the vocabs).
+2. Instances, for each chunk: split it into documents of sentences and words
+   again, WordPiece each distinct word once (Rust, all cores), then run
    ``tasks`` (a dupe round over a run of the chunk's documents) on a process
    pool: pairs, masking and serialization, one numpy batch per task. The
    random next segments of next-sentence prediction are drawn from the other
    documents of the same chunk, not of the whole corpus: with chunks of
    hundreds of MB (tens of thousands of documents) that changes nothing a
-   model could learn, and a test checks the NSP and masking statistics.
-3. Deal the records over the shards as they arrive, into local spool files,
-   then shuffle each shard and write it to ``output_tfrecords`` (``shards``).
+   model could learn, and a test checks the NSP and masking statistics. The
+   records are dealt over the shards as fragments (``fragments``).
+3. Each shard is its fragments of every chunk, in chunk order, shuffled and
+   written to ``output_tfrecords`` (``shards``).
 
 Determinism: the chunk plan depends only on the corpus files, their sizes and
 ``chunk_bytes``; tasks, word splitting and shard shuffles use generators
 seeded from the config's seed and their own indices, and results are consumed
 in order, so the output bytes depend on the corpus, the config and the seed
-(and the tokenizers version, for a trained vocab), never on ``workers``. The
-random streams differ from google-research/bert's single ``random.Random``,
-so the instances are equal in distribution, not in bytes, to its output.
+(and the tokenizers version, for a trained vocab), never on ``workers`` (the
+processes of a pod) or on the number of pods. The random streams differ from
+google-research/bert's single ``random.Random``, so the instances are equal in
+distribution, not in bytes, to its output.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Tasks produce records in a random order; they are dealt round-robin over the
 shards as they arrive (so every shard gets an even share of every task), into
-local spool files rather than memory, and their sizes into side files. At
-the end every spool is shuffled as a whole and written to its destination,
-one shard per worker at a time. A spool of at most ``SHUFFLE_BYTES`` is
+local spool files rather than memory, and their sizes into side files: one
+chunk's fragments (``fragments``). A shard's spool, its fragments of every
+chunk, is then shuffled as a whole and written to its destination, one shard
+per process at a time. A spool of at most ``SHUFFLE_BYTES`` is
 shuffled in memory; a larger one by a two-pass external shuffle: each record
 goes to one of ``K`` bucket files drawn at random, then each bucket is
 shuffled in memory and appended to the output, which gives a uniformly random
@@ -50,7 +51,7 @@ class Dealer:
     """Appends records round-robin to one spool file per shard."""
 
     def __init__(self, directory: str, num_shards: int, start: int = 0) -> None:
-        """``start`` is the shard the first record goes to (a chunk's own, see ``distributed``)."""
+        """``start`` is the shard the first record goes to (a chunk's own, see ``fragments``)."""
         self.paths = [os.path.join(directory, f"spool-{i}") for i in range(num_shards)]
         self.size_paths = [f"{path}.sizes" for path in self.paths]
         self._files = [open(path, "wb") for path in self.paths]  # noqa: SIM115 (closed in close())
@@ -77,19 +78,6 @@ class Dealer:
         for f in [*self._files, *self._size_files]:
             f.flush()
         return list(zip(self.paths, self.size_paths, strict=True))
-
-    def jobs(
-        self, destinations: Sequence[str], seeds: Sequence[np.random.SeedSequence]
-    ) -> list[ShardJob]:
-        """What ``write_shard`` needs for each shard, once dealing is done (flushes the spools)."""
-        for f in [*self._files, *self._size_files]:
-            f.flush()
-        return [
-            ShardJob(path, sizes, destination, seed)
-            for path, sizes, destination, seed in zip(
-                self.paths, self.size_paths, destinations, seeds, strict=True
-            )
-        ]
 
     def close(self) -> None:
         for f in [*self._files, *self._size_files]:
