@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bert_trainer.contract import PREPARE_PASSES
 from tests.support import DEMO_TEST_TIMEOUT, DemoRun
 
 
@@ -55,14 +56,15 @@ def test_demo_stages_ran_from_the_trainer_image_as_10001_on_read_only_roots(
     ran = [r for r in records if not r["Image"].startswith("localhost/bpj-devstack/pause")]
     trainer = [r for r in ran if r["Image"] == "localhost/bert-trainer:dev"]
     stages = {r["Labels"]["io.kubernetes.pod.name"].rsplit("-", 1)[0] for r in trainer}
-    assert stages == {"quickstart-prepare", "quickstart-train-1-0", "quickstart-export"}, stages
+    passes = [f"quickstart-prep-{p}-0" for p in PREPARE_PASSES]
+    assert stages == {*passes, "quickstart-train-1-0", "quickstart-export"}, stages
     for record in ran:
         assert record["Spec"]["process"]["user"]["uid"] == 10001, record["Labels"]
         assert record["Spec"]["root"]["readonly"] is True, record["Labels"]
     # The TPU stage ran on the TPU-shaped node, the CPU stages on the CPU node.
     nodes = {r["Labels"]["io.kubernetes.pod.name"].rsplit("-", 1)[0]: r["node"] for r in trainer}
     assert nodes == {
-        "quickstart-prepare": "local-cpu-0",
+        **dict.fromkeys(passes, "local-cpu-0"),
         "quickstart-train-1-0": "local-tpu-v4-2x2x1-0",
         "quickstart-export": "local-cpu-0",
     }
@@ -72,7 +74,7 @@ def test_demo_stages_ran_from_the_trainer_image_as_10001_on_read_only_roots(
     for path in logs:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
         assert any(line.get("job") == "quickstart" for line in lines), path.read_text()[-2000:]
-    assert len(_demo_pods(demo_run)) == 3
+    assert len(_demo_pods(demo_run)) == len(passes) + 2
 
 
 @pytest.mark.timeout(DEMO_TEST_TIMEOUT)

@@ -102,7 +102,7 @@ def test_the_chart_and_the_operator_run_pods_as_the_images_user() -> None:
     manifest["metadata"].update(namespace="team-a", uid="uid-1")
     job = BertPretrainJob.from_manifest(manifest)
     for rendered in (
-        workloads.prepare_job(job, Settings()),
+        workloads.prepare_job(job, Settings(), "records"),
         workloads.train_job(job, Settings(), 1),
     ):
         assert rendered["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == UID
