@@ -410,6 +410,30 @@ def test_non_ascii_text_splits_words_like_tokenizers(text: str) -> None:
         assert words.bert_words(text, lowercase=lowercase) == bert_pipeline_words(text, lowercase)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=40), max_size=12
+    ),
+    lowercase=st.booleans(),
+)
+def test_split_words_of_a_batch_are_each_lines_words(lines: list[str], lowercase: bool) -> None:
+    # split_words joins the lines for one regex call and splits the non-ASCII ones
+    # with one tokenizers call: each line must still get exactly its own words.
+    found = words.split_words(lines, lowercase=lowercase)
+    expected = [bert_pipeline_words(line, lowercase) for line in lines]
+    assert found.per_sentence.tolist() == [len(w) for w in expected]
+    assert [found.distinct[c] for c in found.codes] == [w for ws in expected for w in ws]
+
+
+def test_non_ascii_lines_holding_every_separator_split_like_tokenizers() -> None:
+    separators = "\u2e3b\u2e3a\u2e1a\u2e40\u2e5d"
+    lines = [f"Ünï{separators}cödé", "ÀÉÎ ⸻ wörds", "plain ascii", "中文"]
+    found = words.split_words(lines, lowercase=True)
+    expected = [bert_pipeline_words(line, True) for line in lines]
+    assert [found.distinct[c] for c in found.codes] == [w for ws in expected for w in ws]
+
+
 def test_words_split_in_parts_merge_like_one_pass(corpus_dir: Path) -> None:
     lines = documents.split_lines((corpus_dir / "part-a.txt").read_text())
     whole = words.split_words(lines, lowercase=False)

@@ -84,23 +84,39 @@ def split_documents(texts: Iterable[str]) -> Sentences:
 
 def tokenize_corpus(sentences: Sentences, words: Words, tokens: Sequence[str]) -> Corpus:
     """WordPiece-tokenize the corpus: each distinct word once, then spread by numpy."""
+    return pack(sentences.document, *sentence_tokens(words, tokens))
+
+
+def sentence_tokens(
+    words: Words, tokens: Sequence[str]
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """The WordPiece ids of every sentence of ``words``, back to back, and ids per sentence."""
     piece_ids, piece_count = vocab.wordpiece(words.distinct, tokens)
     piece_start = np.cumsum(piece_count) - piece_count
 
     count = piece_count[words.codes]
     out_start = np.cumsum(count) - count
     source = np.repeat(piece_start[words.codes] - out_start, count) + np.arange(int(count.sum()))
-    token_ids = piece_ids[source]
+    token_ids = piece_ids[source].astype(np.int32)
 
     tokens_before_word = np.concatenate([[0], np.cumsum(count)])
     words_before_sentence = np.concatenate([[0], np.cumsum(words.per_sentence)])
-    length = np.diff(tokens_before_word[words_before_sentence])
+    length = np.diff(tokens_before_word[words_before_sentence]).astype(np.int64)
+    return token_ids, length
+
+
+def pack(
+    document_of_sentence: Sequence[int],
+    token_ids: npt.NDArray[np.int32],
+    length: npt.NDArray[np.int64],
+) -> Corpus:
+    """The Corpus of sentences with these documents, ids (back to back) and id counts."""
     # Sentences that tokenize to nothing are dropped, as in google-research/bert.
     kept = length > 0
     sentence_starts = np.concatenate([[0], np.cumsum(length[kept])]).astype(np.int64)
-    documents = np.asarray(sentences.document, dtype=np.int64)[kept]
+    documents = np.asarray(document_of_sentence, dtype=np.int64)[kept]
     first_of_document = np.flatnonzero(np.diff(documents)) + 1
     document_starts = np.concatenate(
         [[0], first_of_document, [len(documents)]] if len(documents) else [[0]]
     ).astype(np.int64)
-    return Corpus(token_ids.astype(np.int32), sentence_starts, document_starts)
+    return Corpus(token_ids.astype(np.int32, copy=False), sentence_starts, document_starts)

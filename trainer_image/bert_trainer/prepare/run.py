@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from bert_trainer import contract, storage
 from bert_trainer.config import PrepareConfig
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 
 WORDS_CHUNK = 1 << 14
 """Sentences per word-splitting task."""
+TOKENIZE_TASK = 1 << 18
+"""Most sentences per tokenizing task (about 25 MiB of text)."""
 
 
 @dataclass(frozen=True)
@@ -145,10 +148,29 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
 def tokenize_chunk(
     chunk: source.Chunk, lowercase: bool, tokens: list[str], workers: int
 ) -> tuple[documents.Corpus, int]:
-    """The chunk's corpus, and how many non-blank lines it had."""
+    """The chunk's corpus, and how many non-blank lines it had.
+
+    The sentences are split into words and WordPiece-tokenized on the pool, in
+    ranges of at most TOKENIZE_TASK sentences: only the ids come back, which
+    made this step 2x faster in wall time on 2 cores than merging the words of
+    every range first and tokenizing their distinct words here. A range
+    WordPiece-tokenizes its own distinct words; the ids of a word do not depend
+    on its range, so the corpus is the same for any number of processes.
+    """
     sentences = documents.split_documents(source.read_chunk(chunk))
-    chunk_words = _split_words(sentences.text, lowercase, workers)
-    return documents.tokenize_corpus(sentences, chunk_words, tokens), len(sentences.text)
+    n = len(sentences.text)
+    if workers <= 1 or n <= WORDS_CHUNK:
+        token_ids, lengths = documents.sentence_tokens(
+            words.split_words(sentences.text, lowercase=lowercase), tokens
+        )
+    else:
+        size = max(WORDS_CHUNK, min(-(-n // workers), TOKENIZE_TASK))
+        bounds = list(itertools.pairwise([*range(0, n, size), n]))
+        with parallel.pool(_Sentences(sentences.text, lowercase, tokens), workers) as imap:
+            parts = list(imap(_tokenize_task, bounds))
+        token_ids = np.concatenate([ids for ids, _ in parts])
+        lengths = np.concatenate([length for _, length in parts])
+    return documents.pack(sentences.document, token_ids, lengths), n
 
 
 def count_words(
@@ -185,6 +207,7 @@ def expand(patterns: Sequence[str]) -> list[str]:
 class _Sentences:
     text: list[str]
     lowercase: bool
+    tokens: list[str] | None = None
 
 
 def _split_words(sentences: list[str], lowercase: bool, workers: int) -> words.Words:
@@ -200,6 +223,16 @@ def _split_words_task(bounds: tuple[int, int]) -> words.Words:
     assert isinstance(shared, _Sentences)
     start, end = bounds
     return words.split_words(shared.text[start:end], lowercase=shared.lowercase)
+
+
+def _tokenize_task(
+    bounds: tuple[int, int],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    shared = parallel.state()
+    assert isinstance(shared, _Sentences) and shared.tokens is not None
+    start, end = bounds
+    found = words.split_words(shared.text[start:end], lowercase=shared.lowercase)
+    return documents.sentence_tokens(found, shared.tokens)
 
 
 def given_vocab(config: PrepareConfig) -> list[str]:
