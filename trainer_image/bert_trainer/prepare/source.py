@@ -164,7 +164,7 @@ def _lines_from(f: RangeFile, offset: int) -> Iterator[tuple[int, bytes]]:
 
 def open_file(path: str, generation: int | None = None) -> RangeFile:
     """``path`` to read by ranges; for gs:// its current generation, which must be
-    ``generation`` if given (RuntimeError otherwise: the object changed since it was planned)."""
+    ``generation`` if given (InputError otherwise: the object changed since it was planned)."""
     return _GcsFile(path, generation) if storage.is_gcs(path) else _LocalFile(path)
 
 
@@ -194,15 +194,21 @@ class _GcsFile:
         bucket_name, name = storage._split(path)
         bucket = storage._client().bucket(bucket_name)
         blob = bucket.get_blob(name, retry=self._retry)
+        # A corpus object deleted or replaced after the plan is bad input, not a fault to
+        # retry: every retry would find the same object, and records of two versions of
+        # the corpus must not be mixed.
         if blob is None:
             if generation is not None:
-                # Not bad input: the corpus was there when it was planned.
-                raise RuntimeError(f"{path} was deleted after the corpus was planned")
+                raise InputError(
+                    f"{path} was deleted while the job prepared its records; the corpus "
+                    "must not change until the prepare stage is done (create a new job)"
+                )
             raise InputError(f"{path} does not exist")
         if generation is not None and blob.generation != generation:
-            raise RuntimeError(
-                f"{path} changed after the corpus was planned "
-                f"(generation {generation} -> {blob.generation})"
+            raise InputError(
+                f"{path} was replaced while the job prepared its records (generation "
+                f"{generation} -> {blob.generation}); the corpus must not change until the "
+                "prepare stage is done (create a new job)"
             )
         self.size = int(blob.size or 0)
         self.generation: int | None = int(blob.generation)
@@ -212,9 +218,19 @@ class _GcsFile:
         if length <= 0 or offset >= self.size:
             return b""
         end = min(offset + length, self.size) - 1  # inclusive
-        data: bytes = self._blob.download_as_bytes(
-            start=offset, end=end, checksum=None, retry=self._retry
-        )
+        from google.api_core.exceptions import NotFound
+
+        try:
+            data: bytes = self._blob.download_as_bytes(
+                start=offset, end=end, checksum=None, retry=self._retry
+            )
+        except NotFound as e:
+            # The generation read so far is gone: the object was replaced or deleted.
+            raise InputError(
+                f"{self.path} was replaced or deleted while the job read it (generation "
+                f"{self.generation}); the corpus must not change until the prepare stage "
+                "is done (create a new job)"
+            ) from e
         return data
 
 
