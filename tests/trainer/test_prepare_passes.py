@@ -420,10 +420,10 @@ def test_passes_on_gcs_write_the_bytes_of_one_local_process(
     # An object replaced or deleted after the plan is bad input: retries would read it again.
     storage.upload_file(str(corpus_dir / "part-b.txt"), f"{root}/corpus/part-a.txt")
     storage.delete(f"{root}/out/prepare/done/records-0.json")
-    with pytest.raises(InputError, match="part-a.txt was replaced while the job prepared"):
+    with pytest.raises(InputError, match=r"part-a\.txt was replaced while the job prepared"):
         run_pass(config, "records", 0, 2)
     storage.delete(f"{root}/corpus/part-a.txt")
-    with pytest.raises(InputError, match="part-a.txt was deleted while the job prepared"):
+    with pytest.raises(InputError, match=r"part-a\.txt was deleted while the job prepared"):
         run_pass(config, "records", 0, 2)
 
 
