@@ -206,6 +206,25 @@ def test_preparation_and_export_resources_come_from_the_spec_or_the_settings() -
     assert export["requests"] == {"cpu": SETTINGS.prepare_cpu, "memory": "12Gi"}
 
 
+def test_cpu_stage_pods_size_their_process_pool_by_their_cpu_request() -> None:
+    # On a 64-core node a pod that asked for 2 CPUs must not fork 64 processes.
+    job = load("quickstart.yaml")
+    for manifest in (
+        workloads.prepare_job(job, SETTINGS, "records"),
+        workloads.export_job(job, SETTINGS),
+    ):
+        env = {e["name"]: e for e in container(manifest)["env"]}
+        assert env[contract.ENV_CPUS]["valueFrom"] == {
+            "resourceFieldRef": {
+                "containerName": workloads.CONTAINER_NAME,
+                "resource": "requests.cpu",
+                "divisor": "1",
+            }
+        }
+    (train,) = render_stage(job, SETTINGS, "train", 1)
+    assert contract.ENV_CPUS not in {e["name"] for e in container(train)["env"]}
+
+
 def test_pods_run_locked_down() -> None:
     (train,) = render_stage(load("quickstart.yaml"), SETTINGS, "train", 1)
     pod = train["spec"]["template"]["spec"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from pathlib import Path
 
@@ -10,7 +11,16 @@ import numpy as np
 import pytest
 
 from bert_trainer import contract, storage
-from bert_trainer.prepare import PrepareResult, documents, run_prepare, shards, source, vocab, words
+from bert_trainer.prepare import (
+    PrepareResult,
+    documents,
+    parallel,
+    run_prepare,
+    shards,
+    source,
+    vocab,
+    words,
+)
 from bert_trainer.prepare.run import count_words
 from bert_trainer.storage import InputError
 from tests.trainer.conftest import PrepareConfigFactory, synthetic_corpus
@@ -296,10 +306,42 @@ def test_gcs_objects_are_read_by_ranges(
         open_file(f"gs://{gcs_bucket}/ranges/absent.txt")
 
 
-def test_a_file_that_changes_between_plan_and_read_fails_the_attempt(tmp_path: Path) -> None:
+def test_a_file_that_changes_between_plan_and_read_is_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "c.txt"
     path.write_text("one\n\ntwo\n")
     [chunk] = source.plan_chunks(source.sizes([str(path)]), 100)
     path.write_text("one\n\ntwo\n\nthree\n")
-    with pytest.raises(RuntimeError, match="changed while it was read"):
+    with pytest.raises(InputError, match="changed while the job prepared its records"):
         source.read_chunk(chunk)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, a 1500m limit: rounded up
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit: the affinity
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_pods_cpu_limit_caps_its_processes(
+    tmp_path: Path, files: dict[str, str], expected: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    usable = len(os.sched_getaffinity(0))
+    assert parallel.cpu_count(str(tmp_path)) == (
+        usable if expected is None else min(usable, expected)
+    )
+
+
+def test_the_pods_cpu_request_caps_its_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(contract.ENV_CPUS, "1")
+    assert parallel.cpu_count(str(tmp_path)) == 1
+    monkeypatch.setenv(contract.ENV_CPUS, "64")
+    assert parallel.cpu_count(str(tmp_path)) == len(os.sched_getaffinity(0))

@@ -167,6 +167,19 @@ def _cpu_stage_job(
 ) -> Manifest:
     container = _container(job, settings, stage, resources)
     container["args"] += args or []
+    # The pool's processes follow the CPU request (rounded up), not the node's cores.
+    container["env"].append(
+        {
+            "name": contract.ENV_CPUS,
+            "valueFrom": {
+                "resourceFieldRef": {
+                    "containerName": CONTAINER_NAME,
+                    "resource": "requests.cpu",
+                    "divisor": "1",
+                }
+            },
+        }
+    )
     spec: dict[str, Any] = {"backoffLimit": CPU_STAGE_BACKOFF_LIMIT}
     if pods is not None:
         spec = {

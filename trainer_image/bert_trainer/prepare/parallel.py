@@ -8,12 +8,15 @@ order, which is what makes ``prepare`` deterministic for any number of workers.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing.pool import Pool
 from typing import Protocol, TypeVar
+
+from bert_trainer import contract
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -31,11 +34,47 @@ def state() -> object:
     return _state
 
 
-def cpu_count() -> int:
+def cpu_count(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The processes to run: the CPUs this process may use, capped by its CPU quota.
+
+    A pod's CPU limit is a CFS quota, not an affinity: on a 64-core node a pod
+    limited to 2 CPUs still sees 64, and 64 processes would be throttled to 2
+    CPUs while each holds its own memory. So the cgroup's quota (v2 ``cpu.max``,
+    v1 ``cpu.cfs_quota_us``), rounded up, caps the count; so does the pod's CPU
+    request, which the operator passes as ``$BERT_TRAINER_CPUS`` (its pods have a
+    request and no CPU limit: a pool sized by the request uses what it asked for).
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        usable = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        usable = min(usable, math.ceil(quota))
+    requested = os.environ.get(contract.ENV_CPUS, "")
+    if requested.isdigit() and int(requested) > 0:
+        usable = min(usable, int(requested))
+    return max(1, usable)
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs of this process' cgroup quota, or None when it has none (or no cgroup is seen)."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:  # cgroup v2
+            quota, _, period = f.read().strip().partition(" ")
+    except OSError:
+        try:
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:  # cgroup v1
+                quota = f.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit():
+        return None
+    if int(quota) <= 0 or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
 
 
 @contextmanager

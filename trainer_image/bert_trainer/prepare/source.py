@@ -112,9 +112,10 @@ def read_chunk(chunk: Chunk) -> list[str]:
 
 def read_piece(f: RangeFile, piece: Piece) -> str:
     if f.size != piece.size:
-        # Not bad input: a new attempt plans the new corpus afresh.
-        raise RuntimeError(
-            f"{piece.path} changed while it was read ({piece.size} -> {f.size} bytes)"
+        # Bad input, as for a gs:// object of another generation (_GcsFile).
+        raise InputError(
+            f"{piece.path} changed while the job prepared its records ({piece.size} -> "
+            f"{f.size} bytes); the corpus must not change until the prepare stage is done"
         )
     start = document_cut(f, piece.start)
     end = document_cut(f, piece.end)
@@ -122,7 +123,7 @@ def read_piece(f: RangeFile, piece: Piece) -> str:
     for offset in range(start, end, READ_BLOCK):
         data += f.read(offset, min(READ_BLOCK, end - offset))
     if len(data) != end - start:
-        raise RuntimeError(f"{piece.path} changed while it was read")
+        raise InputError(f"{piece.path} changed while the job prepared its records")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
