@@ -11,7 +11,8 @@ What it does, in one run on one machine:
    the word table grow with the corpus as real text's do). It is written as
    files of ``--file-mib`` (64 MiB) of whole documents; files larger than a
    chunk are split by byte ranges.
-2. Runs ``run_prepare`` on each, in a fresh process, as one worker pod does:
+2. Runs the passes on each (``run_pass``: plan, count, vocab, records,
+   shards), each in a fresh process as each pass' pod runs it, with one pod:
    a WordPiece vocab trained on the corpus (counting pass, then training),
    then the instance pass, ``--workers`` processes (default: all cores), the
    given ``--chunk-mib``. Flags: max_seq_length 128, max_predictions_per_seq
@@ -22,7 +23,8 @@ What it does, in one run on one machine:
    counted twice), which is what the pod's memory limit has to hold. The
    parent's own peak RSS (VmHWM) and the largest pool process' are printed too.
 
-The peak of a worker should depend on ``chunk_bytes``, not on the corpus, so
+The peak of a worker (its largest pass) should depend on ``chunk_bytes``, not
+on the corpus, so
 both corpora must be larger than a chunk. The last line is ``RATIO
 prepare_memory <large/small>x (target <= 1.2x)``, from the peak PSS of the
 process tree.
@@ -53,6 +55,7 @@ TARGET_RATIO = 1.2
 CORPUS_SEED = 20261202
 LEXICON_SIZE = 100_000
 SAMPLE_SECONDS = 0.2
+PASSES = ("plan", "count", "vocab", "records", "shards")
 
 _ONSETS = [*"bcdfghjklmnprstvwz", "br", "cr", "dr", "gr", "pl", "st", "tr", "ch", "sh", "th"]
 _VOWELS = [*"aeiou", "ai", "ea", "ou", "io"]
@@ -128,20 +131,25 @@ class Run:
 
 
 def _worker_main(args: Sequence[str]) -> None:
-    """``run_prepare`` in this (fresh) process; prints a ``Run`` as JSON."""
+    """One pass (``run_pass``, index 0 of 1 pod), or ``all`` (``run_prepare``), in this
+    (fresh) process, as one pod runs it; prints a ``Run`` as JSON."""
     from bert_trainer.config import PrepareConfig
-    from bert_trainer.prepare.run import run_prepare
 
     config = PrepareConfig.model_validate_json(args[0])
     started = time.perf_counter()
-    result = run_prepare(config)
+    if args[1] == "all":
+        from bert_trainer.prepare.run import run_prepare
+
+        result = run_prepare(config)
+        instances, documents = result.instances, result.documents
+    else:
+        from bert_trainer.prepare.passes import run_pass
+
+        report = run_pass(config, args[1], 0, 1)
+        instances, documents = report.get("instances", 0), 0
     seconds = time.perf_counter() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(
-        json.dumps(
-            asdict(Run(result.instances, result.documents, seconds, _vm_hwm(os.getpid()), children))
-        )
-    )
+    print(json.dumps(asdict(Run(instances, documents, seconds, _vm_hwm(os.getpid()), children))))
 
 
 def _vm_hwm(pid: int) -> int:
@@ -174,8 +182,10 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def run_worker(config_json: str, log: Path, tree: Path | None = None) -> tuple[Run, int]:
-    """One worker in a subprocess: its Run, and the peak PSS of its process tree.
+def run_worker(
+    config_json: str, log: Path, tree: Path | None = None, prepare_pass: str = "all"
+) -> tuple[Run, int]:
+    """One worker (a pass, or ``all``) in a subprocess: its Run, and the peak PSS of its tree.
 
     ``tree``: another ``trainer_image`` directory to import ``bert_trainer`` from.
     """
@@ -184,7 +194,7 @@ def run_worker(config_json: str, log: Path, tree: Path | None = None) -> tuple[R
         env["PYTHONPATH"] = str(tree)
     with log.open("a") as err:
         process = subprocess.Popen(
-            [sys.executable, __file__, "--run-worker", "--", config_json],
+            [sys.executable, __file__, "--run-worker", "--", config_json, prepare_pass],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -264,10 +274,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                 run, peak = run_worker(json.dumps(baseline), work / "runs.log", args.baseline_tree)
                 _print_run(f"baseline ({args.baseline_tree})", size_mib, run, peak, load)
                 shutil.rmtree(out, ignore_errors=True)
+            # Each pass in its own process, as each pass' pod runs it: the peak of a
+            # worker is the largest pass peak.
+            config["work_dir"] = str(out / "prepare")
+            pass_peaks = {}
+            seconds = 0.0
             load = os.getloadavg()[0]
-            run, peak = run_worker(json.dumps(config), work / "runs.log")
+            for prepare_pass in PASSES:
+                run, pass_peaks[prepare_pass] = run_worker(
+                    json.dumps(config), work / "runs.log", prepare_pass=prepare_pass
+                )
+                seconds += run.seconds
+            peak = max(pass_peaks.values())
             peaks.append(peak)
-            _print_run(f"chunk {args.chunk_mib} MiB", size_mib, run, peak, load)
+            print(
+                f"  chunk {args.chunk_mib} MiB, {size_mib} MiB: {run.instances:,} instances in "
+                f"{seconds:.0f}s (load average {load:.2f} at start); peak PSS of the process "
+                f"tree {peak / 2**20:,.0f} MiB; per pass: "
+                + ", ".join(f"{p} {v / 2**20:,.0f}" for p, v in pass_peaks.items())
+                + " MiB",
+                flush=True,
+            )
             shutil.rmtree(corpus_dir, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
     finally:

@@ -14,6 +14,7 @@ from bert_trainer import contract, storage
 from bert_trainer.prepare import (
     PrepareResult,
     documents,
+    heap,
     parallel,
     run_prepare,
     shards,
@@ -345,3 +346,8 @@ def test_the_pods_cpu_request_caps_its_processes(
     assert parallel.cpu_count(str(tmp_path)) == 1
     monkeypatch.setenv(contract.ENV_CPUS, "64")
     assert parallel.cpu_count(str(tmp_path)) == len(os.sched_getaffinity(0))
+
+
+def test_the_preparation_sets_glibcs_heap_thresholds() -> None:
+    # glibc on this image and machine: mallopt accepts every setting (heap.py says why).
+    assert heap.configure()

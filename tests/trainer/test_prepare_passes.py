@@ -341,14 +341,14 @@ def test_the_passes_keep_the_bad_input_errors(corpus_dir: Path, tmp_path: Path) 
         run_pass(bad, "count", 0, 1)
 
 
-def test_a_corpus_file_that_changed_after_the_plan_fails_the_pod(tmp_path: Path) -> None:
+def test_a_corpus_file_that_changed_after_the_plan_is_bad_input(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text(synthetic_corpus(30, seed=3))
     config = pass_config(corpus, tmp_path / "out")
     run_pass(config, "plan", 0, 1)
     (corpus / "a.txt").write_text(synthetic_corpus(31, seed=3))
-    with pytest.raises(RuntimeError, match="changed while it was read"):
+    with pytest.raises(InputError, match="changed while the job prepared its records"):
         run_pass(config, "count", 0, 1)
 
 

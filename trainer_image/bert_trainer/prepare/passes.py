@@ -39,7 +39,17 @@ from dataclasses import dataclass
 
 from bert_trainer import contract, storage
 from bert_trainer.config import PrepareConfig
-from bert_trainer.prepare import fragments, parallel, run, shards, source, tasks, vocab, workdir
+from bert_trainer.prepare import (
+    fragments,
+    heap,
+    parallel,
+    run,
+    shards,
+    source,
+    tasks,
+    vocab,
+    workdir,
+)
 from bert_trainer.prepare import plan as plans
 from bert_trainer.prepare.reports import PassReporter
 from bert_trainer.storage import InputError
@@ -96,6 +106,7 @@ def run_pass(
         workers = 1
     if workers < 1 or not 0 <= index < workers:
         raise InputError(f"prepare --pass {prepare_pass}: no index {index} of {workers} pods")
+    heap.configure()
     reporter = reporter or PassReporter(None, prepare_pass, index)
     this = _Index(config, config.work_dir, index, workers, reporter)
     digest = plans.config_digest(config)
