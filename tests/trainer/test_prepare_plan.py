@@ -13,6 +13,7 @@ from bert_trainer import storage
 from bert_trainer.prepare import fragments, shards, source, workdir
 from bert_trainer.prepare import plan as plans
 from bert_trainer.prepare.plan import CorpusFile, Plan
+from bert_trainer.storage import InputError
 from tests.trainer.conftest import TINY_CHUNK, pass_config, small_prepare_config
 
 
@@ -147,14 +148,14 @@ def test_a_marker_counts_only_for_its_settings_and_pods(tmp_path: Path) -> None:
     assert workdir.read_marker(path, 3, "abc") is None
 
 
-def test_a_local_file_that_changed_after_the_plan_fails_its_reader(tmp_path: Path) -> None:
+def test_a_local_file_that_changed_after_the_plan_is_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "c.txt"
     path.write_text("one\n\ntwo\n")
     files = plans.stat_files([str(path)])
     assert files == [CorpusFile(str(path), 9, None)]
     plan = plans.make_plan(files, small_prepare_config(tmp_path, tmp_path, chunk_bytes=TINY_CHUNK))
     path.write_text("one\n\ntwo\n\nthree\n")
-    with pytest.raises(RuntimeError, match="changed while it was read"):
+    with pytest.raises(InputError, match="changed while the job prepared its records"):
         source.read_chunk(plan.chunks[0])
 
 
