@@ -1,6 +1,6 @@
 """Benchmark 5: the preparation on 4 worker pods against 1, on the local stack's real node.
 
-    .venv/bin/python benchmarks/prepare_fanout.py [--corpus-mib 24] [--chunk-mib 2] [--keep DIR]
+    .venv/bin/python benchmarks/prepare_fanout.py [--corpus-mib 64] [--chunk-mib 4] [--keep DIR]
 
 What it does, in one run on one machine (root; the stack's real kubelet and
 containerd run the trainer image as on GKE):
@@ -158,8 +158,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus-mib", type=float, default=24)
-    parser.add_argument("--chunk-mib", type=float, default=2)
+    parser.add_argument("--corpus-mib", type=float, default=64)
+    parser.add_argument("--chunk-mib", type=float, default=4)
     parser.add_argument(
         "--total-cpu", type=float, default=1.6, help="CPUs of the run (the operator needs some)"
     )

@@ -70,7 +70,12 @@ class CorpusInfo:
 
 
 def generate_corpus(directory: Path, target_bytes: int, file_bytes: int) -> CorpusInfo:
-    """Files of about ``file_bytes`` of whole documents, ``target_bytes`` or more in all."""
+    """Files of at most ``file_bytes`` of whole documents, about ``target_bytes`` in all.
+
+    At most, so that a file of ``k`` chunks' bytes splits into ``k`` chunks of nearly
+    ``chunk_bytes`` each: just over would split it into ``k + 1`` smaller ones, and the
+    corpora would be compared at different chunk sizes.
+    """
     rng = random.Random(CORPUS_SEED)
     sentences = [line.strip() for line in SEED_CORPUS.read_text().splitlines() if line.strip()]
     words = [s.split(" ") for s in sentences]
@@ -98,7 +103,7 @@ def generate_corpus(directory: Path, target_bytes: int, file_bytes: int) -> Corp
         path = directory / f"part-{len(files):04d}.txt"
         size = 0
         with path.open("w", encoding="utf-8") as out:
-            while size < file_bytes and written + size < target_bytes:
+            while written + size < target_bytes:
                 length = rng.randint(2, 48)
                 picks = rng.choices(range(len(sentences)), k=length)
                 swaps = rng.choices(pseudo, cum_weights=cumulative, k=length)
@@ -108,6 +113,8 @@ def generate_corpus(directory: Path, target_bytes: int, file_bytes: int) -> Corp
                     line[rng.randrange(len(line))] = swap
                     lines.append(" ".join(line))
                 text = "\n".join(lines) + "\n\n"
+                if size + len(text.encode()) > file_bytes:
+                    break
                 out.write(text)
                 size += len(text.encode())
                 documents += 1
@@ -285,12 +292,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     json.dumps(config), work / "runs.log", prepare_pass=prepare_pass
                 )
                 seconds += run.seconds
+            plan = json.loads((out / "prepare" / "plan.json").read_text())
+            # A chunk is a list of [file, start, end] pieces (prepare/plan.py).
+            largest = max(sum(end - start for _, start, end in c) for c in plan["chunks"])
             peak = max(pass_peaks.values())
             peaks.append(peak)
             print(
                 f"  chunk {args.chunk_mib} MiB, {size_mib} MiB: {run.instances:,} instances in "
                 f"{seconds:.0f}s (load average {load:.2f} at start); peak PSS of the process "
-                f"tree {peak / 2**20:,.0f} MiB; per pass: "
+                f"tree {peak / 2**20:,.0f} MiB; {len(plan['chunks'])} chunks, the largest "
+                f"{largest / 2**20:.1f} MiB; per pass: "
                 + ", ".join(f"{p} {v / 2**20:,.0f}" for p, v in pass_peaks.items())
                 + " MiB",
                 flush=True,
