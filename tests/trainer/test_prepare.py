@@ -28,7 +28,7 @@ from bert_trainer.prepare import (
     vocab,
     words,
 )
-from bert_trainer.prepare.run import special_ids
+from bert_trainer.prepare.steps import special_ids
 from bert_trainer.storage import InputError
 from tests.trainer.conftest import PrepareConfigFactory, small_prepare_config
 

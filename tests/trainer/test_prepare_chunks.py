@@ -22,7 +22,7 @@ from bert_trainer.prepare import (
     vocab,
     words,
 )
-from bert_trainer.prepare.run import count_words
+from bert_trainer.prepare.steps import count_words
 from bert_trainer.storage import InputError
 from tests.trainer.conftest import PrepareConfigFactory, synthetic_corpus
 

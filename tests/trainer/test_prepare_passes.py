@@ -16,7 +16,7 @@ from bert_trainer.config import JobRef, PrepareConfig, TrainerConfig
 from bert_trainer.prepare import fragments, run_prepare, shards, source, tfrecord, vocab, workdir
 from bert_trainer.prepare import plan as plans
 from bert_trainer.prepare.passes import run_pass
-from bert_trainer.prepare.run import count_words
+from bert_trainer.prepare.steps import count_words
 from bert_trainer.storage import InputError
 from tests.trainer.conftest import pass_config, prepare_outputs, run_passes, synthetic_corpus
 
@@ -213,8 +213,8 @@ def test_an_index_with_its_marker_only_reports_again(
 
     monkeypatch.setattr(fragments, "write_chunk", no_work)
     monkeypatch.setattr(shards, "write_shard", no_work)
-    monkeypatch.setattr("bert_trainer.prepare.run.count_words", no_work)
-    monkeypatch.setattr("bert_trainer.prepare.run.train_and_write_vocab", no_work)
+    monkeypatch.setattr("bert_trainer.prepare.steps.count_words", no_work)
+    monkeypatch.setattr("bert_trainer.prepare.steps.train_and_write_vocab", no_work)
     for key, report in reports.items():
         prepare_pass, index = key.split("-")
         pods = 1 if prepare_pass in ("plan", "vocab") else 2

@@ -38,7 +38,7 @@ import numpy as np
 
 from bert_trainer import storage
 from bert_trainer.config import PrepareConfig
-from bert_trainer.prepare import instances, masking, parallel, run, shards, source, tasks, workdir
+from bert_trainer.prepare import instances, masking, parallel, shards, source, steps, tasks, workdir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def write_chunk(
     processes: int,
 ) -> ChunkStats:
     """Build the chunk's instances, upload its non-empty fragments, then its stats."""
-    corpus, lines = run.tokenize_chunk(chunk, config.lowercase, tokens, processes)
+    corpus, lines = steps.tokenize_chunk(chunk, config.lowercase, tokens, processes)
     totals = np.zeros(4, dtype=np.int64)
     counts = (lines, corpus.num_documents, corpus.num_sentences, corpus.num_tokens)
     log.info(

@@ -43,9 +43,9 @@ from bert_trainer.prepare import (
     fragments,
     heap,
     parallel,
-    run,
     shards,
     source,
+    steps,
     tasks,
     vocab,
     workdir,
@@ -128,7 +128,7 @@ def run_pass(
 
 
 def _plan(this: _Index) -> dict[str, int]:
-    files = plans.stat_files(run.expand(this.config.corpus))
+    files = plans.stat_files(steps.expand(this.config.corpus))
     plan = plans.make_plan(files, this.config)
     storage.write_text(workdir.plan_path(this.work_dir), plan.to_json())
     log.info(
@@ -144,7 +144,7 @@ def _count(this: _Index) -> dict[str, int]:
     mine = plans.assigned(this.load_plan(), this.workers, this.index)
     progress = _ChunkProgress(this.reporter, mine)
     for chunk in mine:
-        counts, lines = run.count_words([chunk], this.config.lowercase, this.processes)
+        counts, lines = steps.count_words([chunk], this.config.lowercase, this.processes)
         workdir.write_counts(
             workdir.counts_path(this.work_dir, chunk.index),
             list(counts),
@@ -157,7 +157,7 @@ def _count(this: _Index) -> dict[str, int]:
 
 def _vocab(this: _Index) -> dict[str, int]:
     if this.config.vocab is not None:
-        return {"vocabSize": len(run.given_vocab(this.config))}
+        return {"vocabSize": len(steps.given_vocab(this.config))}
     merged: dict[str, int] = {}
     lines = 0
     get = merged.get
@@ -168,7 +168,7 @@ def _vocab(this: _Index) -> dict[str, int]:
         lines += chunk_lines
         for word, n in zip(words, counts, strict=True):
             merged[word] = get(word, 0) + n
-    return {"vocabSize": len(run.train_and_write_vocab(this.config, merged, lines))}
+    return {"vocabSize": len(steps.train_and_write_vocab(this.config, merged, lines))}
 
 
 def _records(this: _Index) -> dict[str, int]:
@@ -176,7 +176,7 @@ def _records(this: _Index) -> dict[str, int]:
     mine = plans.assigned(this.load_plan(), this.workers, this.index)
     raw = workdir.read_intermediate(config.output_vocab, "vocab")
     tokens = vocab.parse_vocab(raw.decode("utf-8"), config.output_vocab)
-    special = run.special_ids(tokens)
+    special = steps.special_ids(tokens)
     progress = _ChunkProgress(this.reporter, mine, counts_instances=True)
     for chunk in mine:
         stats = fragments.write_chunk(config, this.work_dir, chunk, tokens, special, this.processes)

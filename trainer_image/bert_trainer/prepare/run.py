@@ -2,8 +2,8 @@
 
 ``run_prepare`` runs the passes of ``passes`` (plan, count, vocab, records,
 shards) one after the other with one pod, in this process; a cluster runs each
-pass as an Indexed Job over several pods, with the same output bytes. This
-module also holds the steps the passes share.
+pass as an Indexed Job over several pods, with the same output bytes. The
+steps the passes share are in ``steps``.
 
 The corpus is processed one chunk of whole documents at a time (``source``:
 about ``chunk_bytes`` of text, cut at blank lines, files larger than a chunk
@@ -14,7 +14,7 @@ split by byte ranges), so a worker's memory does not grow with the corpus.
    appearance; the text is dropped. A WordPiece vocab is trained on the merged
    counts, which are exactly the whole corpus' (a test compares the vocabs).
 2. Instances, for each chunk: split it into documents of sentences and words
-   again, WordPiece each distinct word once (Rust, all cores), then run
+   again and WordPiece them, on a process pool (``steps``), then run
    ``tasks`` (a dupe round over a run of the chunk's documents) on a process
    pool: pairs, masking and serialization, one numpy batch per task. The
    random next segments of next-sentence prediction are drawn from the other
@@ -37,36 +37,17 @@ distribution, not in bytes, to its output.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-import numpy.typing as npt
 
 from bert_trainer import contract, storage
 from bert_trainer.config import PrepareConfig
-from bert_trainer.prepare import (
-    documents,
-    masking,
-    parallel,
-    shards,
-    source,
-    vocab,
-    words,
-    workdir,
-)
-from bert_trainer.storage import InputError
+from bert_trainer.prepare import fragments, passes, shards, workdir
+from bert_trainer.prepare import plan as plans
 
 log = logging.getLogger(__name__)
-
-WORDS_CHUNK = 1 << 14
-"""Sentences per word-splitting task."""
-TOKENIZE_TASK = 1 << 18
-"""Most sentences per tokenizing task (about 25 MiB of text)."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +77,6 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
     The intermediates go to ``config.work_dir``, or to a local temporary directory,
     removed at the end, when it is None.
     """
-    from bert_trainer.prepare import fragments, passes
-    from bert_trainer.prepare import plan as plans
-
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bert-prepare-") as scratch:
         if config.work_dir is None:
@@ -143,135 +121,3 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
         },
     )
     return result
-
-
-def tokenize_chunk(
-    chunk: source.Chunk, lowercase: bool, tokens: list[str], workers: int
-) -> tuple[documents.Corpus, int]:
-    """The chunk's corpus, and how many non-blank lines it had.
-
-    The sentences are split into words and WordPiece-tokenized on the pool, in
-    ranges of at most TOKENIZE_TASK sentences: only the ids come back, which
-    made this step 2x faster in wall time on 2 cores than merging the words of
-    every range first and tokenizing their distinct words here. A range
-    WordPiece-tokenizes its own distinct words; the ids of a word do not depend
-    on its range, so the corpus is the same for any number of processes.
-    """
-    sentences = documents.split_documents(source.read_chunk(chunk))
-    n = len(sentences.text)
-    if workers <= 1 or n <= WORDS_CHUNK:
-        token_ids, lengths = documents.sentence_tokens(
-            words.split_words(sentences.text, lowercase=lowercase), tokens
-        )
-    else:
-        size = max(WORDS_CHUNK, min(-(-n // workers), TOKENIZE_TASK))
-        bounds = list(itertools.pairwise([*range(0, n, size), n]))
-        with parallel.pool(_Sentences(sentences.text, lowercase, tokens), workers) as imap:
-            parts = list(imap(_tokenize_task, bounds))
-        token_ids = np.concatenate([ids for ids, _ in parts])
-        lengths = np.concatenate([length for _, length in parts])
-    return documents.pack(sentences.document, token_ids, lengths), n
-
-
-def count_words(
-    chunks: Sequence[source.Chunk], lowercase: bool, workers: int
-) -> tuple[dict[str, int], int]:
-    """Every word's count over ``chunks``, in order of first appearance, and the line count.
-
-    One chunk's text at a time; what is kept is the table of counts only.
-    """
-    counts: dict[str, int] = {}
-    lines = 0
-    get = counts.get
-    for chunk in chunks:
-        sentences = documents.split_documents(source.read_chunk(chunk))
-        lines += len(sentences.text)
-        chunk_words = _split_words(sentences.text, lowercase, workers)
-        del sentences
-        for word, n in zip(chunk_words.distinct, chunk_words.counts().tolist(), strict=True):
-            counts[word] = get(word, 0) + n
-    return counts, lines
-
-
-def expand(patterns: Sequence[str]) -> list[str]:
-    files: list[str] = []
-    for pattern in patterns:
-        matched = storage.glob(pattern)
-        if not matched:
-            raise InputError(f"the corpus pattern {pattern} matches no file")
-        files.extend(matched)
-    return files
-
-
-@dataclass(frozen=True)
-class _Sentences:
-    text: list[str]
-    lowercase: bool
-    tokens: list[str] | None = None
-
-
-def _split_words(sentences: list[str], lowercase: bool, workers: int) -> words.Words:
-    if workers <= 1 or len(sentences) <= WORDS_CHUNK:
-        return words.split_words(sentences, lowercase=lowercase)
-    bounds = list(itertools.pairwise([*range(0, len(sentences), WORDS_CHUNK), len(sentences)]))
-    with parallel.pool(_Sentences(sentences, lowercase), workers) as imap:
-        return words.merge_words(list(imap(_split_words_task, bounds)))
-
-
-def _split_words_task(bounds: tuple[int, int]) -> words.Words:
-    shared = parallel.state()
-    assert isinstance(shared, _Sentences)
-    start, end = bounds
-    return words.split_words(shared.text[start:end], lowercase=shared.lowercase)
-
-
-def _tokenize_task(
-    bounds: tuple[int, int],
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
-    shared = parallel.state()
-    assert isinstance(shared, _Sentences) and shared.tokens is not None
-    start, end = bounds
-    found = words.split_words(shared.text[start:end], lowercase=shared.lowercase)
-    return documents.sentence_tokens(found, shared.tokens)
-
-
-def given_vocab(config: PrepareConfig) -> list[str]:
-    """The given vocab's tokens, copied byte for byte to ``output_vocab``."""
-    assert config.vocab is not None
-    raw = storage.read_bytes(config.vocab)
-    try:
-        tokens = vocab.parse_vocab(raw.decode("utf-8"), config.vocab)
-    except UnicodeDecodeError as e:
-        raise InputError(f"vocab {config.vocab} is not UTF-8 text") from e
-    # Copied byte for byte: later stages compare vocab files.
-    storage.write_bytes(config.output_vocab, raw)
-    return tokens
-
-
-def train_and_write_vocab(config: PrepareConfig, counts: dict[str, int], lines: int) -> list[str]:
-    """WordPiece trained on the corpus' word counts (first-appearance order), written out."""
-    if lines == 0:
-        raise InputError(f"the corpus {', '.join(config.corpus)} holds no text")
-    log.info("counted words", extra={"distinct_words": len(counts), "lines": lines})
-    tokens = vocab.train_vocab(
-        list(counts),
-        list(counts.values()),
-        vocab_size=config.vocab_size,
-        min_frequency=config.min_frequency,
-    )
-    storage.write_text(config.output_vocab, vocab.vocab_text(tokens))
-    log.info("trained vocab", extra={"vocab_size": len(tokens)})
-    return tokens
-
-
-def special_ids(tokens: list[str]) -> masking.SpecialIds:
-    ids = vocab.token_ids(tokens)
-    return masking.SpecialIds(
-        cls=ids[vocab.CLS],
-        sep=ids[vocab.SEP],
-        mask=ids[vocab.MASK],
-        vocab_size=len(tokens),
-        is_continuation=np.array(
-            [t.startswith(vocab.CONTINUATION_PREFIX) for t in tokens], dtype=bool
-        ),
-    )
