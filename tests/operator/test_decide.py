@@ -216,6 +216,29 @@ def test_a_failed_pass_fails_the_job_naming_its_job() -> None:
     assert cond(d, "Failed")[1:] == ("PrepareFailed", "the prepare Job quickstart-prep-plan failed")
 
 
+def test_a_single_prepare_job_from_before_the_upgrade_is_finished_not_run_beside_passes() -> None:
+    # An operator before the passes created one Job, <job>-prepare, without a pass label.
+    job = make_job()
+    job = apply(job, decide(job, Observed(), T0)).model_copy(
+        update={"status": BertPretrainJobStatus(phase=Phase.PREPARING)}
+    )
+    single = ObservedJob("quickstart-prepare", JobState.RUNNING)
+    d = decide(job, Observed(single_prepare=single), T0)
+    assert d.create == ()
+    assert d.status.phase == Phase.PREPARING
+    assert cond(d, "Prepared")[0] == "False" and "quickstart-prepare" in cond(d, "Prepared")[2]
+
+    done = ObservedJob("quickstart-prepare", JobState.SUCCEEDED)
+    d = decide(apply(job, d), Observed(single_prepare=done), T0)
+    assert d.create == (("train", 1),)
+    assert cond(d, "Prepared")[0] == "True" and "quickstart-prepare" in cond(d, "Prepared")[2]
+
+    failed = ObservedJob("quickstart-prepare", JobState.FAILED, failure=BAD_INPUT)
+    d = decide(job, Observed(single_prepare=failed), T0)
+    assert d.status.phase == Phase.FAILED
+    assert cond(d, "Failed")[1:] == ("BadInput", BAD_INPUT.message)
+
+
 def test_preparation_totals_instances_and_ends_prepared() -> None:
     job = apply(make_job(), decide(make_job(), Observed(), T0, SMALL))
     job, seen = run_preparation(job, workers=3)

@@ -54,7 +54,15 @@ def pod(
 def test_stages_and_attempts_are_grouped_by_label() -> None:
     observed = observe(
         [
-            job("bpj-prep-plan", "prepare", None, "Complete"),
+            # The single prepare Job of an operator from before the passes.
+            job("bpj-prepare", "prepare", None, "Complete"),
+            {
+                **job("bpj-prep-bogus", "prepare"),
+                "metadata": {
+                    "name": "bpj-prep-bogus",
+                    "labels": names.child_labels("bpj", "prepare", prepare_pass="bogus"),
+                },
+            },
             {
                 **job("bpj-prep-count", "prepare"),
                 "metadata": {
@@ -78,7 +86,10 @@ def test_stages_and_attempts_are_grouped_by_label() -> None:
         ],
     )
     assert observed.prepare["count"].state is JobState.PENDING
-    assert set(observed.prepare) == {"count"}  # a Job without a known pass is not ours
+    assert set(observed.prepare) == {"count"}  # a Job of an unknown pass is not ours
+    assert observed.single_prepare is not None
+    assert observed.single_prepare.name == "bpj-prepare"
+    assert observed.single_prepare.state is JobState.SUCCEEDED
     assert observed.train[1].state is JobState.FAILED
     assert observed.train[1].failure is not None
     assert observed.train[1].failure.reason == "Preempted"

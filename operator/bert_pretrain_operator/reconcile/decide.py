@@ -302,6 +302,8 @@ def _cpu_stage(b: _Builder, spec: _CpuStage, child: ObservedJob | None) -> bool:
 
 def _prepare(b: _Builder, observed: Observed, scale: preparation.Scale) -> bool:
     """Run the preparation's passes one after the other; True once the last succeeded."""
+    if observed.single_prepare is not None and not observed.prepare:
+        return _single_prepare(b, observed.single_prepare)
     job = b.job
     status = preparation.measured(b.status.preparation or PreparationStatus())
     workers = status.workers or preparation.workers(
@@ -381,6 +383,36 @@ def _prepare(b: _Builder, observed: Observed, scale: preparation.Scale) -> bool:
             f"with {status.workers or 1} worker(s)",
         )
     return True
+
+
+def _single_prepare(b: _Builder, child: ObservedJob) -> bool:
+    """The one prepare Job an operator from before the passes created, found after an
+    upgrade: it writes the same outputs, so it is waited for, never run beside the
+    passes (both would write the shards); True once it succeeded."""
+    b.jobs(prepare=child.name)
+    if child.state is JobState.SUCCEEDED:
+        if not _is_true(b, PREPARED):
+            b.condition(
+                PREPARED,
+                True,
+                PREPARED,
+                f"the vocabulary and TFRecord shards are in GCS (written by {child.name}, "
+                "the single prepare Job of the operator before the upgrade)",
+            )
+            b.event("Normal", PREPARED, f"the prepare Job {child.name} succeeded")
+        return True
+    if child.state is JobState.FAILED:
+        _failed_stage(b, child.failure, "prepare", child.name)
+        return False
+    b.phase(Phase.PREPARING)
+    b.set(stage_progress=f"prepare Job {child.name} (from before the upgrade)")
+    _stage_in_progress(
+        b,
+        child,
+        PREPARED,
+        f"the prepare Job {child.name}, created before the operator's upgrade, is",
+    )
+    return False
 
 
 def _measure(status: PreparationStatus) -> str:

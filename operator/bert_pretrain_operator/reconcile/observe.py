@@ -79,6 +79,9 @@ class Observed:
     """The preparation's Jobs by pass (``contract.PREPARE_PASSES``)."""
     train: Mapping[int, ObservedJob] = field(default_factory=dict)
     export: ObservedJob | None = None
+    single_prepare: ObservedJob | None = None
+    """The one prepare Job of an operator from before the passes (no pass label),
+    found after an upgrade: finished, not run beside the passes (``decide``)."""
 
 
 def _conditions(obj: Obj) -> list[Obj]:
@@ -243,7 +246,7 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
         job_name = pod.get("metadata", {}).get("labels", {}).get("job-name")
         if job_name:
             pods_by_job.setdefault(job_name, []).append(pod)
-    export = None
+    export = single_prepare = None
     prepare: dict[str, ObservedJob] = {}
     train: dict[int, ObservedJob] = {}
     for job in jobs:
@@ -258,6 +261,8 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
         if stage == names.STAGE_PREPARE:
             if labels.get(names.LABEL_PASS) in contract.PREPARE_PASSES:
                 prepare[labels[names.LABEL_PASS]] = observed
+            elif names.LABEL_PASS not in labels:
+                single_prepare = observed
         elif stage == names.STAGE_EXPORT:
             export = observed
         elif stage == names.STAGE_TRAIN:
@@ -265,4 +270,4 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
                 train[int(labels.get(names.LABEL_ATTEMPT, ""))] = observed
             except ValueError:
                 continue
-    return Observed(prepare=prepare, train=train, export=export)
+    return Observed(prepare=prepare, train=train, export=export, single_prepare=single_prepare)
