@@ -86,9 +86,11 @@ def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
     authenticated with a pod-bound token (the kubelet's, or TokenRequest's), whose
     user info names the pod. The operator names a job's pods after it:
 
-    - training pods ``<job>-train-<attempt>-<index>-...`` may write status.progress;
-    - preparation pods ``<job>-prep-<pass>-<index>-...`` may write only their own
+    - training pods ``<job>-train-<attempt>-<index>-<suffix>`` may write status.progress;
+    - preparation pods ``<job>-prep-<pass>-<index>-<suffix>`` may write only their own
       entry ``<pass>-<index>`` of status.preparation.reports (and delete none).
+
+    The whole name is matched, not a prefix: ``<job>-train-x``'s pods are not ``<job>``'s.
 
     Neither may change what the operator owns, nor what the other kind writes.
     """
@@ -112,6 +114,13 @@ def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
         )
 
     own_entry = "variables.podName.startsWith(object.metadata.name + '-prep-' + k + '-')"
+    # What follows "<job>-train-" / "<job>-prep-" in the pod's name must be the rest of
+    # the name the Job controller gives: a prefix alone would let the pods of a job named
+    # "<job>-train-x" or "<job>-prep-count" in the namespace pass as this job's.
+    rest = "variables.podName.substring(size(object.metadata.name) + {})"
+    train_rest = rest.format(len("-train-")) + ".matches('^[0-9]+-[0-9]+-[a-z0-9]+$')"
+    passes = "|".join(contract.PREPARE_PASSES)
+    prep_rest = rest.format(len("-prep-")) + f".matches('^({passes})-[0-9]+-[a-z0-9]+$')"
     return [
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
@@ -146,12 +155,12 @@ def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
                     {
                         "name": "trainPod",
                         "expression": "variables.podName.startsWith(object.metadata.name "
-                        "+ '-train-')",
+                        f"+ '-train-') && {train_rest}",
                     },
                     {
                         "name": "preparePod",
                         "expression": "variables.podName.startsWith(object.metadata.name "
-                        "+ '-prep-')",
+                        f"+ '-prep-') && {prep_rest}",
                     },
                     {"name": "oldReports", "expression": reports("oldObject")},
                     {"name": "newReports", "expression": reports("object")},

@@ -140,6 +140,9 @@ def test_a_preparation_pod_writes_only_its_own_report(
     pod = _trainer_client(kubectl, devstack, namespace, "gamma-prep-count-1-abcde")
     peer = _trainer_client(kubectl, devstack, namespace, "gamma-prep-count-2-fghij")
     trainer = _trainer_client(kubectl, devstack, namespace, "gamma-train-1-0-klmno")
+    # The pods of jobs named "gamma-prep-count" and "gamma-train-x" start like gamma's.
+    lookalike = _trainer_client(kubectl, devstack, namespace, "gamma-prep-count-prep-plan-0-pqrst")
+    train_lookalike = _trainer_client(kubectl, devstack, namespace, "gamma-train-x-train-1-0-uvwxy")
 
     def reports(key: str, value: dict[str, Any]) -> dict[str, Any]:
         return {"preparation": {"reports": {key: value}}}
@@ -160,6 +163,9 @@ def test_a_preparation_pod_writes_only_its_own_report(
         (pod, {"stageProgress": "done"}, "belongs to the operator"),
         (pod, {"progress": {"step": 3}}, "may not write status.progress"),
         (trainer, reports("count-1", {"done": True}), "may not write status.preparation"),
+        # Look-alike names: not gamma's pods at all.
+        (lookalike, reports("count-prep", {"done": True}), "is not its job"),
+        (train_lookalike, {"progress": {"step": 3}}, "is not its job"),
     ]
     for client, status, message in refused:
         with pytest.raises(ApiException) as denied:
