@@ -29,6 +29,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from bert_pretrain_operator import metrics
+from bert_pretrain_operator.backoff import Backoff
 from bert_pretrain_operator.controller import Controller
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import Kube, connection_info
@@ -39,8 +40,6 @@ from bert_trainer import contract
 
 log = logging.getLogger(__name__)
 
-#: Seconds before retrying a reconcile that raised (an API hiccup, a conflict).
-ERROR_BACKOFF_SECONDS = 5.0
 #: Seconds between a child Job's or pod's watch event and the reconcile it triggers.
 #: A new stage's children change several times in its first second (Job created, pod
 #: created, pod scheduled or not); waiting lets one reconcile see them all.
@@ -57,6 +56,8 @@ class Runtime:
     executor: ThreadPoolExecutor
     events: ThreadPoolExecutor
     queue: WorkQueue = field(default_factory=WorkQueue)
+    backoff: Backoff = field(default_factory=Backoff)
+    """Failing reconciles, per job (and the resync, as one more key)."""
     phases: dict[Key, str] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     reconciles: int = 0
@@ -84,19 +85,22 @@ async def _process(key: Key) -> None:
         decision = await asyncio.get_running_loop().run_in_executor(
             rt.executor, rt.controller.reconcile, namespace, name
         )
-    except Exception:
+    except Exception as exc:
         metrics.RECONCILE_ERRORS.inc()
-        log.exception(
-            "reconcile failed; retrying in %.0fs",
-            ERROR_BACKOFF_SECONDS,
-            extra={"bpj": f"{namespace}/{name}"},
-        )
-        rt.queue.add_after(key, ERROR_BACKOFF_SECONDS)
+        delay, streak = rt.backoff.failed(key, exc)
+        metrics.FAILING_JOBS.set(rt.backoff.failing())
+        bpj = {"bpj": f"{namespace}/{name}", "failures": streak.failures}
+        if streak.failures == 1:
+            log.exception("reconcile failing; retrying with backoff", extra=bpj)
+        else:
+            log.debug("reconcile failed again: %s", streak.last_error, extra=bpj)
+        rt.queue.add_after(key, delay)
         return
     finally:
         rt.reconciles += 1
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         metrics.QUEUE_DEPTH.set(len(rt.queue))
+    _recovered(rt, key, f"{namespace}/{name}")
     if decision is None:
         rt.phases.pop(key, None)
     else:
@@ -118,6 +122,25 @@ async def _process(key: Key) -> None:
         metrics.JOBS_BY_PHASE.labels(phase).set(sum(1 for p in rt.phases.values() if p == phase))
 
 
+def _recovered(rt: Runtime, key: Key, what: str) -> None:
+    ended = rt.backoff.succeeded(key)
+    if ended is None:
+        return
+    streak, seconds = ended
+    metrics.FAILING_JOBS.set(rt.backoff.failing())
+    log.info(
+        "reconcile recovered after %d failure(s) in %.0fs (last: %s)",
+        streak.failures,
+        seconds,
+        streak.last_error,
+        extra={"bpj": what, "failures": streak.failures},
+    )
+
+
+#: The resync's key in ``Runtime.backoff``: its failures are a streak of their own.
+RESYNC_KEY: Key = ("", "resync")
+
+
 async def _resync(settings: Settings) -> None:
     rt = runtime()
     while True:
@@ -136,8 +159,14 @@ async def _resync(settings: Settings) -> None:
                 del jobs
                 if after is None:
                     break
-        except Exception:
-            log.exception("resync failed; trying again at the next interval")
+        except Exception as exc:
+            _, streak = rt.backoff.failed(RESYNC_KEY, exc)
+            if streak.failures == 1:
+                log.exception("resync failing; trying again at each interval")
+            else:
+                log.debug("resync failed again: %s", streak.last_error)
+            continue
+        _recovered(rt, RESYNC_KEY, "resync")
 
 
 class _NoDiffBase(kopf.DiffBaseStorage):

@@ -13,6 +13,7 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RECONCILE_ERRORS = Counter("bpj_reconcile_errors_total", "Reconciles that raised")
+FAILING_JOBS = Gauge("bpj_failing_jobs", "Jobs whose last reconcile raised (retried with backoff)")
 RESTARTS = Counter(
     "bpj_training_restarts_total", "Training attempts restarted after an infrastructure failure"
 )
