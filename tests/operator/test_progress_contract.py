@@ -13,7 +13,7 @@ from bert_pretrain_operator.rbac import progress_policy
 from bert_pretrain_operator.settings import Settings
 from bert_trainer import contract
 from bpj_devstack import plane
-from tests.support import Kubectl, kubectl_json
+from tests.support import Kubectl, kubectl_json, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -76,6 +76,28 @@ def _patch_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -
     )
 
 
+def _wait_until_the_policy_is_in_force(
+    kubectl: Kubectl, devstack: plane.StackState, namespace: str
+) -> None:
+    """The API server compiles an applied policy asynchronously: wait until this version
+    denies what only it denies (a look-alike job's pod writing a job's progress)."""
+    from kubernetes.client.exceptions import ApiException
+
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_job("probe")))
+    lookalike = _trainer_client(kubectl, devstack, namespace, "probe-train-x-train-1-0-zzzzz")
+
+    def denied() -> bool:
+        try:
+            _patch_status(lookalike, namespace, "probe", {"progress": {"step": 1}})
+        except ApiException as e:
+            if e.status in (403, 422) and "is not its job" in str(e.body):
+                return True
+            raise
+        return False
+
+    wait_for(denied, 60, "the progress policy to be in force")
+
+
 def test_trainer_token_patches_only_its_own_jobs_progress(
     kubectl: Kubectl,
     devstack: plane.StackState,
@@ -85,6 +107,7 @@ def test_trainer_token_patches_only_its_own_jobs_progress(
 ) -> None:
     from kubernetes.client.exceptions import ApiException
 
+    _wait_until_the_policy_is_in_force(kubectl, devstack, namespace)
     for name in ("alpha", "beta"):
         kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_job(name)))
     api = _trainer_client(kubectl, devstack, namespace, "alpha-train-1-0-abcde")
@@ -136,6 +159,7 @@ def test_a_preparation_pod_writes_only_its_own_report(
 ) -> None:
     from kubernetes.client.exceptions import ApiException
 
+    _wait_until_the_policy_is_in_force(kubectl, devstack, namespace)
     kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_job("gamma")))
     pod = _trainer_client(kubectl, devstack, namespace, "gamma-prep-count-1-abcde")
     peer = _trainer_client(kubectl, devstack, namespace, "gamma-prep-count-2-fghij")
