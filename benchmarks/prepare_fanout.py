@@ -39,12 +39,13 @@ from typing import Any
 from machine import machine  # benchmarks/ is the script's directory
 from prepare_vs_reference import generate_corpus
 
+from bert_trainer import contract
 from bpj_devstack import demo, local_cluster, plane
 
 TARGET_RATIO = 1.2
 NAMESPACE = "fanout"
 BUCKET = "fanout"
-PASSES = ("plan", "count", "vocab", "records", "shards")
+PASSES = contract.PREPARE_PASSES
 
 
 def job_manifest(name: str, workers: int, cpu: str, chunk_bytes: int) -> dict[str, Any]:

@@ -87,14 +87,7 @@ async def _process(key: Key) -> None:
         )
     except Exception as exc:
         metrics.RECONCILE_ERRORS.inc()
-        delay, streak = rt.backoff.failed(key, exc)
-        metrics.FAILING_JOBS.set(rt.backoff.failing())
-        bpj = {"bpj": f"{namespace}/{name}", "failures": streak.failures}
-        if streak.failures == 1:
-            log.exception("reconcile failing; retrying with backoff", extra=bpj)
-        else:
-            log.debug("reconcile failed again: %s", streak.last_error, extra=bpj)
-        rt.queue.add_after(key, delay)
+        rt.queue.add_after(key, _failed(rt, key, exc, f"{namespace}/{name}"))
         return
     finally:
         rt.reconciles += 1
@@ -122,14 +115,27 @@ async def _process(key: Key) -> None:
         metrics.JOBS_BY_PHASE.labels(phase).set(sum(1 for p in rt.phases.values() if p == phase))
 
 
-def _recovered(rt: Runtime, key: Key, what: str) -> None:
+def _failed(rt: Runtime, key: Key, exc: Exception, what: str, step: str = "reconcile") -> float:
+    """Record a failure of ``key`` (logged at its streak's start only); the retry delay."""
+    delay, streak = rt.backoff.failed(key, exc)
+    metrics.FAILING_JOBS.set(rt.backoff.failing())
+    about = {"bpj": what, "failures": streak.failures}
+    if streak.failures == 1:
+        log.exception("%s failing; retrying with backoff", step, extra=about)
+    else:
+        log.debug("%s failed again: %s", step, streak.last_error, extra=about)
+    return delay
+
+
+def _recovered(rt: Runtime, key: Key, what: str, step: str = "reconcile") -> None:
     ended = rt.backoff.succeeded(key)
     if ended is None:
         return
     streak, seconds = ended
     metrics.FAILING_JOBS.set(rt.backoff.failing())
     log.info(
-        "reconcile recovered after %d failure(s) in %.0fs (last: %s)",
+        "%s recovered after %d failure(s) in %.0fs (last: %s)",
+        step,
         streak.failures,
         seconds,
         streak.last_error,
@@ -160,13 +166,10 @@ async def _resync(settings: Settings) -> None:
                 if after is None:
                     break
         except Exception as exc:
-            _, streak = rt.backoff.failed(RESYNC_KEY, exc)
-            if streak.failures == 1:
-                log.exception("resync failing; trying again at each interval")
-            else:
-                log.debug("resync failed again: %s", streak.last_error)
+            # The resync runs at its own interval; the delay is not used.
+            _failed(rt, RESYNC_KEY, exc, "resync", step="resync")
             continue
-        _recovered(rt, RESYNC_KEY, "resync")
+        _recovered(rt, RESYNC_KEY, "resync", step="resync")
 
 
 class _NoDiffBase(kopf.DiffBaseStorage):

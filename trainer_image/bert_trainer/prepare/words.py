@@ -75,7 +75,8 @@ def split_words(sentences: Sequence[str], *, lowercase: bool) -> Words:
 def _split_batch(sentences: Sequence[str], lowercase: bool) -> Words:
     if not sentences:
         return Words([], np.zeros(0, np.int32), np.zeros(0, np.int64))
-    lines = [(s.lower() if lowercase else s) if s.isascii() else "" for s in sentences]
+    lines = [s.lower() for s in sentences] if lowercase else list(sentences)
+    # Non-ASCII lines are replaced by tokenizers' words for them.
     others = [i for i, s in enumerate(sentences) if not s.isascii()]
     joined = _joined_words([sentences[i] for i in others], lowercase)
     for i, line in zip(others, joined, strict=True):
