@@ -36,7 +36,7 @@ from bert_pretrain_operator.api import BertPretrainJob, BertPretrainJobStatus
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import ApiError, Kube
 from bert_pretrain_operator.reconcile import preparation
-from bert_pretrain_operator.reconcile.decide import Decision, decide, fail_inputs
+from bert_pretrain_operator.reconcile.decide import FINAL_PHASES, Decision, decide, fail_inputs
 from bert_pretrain_operator.reconcile.observe import observe
 from bert_pretrain_operator.render import render_stage, workloads
 from bert_pretrain_operator.render.trainer_config import ResolvedInputs, trainer_config
@@ -162,8 +162,9 @@ class Controller:
             # a schema change. They cannot run, so say why instead of retrying forever.
             self._report_invalid(raw, exc)
             return None
-        if job.status is None or job.status.phase is None:
+        if job.status is None or job.status.phase in (None, *FINAL_PHASES):
             # Never reconciled: nothing of ours to observe (see the module docstring).
+            # Finished: decide() looks at nothing but the status and the TTL.
             jobs: list[dict[str, Any]] = []
             pods: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []

@@ -1,9 +1,10 @@
 """kopf wiring, kept thin: watch events enqueue a job; workers reconcile it.
 
 Every watched kind maps to the BertPretrainJob it concerns: the job itself,
-its child Jobs and their pods (by the ``pretraining.bert.dev/job`` label). A
-periodic resync enqueues every job so time-based rules (deadline, TTL) fire
-without an event. Reconciles run in threads (``Kube`` is synchronous), at most
+its child Jobs and their pods (by the ``pretraining.bert.dev/job`` label, which
+the API server filters the child watches by). A periodic resync enqueues every
+unfinished job, from the cache and without a request, so time-based rules
+(deadline) fire without an event. Reconciles run in threads (``Kube`` is synchronous), at most
 one per job at a time.
 
 The job's own watch events also refresh the controller's ``JobCache``, so a
@@ -44,8 +45,12 @@ log = logging.getLogger(__name__)
 #: A new stage's children change several times in its first second (Job created, pod
 #: created, pod scheduled or not); waiting lets one reconcile see them all.
 CHILD_EVENT_DELAY_SECONDS = 1.0
-#: BertPretrainJobs per request of the resync's list (it reads every job, a page at a time).
-RESYNC_PAGE = 100
+#: The child kinds the operator watches, and the label selector the API server applies
+#: to their watches and lists: kopf's own ``labels=`` handler filter would be applied in
+#: the process, after every pod and Job of the cluster had been sent to it.
+CHILD_JOBS = ("batch", "v1", "jobs")
+CHILD_PODS = ("", "v1", "pods")
+CHILD_SELECTOR = names.LABEL_JOB
 #: Seconds the operator waits, when stopping, for Events already decided to be posted.
 EVENT_FLUSH_SECONDS = 5.0
 
@@ -57,7 +62,7 @@ class Runtime:
     events: ThreadPoolExecutor
     queue: WorkQueue = field(default_factory=WorkQueue)
     backoff: Backoff = field(default_factory=Backoff)
-    """Failing reconciles, per job (and the resync, as one more key)."""
+    """Failing reconciles, per job."""
     phases: dict[Key, str] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     reconciles: int = 0
@@ -115,27 +120,26 @@ async def _process(key: Key) -> None:
         metrics.JOBS_BY_PHASE.labels(phase).set(sum(1 for p in rt.phases.values() if p == phase))
 
 
-def _failed(rt: Runtime, key: Key, exc: Exception, what: str, step: str = "reconcile") -> float:
+def _failed(rt: Runtime, key: Key, exc: Exception, what: str) -> float:
     """Record a failure of ``key`` (logged at its streak's start only); the retry delay."""
     delay, streak = rt.backoff.failed(key, exc)
     metrics.FAILING_JOBS.set(rt.backoff.failing())
     about = {"bpj": what, "failures": streak.failures}
     if streak.failures == 1:
-        log.exception("%s failing; retrying with backoff", step, extra=about)
+        log.exception("reconcile failing; retrying with backoff", extra=about)
     else:
-        log.debug("%s failed again: %s", step, streak.last_error, extra=about)
+        log.debug("reconcile failed again: %s", streak.last_error, extra=about)
     return delay
 
 
-def _recovered(rt: Runtime, key: Key, what: str, step: str = "reconcile") -> None:
+def _recovered(rt: Runtime, key: Key, what: str) -> None:
     ended = rt.backoff.succeeded(key)
     if ended is None:
         return
     streak, seconds = ended
     metrics.FAILING_JOBS.set(rt.backoff.failing())
     log.info(
-        "%s recovered after %d failure(s) in %.0fs (last: %s)",
-        step,
+        "reconcile recovered after %d failure(s) in %.0fs (last: %s)",
         streak.failures,
         seconds,
         streak.last_error,
@@ -143,33 +147,19 @@ def _recovered(rt: Runtime, key: Key, what: str, step: str = "reconcile") -> Non
     )
 
 
-#: The resync's key in ``Runtime.backoff``: its failures are a streak of their own.
-RESYNC_KEY: Key = ("", "resync")
-
-
 async def _resync(settings: Settings) -> None:
+    """Enqueue every unfinished job the watch has delivered, every ``resync_seconds``.
+
+    Like client-go's informer resync, this replays the cache and makes no request: the
+    watch keeps the cache current (kopf lists again whenever its watch cannot resume),
+    and a finished job has nothing left to do but its TTL, which its last reconcile
+    scheduled (``Decision.requeue_after``).
+    """
     rt = runtime()
     while True:
         await asyncio.sleep(settings.resync_seconds)
-        try:
-            after: str | None = None
-            while True:
-                jobs, after = await asyncio.to_thread(
-                    rt.controller.kube.list_jobs, None, limit=RESYNC_PAGE, after=after
-                )
-                for job in jobs:
-                    namespace = job["metadata"]["namespace"]
-                    if settings.watches(namespace):
-                        rt.controller.cache.put(job)
-                        _enqueue(namespace, job["metadata"]["name"])
-                del jobs
-                if after is None:
-                    break
-        except Exception as exc:
-            # The resync runs at its own interval; the delay is not used.
-            _failed(rt, RESYNC_KEY, exc, "resync", step="resync")
-            continue
-        _recovered(rt, RESYNC_KEY, "resync", step="resync")
+        for namespace, name in rt.controller.cache.unfinished():
+            _enqueue(namespace, name)
 
 
 class _NoDiffBase(kopf.DiffBaseStorage):
@@ -215,6 +205,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    for child in (CHILD_JOBS, CHILD_PODS):
+        settings.watching.label_selectors[child] = CHILD_SELECTOR
+    if ours.exact_namespaces:
+        # kopf would otherwise list and watch every namespace and every CRD of the
+        # cluster to discover what to serve; named namespaces need neither, and the
+        # chart then grants nothing cluster-wide (docs/operator.md, "Watches").
+        settings.scanning.disabled = True
     if ours.peering_name:
         settings.peering.name = ours.peering_name
         settings.peering.mandatory = True
@@ -273,17 +270,20 @@ async def job_event(
         rt.queue.add((namespace, name), urgent=new)
 
 
-def _child_changed(namespace: str | None, labels: Mapping[str, str]) -> None:
+def _child_changed(resource: str, namespace: str | None, labels: Mapping[str, str]) -> None:
     job = labels.get(names.LABEL_JOB)
+    # Counted, not filtered: the API server already filters by CHILD_SELECTOR, so an
+    # unrelated object here means the selector was lost (docs/operator.md, "Watches").
+    metrics.WATCH_EVENTS.labels(resource, "true" if job else "false").inc()
     if _runtime is not None and namespace and job:
         _runtime.queue.add_after((namespace, job), CHILD_EVENT_DELAY_SECONDS)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event(*CHILD_JOBS)
 async def child_job_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    _child_changed(namespace, labels)
+    _child_changed("jobs", namespace, labels)
 
 
-@kopf.on.event("", "v1", "pods", labels={names.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event(*CHILD_PODS)
 async def child_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    _child_changed(namespace, labels)
+    _child_changed("pods", namespace, labels)

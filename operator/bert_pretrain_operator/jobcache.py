@@ -17,6 +17,9 @@ import threading
 from typing import Any
 
 Key = tuple[str, str]
+#: Phases after which only a TTL can change anything (``decide.FINAL_PHASES``; the
+#: operator's API package is not imported here to keep this module a leaf).
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 Obj = dict[str, Any]
 
 
@@ -39,6 +42,7 @@ class JobCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._copies: dict[Key, tuple[int | None, bytes]] = {}
+        self._finished: set[Key] = set()
 
     @staticmethod
     def key(body: Obj) -> Key:
@@ -55,6 +59,10 @@ class JobCache:
             if held_version is not None and version is not None and version <= held_version:
                 return False
             self._copies[key] = (version, json.dumps(body, separators=(",", ":")).encode())
+            if (body.get("status") or {}).get("phase") in FINISHED_PHASES:
+                self._finished.add(key)
+            else:
+                self._finished.discard(key)
         return True
 
     def get(self, key: Key) -> Obj | None:
@@ -67,6 +75,12 @@ class JobCache:
     def drop(self, key: Key) -> None:
         with self._lock:
             self._copies.pop(key, None)
+            self._finished.discard(key)
+
+    def unfinished(self) -> list[Key]:
+        """The jobs whose newest copy is in neither final phase."""
+        with self._lock:
+            return [key for key in self._copies if key not in self._finished]
 
     def __len__(self) -> int:
         return len(self._copies)

@@ -342,25 +342,6 @@ class Kube:
                 return None
             raise
 
-    def list_jobs(
-        self, namespace: str | None = None, *, limit: int = 0, after: str | None = None
-    ) -> tuple[list[Obj], str | None]:
-        """Jobs in ``namespace`` (None: all namespaces), ``limit`` at a time (0: all at once).
-
-        Returns one page and the token for the next (None after the last): the resync
-        reads a thousand jobs a page at a time rather than holding them all at once.
-        """
-        path = self._job_path(namespace) if namespace else f"{_CUSTOM}/{contract.PLURAL}"
-        query = {"limit": str(limit)} if limit else {}
-        if after:
-            query["continue"] = after
-        out = self._call("list", contract.PLURAL, "GET", path, query)
-        items: list[Obj] = out.get("items") or []
-        for item in items:  # a list's items carry no kind; the watch's bodies do
-            item.setdefault("apiVersion", f"{contract.API_GROUP}/{contract.API_VERSION}")
-            item.setdefault("kind", contract.KIND)
-        return items, (out.get("metadata") or {}).get("continue") or None
-
     def job_events(self, namespace: str, jobs: list[tuple[str, str]]) -> list[Obj]:
         """FailedCreate Events of these (name, uid) Jobs: why their pods could not be made.
 

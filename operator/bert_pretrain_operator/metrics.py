@@ -23,3 +23,9 @@ API_REQUESTS = Counter(
     "Kubernetes API requests the reconciler made, by verb and resource",
     ["verb", "resource"],
 )
+WATCH_EVENTS = Counter(
+    "bpj_watch_events_total",
+    "Watch events of child Jobs and pods that reached the operator, by resource and by"
+    " whether they carry the job label (ours=false stays 0: the API server filters)",
+    ["resource", "ours"],
+)

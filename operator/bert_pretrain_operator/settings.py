@@ -66,6 +66,18 @@ class Settings:
     must not sit in pod specs: a proxy's credentials, a token. None: no such Secret.
     A pod whose Secret is missing does not start (CreateContainerConfigError)."""
 
+    @property
+    def exact_namespaces(self) -> bool:
+        """Every watched namespace is named exactly (no glob, no ``!`` exclusion, no list).
+
+        Then the operator needs no cluster-wide permission at all: kopf watches each
+        namespace directly (scanning off: no namespace or CRD watches), and the chart
+        grants its rules with a Role in each of them.
+        """
+        return bool(self.namespaces) and not any(
+            c in pattern for pattern in self.namespaces for c in NAMESPACE_PATTERN_CHARS
+        )
+
     def watches(self, namespace: str) -> bool:
         return not self.namespaces or any(
             fnmatch.fnmatchcase(namespace, pattern) for pattern in self.namespaces
@@ -114,6 +126,8 @@ class Settings:
 
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+#: What makes a kopf namespace pattern more than a name (kopf's select_specific_namespaces).
+NAMESPACE_PATTERN_CHARS = "*?!,["
 
 
 def _pull_policy(raw: str | None) -> str | None:

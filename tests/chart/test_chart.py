@@ -162,6 +162,48 @@ def test_glob_namespaces_are_fine_without_peering(render: Render) -> None:
     assert "BPJ_PEERING" not in env
 
 
+def _operator_grants(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The operator's Roles and ClusterRoles (the users' roles left out), by kind and place."""
+    return {
+        (o["kind"], o["metadata"].get("namespace", "")): o
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+        and not o["metadata"]["name"].endswith(("-view", "-edit"))
+        and o["metadata"]["name"] != "bert-trainer"
+    }
+
+
+def _resources(role: dict[str, Any]) -> set[str]:
+    return {r for rule in role["rules"] for r in rule["resources"]}
+
+
+def test_exact_namespaces_get_roles_and_nothing_cluster_wide(render: Render) -> None:
+    grants = _operator_grants(render(sets=("watchNamespaces={team-a,team-b}",)))
+    assert set(grants) == {
+        (kind, ns) for kind in ("Role", "RoleBinding") for ns in ("team-a", "team-b")
+    }
+    assert grants["Role", "team-a"]["rules"] == grants["Role", "team-b"]["rules"]
+    assert "jobs" in _resources(grants["Role", "team-a"])
+    assert not _resources(grants["Role", "team-a"]) & {"namespaces", "customresourcedefinitions"}
+    env = plain_env(operator_container(render(sets=("watchNamespaces={team-a,team-b}",))))
+    assert env["BPJ_NAMESPACES"] == "team-a,team-b"
+
+
+@pytest.mark.parametrize("namespaces", [None, "team-*"])
+def test_every_namespace_or_a_pattern_gets_a_cluster_role(
+    render: Render, namespaces: str | None
+) -> None:
+    sets = (
+        () if namespaces is None else ("peering.enabled=false", f"watchNamespaces={{{namespaces}}}")
+    )
+    grants = _operator_grants(render(sets=sets))
+    assert set(grants) == {("ClusterRole", ""), ("ClusterRoleBinding", "")}
+    resources = _resources(grants["ClusterRole", ""])
+    assert "customresourcedefinitions" in resources
+    # Only a pattern needs to discover namespaces.
+    assert ("namespaces" in resources) == (namespaces is not None)
+
+
 def test_trainer_objects_are_rbac_trainer_rbac(render: Render) -> None:
     objects = render(values=(VALUES_ALL,))
     config = yaml.safe_load(VALUES_ALL.read_text())["trainer"]
@@ -171,6 +213,8 @@ def test_trainer_objects_are_rbac_trainer_rbac(render: Render) -> None:
         for o in objects
         if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")
         and o["metadata"]["namespace"] in config["namespaces"]
+        # The operator's own Roles, where it watches these namespaces by name.
+        and not o["metadata"]["name"].startswith("bpj-operator")
     ]
     expected = [obj for ns in config["namespaces"] for obj in trainer_rbac(ns, sa_name)]
     # Helm orders objects by kind; rbac.py by namespace.
@@ -379,10 +423,10 @@ def _can_i(kubectl: Kubectl, installed: Installed, verb: str, resource: str, *fl
     return answer == "yes"
 
 
-#: (verb, resource, extra flags): what the operator and kopf call (see clusterrole.yaml).
+#: (verb, resource, extra flags): what the operator and kopf call (see operator-rbac.yaml).
 ALLOWED = [
     ("get", "bertpretrainjobs.pretraining.bert.dev", ()),
-    ("list", "bertpretrainjobs.pretraining.bert.dev", ("--all-namespaces",)),
+    ("list", "bertpretrainjobs.pretraining.bert.dev", ()),
     ("watch", "bertpretrainjobs.pretraining.bert.dev", ()),
     ("delete", "bertpretrainjobs.pretraining.bert.dev", ()),
     ("patch", "bertpretrainjobs.pretraining.bert.dev", ("--subresource=status",)),
@@ -398,15 +442,17 @@ ALLOWED = [
     ("create", "services", ()),
     ("create", "events", ()),
     ("list", "events", ()),
-    ("list", "customresourcedefinitions.apiextensions.k8s.io", ()),
-    ("watch", "customresourcedefinitions.apiextensions.k8s.io", ()),
-    ("list", "namespaces", ()),
-    ("watch", "namespaces", ()),
     ("list", "kopfpeerings.kopf.dev", ()),
     ("watch", "kopfpeerings.kopf.dev", ()),
     ("patch", "kopfpeerings.kopf.dev/bert-pretrain-operator", ()),
 ]
 DENIED = [
+    # watchNamespaces names the namespace: nothing cluster-wide (kopf's scanning is off).
+    ("list", "bertpretrainjobs.pretraining.bert.dev", ("--all-namespaces",)),
+    ("list", "customresourcedefinitions.apiextensions.k8s.io", ()),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io", ()),
+    ("list", "namespaces", ()),
+    ("watch", "namespaces", ()),
     # The operator never writes a job's spec (nor its metadata).
     ("patch", "bertpretrainjobs.pretraining.bert.dev", ()),
     ("update", "bertpretrainjobs.pretraining.bert.dev", ()),
@@ -446,6 +492,13 @@ def test_operator_service_account_may_do_exactly_what_the_operator_does(
         if _can_i(kubectl, installed, verb, resource, *ns, *flags)
     ]
     assert not wrong, "\n".join(wrong)
+    # ... and nothing in a namespace it does not serve.
+    elsewhere = ("-n", installed.operator_namespace)
+    assert not [
+        f"{verb} {resource}"
+        for verb, resource, flags in ALLOWED
+        if _can_i(kubectl, installed, verb, resource, *elsewhere, *flags)
+    ]
 
 
 @pytest.fixture

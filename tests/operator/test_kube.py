@@ -243,6 +243,44 @@ def test_the_job_cache_keeps_the_newest_copy() -> None:
     assert cache.get(("ns", "a")) is None and len(cache) == 0
 
 
+def test_the_resync_set_is_the_unfinished_jobs_of_the_cache() -> None:
+    from bert_pretrain_operator.jobcache import FINISHED_PHASES
+    from bert_pretrain_operator.reconcile.decide import FINAL_PHASES
+
+    assert {p.value for p in FINAL_PHASES} == FINISHED_PHASES
+    cache = JobCache()
+    cache.put(_body("new", "1"))
+    cache.put(_body("running", "2", "Training"))
+    cache.put(_body("done", "3", "Succeeded"))
+    cache.put(_body("failed", "4", "Failed"))
+    assert sorted(cache.unfinished()) == [("ns", "new"), ("ns", "running")]
+    cache.put(_body("running", "5", "Succeeded"))  # finishes
+    cache.put(_body("failed", "6", "Pending"))  # a cleared status starts it again
+    assert sorted(cache.unfinished()) == [("ns", "failed"), ("ns", "new")]
+    cache.drop(("ns", "new"))
+    assert cache.unfinished() == [("ns", "failed")]
+
+
+def test_a_finished_job_is_reconciled_without_a_request(stub: Stub) -> None:
+    from bert_pretrain_operator.controller import Controller
+    from bert_pretrain_operator.settings import Settings
+
+    manifest = yaml.safe_load((Path(__file__).parents[2] / "examples/quickstart.yaml").read_text())
+    manifest["metadata"].update(namespace="ns", resourceVersion="9", uid="u-1", generation=1)
+    manifest["status"] = {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "completionTime": "2026-12-01T00:00:00Z",
+    }
+    cache = JobCache()
+    cache.put(manifest)
+    controller = Controller(_kube(stub), Settings(), cache=cache)
+    decision = controller.reconcile("ns", manifest["metadata"]["name"])
+    assert decision is not None and decision.status.phase is not None
+    assert decision.status.phase.value == "Succeeded"
+    assert stub.seen == []  # no children, no Events, no status write
+
+
 def test_the_work_queue_takes_new_jobs_first_and_each_key_once() -> None:
     async def scenario() -> list[tuple[str, str]]:
         queue = WorkQueue()
@@ -269,3 +307,21 @@ def test_the_work_queue_takes_new_jobs_first_and_each_key_once() -> None:
 
     order = [name for _, name in asyncio.run(scenario())]
     assert order == ["new-1", "old-2", "new-2", "old-1", "old-3"]
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "exact"),
+    [
+        ("", False),  # every namespace
+        ("team-a", True),
+        ("team-a,team-b", True),
+        ("team-*", False),
+        ("team-a,team-?", False),
+        ("!kube-system", False),
+    ],
+)
+def test_exact_namespaces_are_plain_names_only(namespaces: str, exact: bool) -> None:
+    from bert_pretrain_operator.settings import Settings
+
+    settings = Settings.from_env({"BPJ_NAMESPACES": namespaces})
+    assert settings.exact_namespaces is exact

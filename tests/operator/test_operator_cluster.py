@@ -405,3 +405,45 @@ def test_deleting_the_job_garbage_collects_its_children(
         return not left
 
     wait_for(children_gone, 60, "garbage collection of the children")
+
+
+def _watch_events(resource: str, ours: bool) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "bpj_watch_events_total", {"resource": resource, "ours": "true" if ours else "false"}
+    )
+    return value or 0.0
+
+
+def _unschedulable_pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "nodeSelector": {"bpj.test/no-such-node": "true"},
+            "containers": [{"name": "c", "image": "localhost/none:0"}],
+        },
+    }
+
+
+def test_unrelated_pods_never_reach_the_operator(kubectl: Kubectl, namespace: str) -> None:
+    """The API server filters the child watches: only labelled pods are sent at all."""
+    unrelated_before = _watch_events("pods", ours=False)
+    ours_before = _watch_events("pods", ours=True)
+    # In a watched namespace, and many events of it: created, then labelled and annotated
+    # with labels other than the job's.
+    apply(kubectl, namespace, _unschedulable_pod("bystander", {"app": "web"}))
+    for n in range(3):
+        kubectl("annotate", "-n", namespace, "pod/bystander", f"bpj.test/touch={n}", "--overwrite")
+    # Then a pod with the job label (of a job that does not exist: nothing is reconciled).
+    # Its events come after the bystander's in the namespace's one watch stream, and kopf
+    # starts handling events in the order they arrive; two rounds of them leave the
+    # bystander's events every chance to have been handled, had they been sent.
+    apply(kubectl, namespace, _unschedulable_pod("labelled", {names.LABEL_JOB: "nobody"}))
+    wait_for(lambda: _watch_events("pods", ours=True) > ours_before, 30, "the labelled pod's event")
+    seen = _watch_events("pods", ours=True)
+    kubectl("annotate", "-n", namespace, "pod/labelled", "bpj.test/touch=1")
+    wait_for(lambda: _watch_events("pods", ours=True) > seen, 30, "the labelled pod's update")
+    assert _watch_events("pods", ours=False) == unrelated_before

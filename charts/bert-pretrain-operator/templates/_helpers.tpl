@@ -41,3 +41,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when every watchNamespaces entry is a plain name (no glob, exclusion or list: the
+characters of bert_pretrain_operator.settings.NAMESPACE_PATTERN_CHARS): the operator then
+gets Roles in those namespaces and nothing cluster-wide. Empty otherwise.
+*/}}
+{{- define "bpj.namespacedRBAC" -}}
+{{- $exact := gt (len .Values.watchNamespaces) 0 -}}
+{{- range .Values.watchNamespaces -}}
+{{- if regexMatch "[*?!,\\[]" . -}}{{- $exact = false -}}{{- end -}}
+{{- end -}}
+{{- if $exact -}}true{{- end -}}
+{{- end -}}
