@@ -31,8 +31,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bert_pretrain_operator import inputs
+from bert_pretrain_operator import inputs, metrics
 from bert_pretrain_operator.api import BertPretrainJob, BertPretrainJobStatus
+from bert_pretrain_operator.children import Children
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import ApiError, Kube
 from bert_pretrain_operator.reconcile import preparation
@@ -114,6 +115,7 @@ class Controller:
         resolver: Resolver = inputs.resolve,
         cache: JobCache | None = None,
         events: Executor | None = None,
+        children: Children | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -121,6 +123,7 @@ class Controller:
         self.resolver = resolver
         self.cache = cache if cache is not None else JobCache()
         self._events = events
+        self._children = children
         self._scale = preparation.Scale(
             bytes_per_worker=settings.prepare_bytes_per_worker,
             max_workers=settings.prepare_max_workers,
@@ -169,7 +172,7 @@ class Controller:
             pods: list[dict[str, Any]] = []
             events: list[dict[str, Any]] = []
         else:
-            jobs, pods = self.kube.children(namespace, name)
+            jobs, pods = self._read_children(namespace, name, job)
             events = self.kube.job_events(namespace, _jobs_missing_pods(jobs, pods))
         now = self.clock()
         decision = decide(job, observe(jobs, pods, events), now, self._scale)
@@ -200,6 +203,20 @@ class Controller:
             )
             self.kube.delete_bpj(namespace, name)
         return decision
+
+    def _read_children(
+        self, namespace: str, name: str, job: BertPretrainJob
+    ) -> tuple[list[Any], list[Any]]:
+        """The watches' copies of the children when they hold what the status names, else a LIST."""
+        if self._children is not None:
+            named = job.status.jobs if job.status is not None else None
+            wanted = [n for n in (named.model_dump().values() if named else ()) if n]
+            held = self._children.get((namespace, name), wanted)
+            if held is not None:
+                metrics.CHILDREN_READS.labels("watch").inc()
+                return held
+        metrics.CHILDREN_READS.labels("list").inc()
+        return self.kube.children(namespace, name)
 
     def _record(self, raw: dict[str, Any], kind: str, reason: str, message: str) -> None:
         when = dt.datetime.now(dt.UTC)

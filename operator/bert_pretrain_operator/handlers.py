@@ -4,7 +4,8 @@ Every watched kind maps to the BertPretrainJob it concerns: the job itself,
 its child Jobs and their pods (by the ``pretraining.bert.dev/job`` label, which
 the API server filters the child watches by). A periodic resync enqueues every
 unfinished job, from the cache and without a request, so time-based rules
-(deadline) fire without an event. Reconciles run in threads (``Kube`` is synchronous), at most
+(deadline) fire without an event. kopf indexes the children it is sent
+(``child_jobs``, ``child_pods``); reconciles read them there (``children``). Reconciles run in threads (``Kube`` is synchronous), at most
 one per job at a time.
 
 The job's own watch events also refresh the controller's ``JobCache``, so a
@@ -31,6 +32,7 @@ from prometheus_client import start_http_server
 
 from bert_pretrain_operator import metrics
 from bert_pretrain_operator.backoff import Backoff
+from bert_pretrain_operator.children import Children, slim_job, slim_pod
 from bert_pretrain_operator.controller import Controller
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import Kube, connection_info
@@ -193,8 +195,26 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return connection_info()
 
 
+@kopf.index(*CHILD_JOBS)
+def child_jobs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """Each job's child Jobs, slim (``children``); kopf runs no handler before it is full."""
+    job = labels.get(names.LABEL_JOB)
+    return {(namespace, job): slim_job(body)} if namespace and job else None
+
+
+@kopf.index(*CHILD_PODS)
+def child_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """Each job's pods, slim."""
+    job = labels.get(names.LABEL_JOB)
+    return {(namespace, job): slim_pod(body)} if namespace and job else None
+
+
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     global _runtime
     ours = Settings.from_env()
     # Our own Events are precise; kopf's per-handler events would only repeat them.
@@ -218,7 +238,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     events = ThreadPoolExecutor(1, thread_name_prefix="events")
     _runtime = Runtime(
         controller=Controller(
-            Kube(pool_size=ours.workers + 2), ours, cache=JobCache(), events=events
+            Kube(pool_size=ours.workers + 2),
+            ours,
+            cache=JobCache(),
+            events=events,
+            # kopf passes each index by its function's name.
+            children=Children.of_indices(
+                asyncio.get_running_loop(), kwargs["child_jobs"], kwargs["child_pods"]
+            ),
         ),
         executor=ThreadPoolExecutor(ours.workers, thread_name_prefix="reconcile"),
         events=events,

@@ -29,3 +29,9 @@ WATCH_EVENTS = Counter(
     " whether they carry the job label (ours=false stays 0: the API server filters)",
     ["resource", "ours"],
 )
+CHILDREN_READS = Counter(
+    "bpj_children_reads_total",
+    "Reconciles' reads of a job's child Jobs and pods, by source: the watches' copies, or a"
+    " LIST when those do not yet hold a Job the status names",
+    ["source"],
+)

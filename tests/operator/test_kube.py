@@ -325,3 +325,103 @@ def test_exact_namespaces_are_plain_names_only(namespaces: str, exact: bool) -> 
 
     settings = Settings.from_env({"BPJ_NAMESPACES": namespaces})
     assert settings.exact_namespaces is exact
+
+
+def test_children_come_from_the_watch_only_when_it_holds_every_named_job() -> None:
+    from bert_pretrain_operator.children import Children, slim_job, slim_pod
+
+    job = {
+        "metadata": {"name": "a-train-1", "uid": "u", "labels": {"x": "y"}, "managedFields": []},
+        "spec": {"parallelism": 2, "template": {"spec": {"containers": []}}},
+        "status": {"active": 2},
+    }
+    pod = {
+        "metadata": {"name": "a-train-1-0", "labels": {}, "annotations": {"big": "x" * 1000}},
+        "spec": {"containers": [{"name": "trainer"}]},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled"}], "hostIP": "1"},
+    }
+    assert slim_job(job) == {
+        "metadata": {"name": "a-train-1", "uid": "u", "labels": {"x": "y"}},
+        "spec": {"parallelism": 2},
+        "status": {"active": 2},
+    }
+    assert slim_pod(pod) == {
+        "metadata": {"name": "a-train-1-0", "labels": {}},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled"}]},
+    }
+    held = {("ns", "a"): ([slim_job(job)], [slim_pod(pod)])}
+    children = Children(lambda key: held.get(key, ([], [])))
+    assert children.get(("ns", "a"), ["a-train-1"]) == held["ns", "a"]
+    assert children.get(("ns", "a"), []) == held["ns", "a"]
+    assert children.get(("ns", "a"), ["a-train-1", "a-export"]) is None  # not seen yet
+    assert children.get(("ns", "b"), ["b-train-1"]) is None
+
+
+def test_children_snapshots_are_taken_on_the_event_loop() -> None:
+    from bert_pretrain_operator.children import Children
+
+    async def scenario() -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        index = {("ns", "a"): [{"metadata": {"name": "a-train-1"}}]}
+        children = Children.of_indices(loop, index, {})
+        # From a worker thread, as a reconcile asks.
+        found = await asyncio.to_thread(children.get, ("ns", "a"), ["a-train-1"])
+        missing = await asyncio.to_thread(children.get, ("ns", "b"), ["b-train-1"])
+        return found, missing
+
+    found, missing = asyncio.run(scenario())
+    assert found == ([{"metadata": {"name": "a-train-1"}}], [])
+    assert missing is None
+
+
+def test_a_running_job_lists_its_children_when_the_watch_lags(stub: Stub) -> None:
+    from bert_pretrain_operator.children import Children
+    from bert_pretrain_operator.controller import Controller
+    from bert_pretrain_operator.settings import Settings
+
+    manifest = yaml.safe_load((Path(__file__).parents[2] / "examples/quickstart.yaml").read_text())
+    name = manifest["metadata"]["name"]
+    manifest["metadata"].update(namespace="ns", resourceVersion="9", uid="u-1", generation=1)
+    manifest["spec"]["data"] = {
+        "tfrecords": "gs://bucket/r/*.tfrecord",
+        "vocab": "gs://bucket/vocab.txt",
+    }
+    manifest["status"] = {
+        "phase": "Training",
+        "observedGeneration": 1,
+        "startTime": "2026-12-01T00:00:00Z",
+        "attempt": 1,
+        "jobs": {"train": f"{name}-train-1"},
+    }
+    from bert_pretrain_operator.render import names
+
+    labels = {names.LABEL_JOB: name, names.LABEL_STAGE: names.STAGE_TRAIN, names.LABEL_ATTEMPT: "1"}
+    train_job = {
+        "metadata": {"name": f"{name}-train-1", "uid": "j", "labels": labels},
+        "spec": {"parallelism": 1},
+        "status": {"active": 1},
+    }
+    stub.answer("GET", "/apis/batch/v1/namespaces/ns/jobs", (200, {"items": [train_job]}))
+    stub.answer("GET", "/api/v1/namespaces/ns/pods", (200, {"items": []}))
+    stub.answer("GET", "/api/v1/namespaces/ns/events", (200, {"items": []}))
+    stub.answer("PATCH", f"{BPJ}/{name}/status", (200, manifest))
+    cache = JobCache()
+    cache.put(manifest)
+
+    # The watch has not delivered the training Job the status names.
+    def no_inputs(job: Any) -> Any:
+        raise AssertionError("nothing is to be created, so no input is to be resolved")
+
+    controller = Controller(
+        _kube(stub),
+        Settings(),
+        cache=cache,
+        children=Children(lambda key: ([], [])),
+        resolver=no_inputs,
+    )
+    decision = controller.reconcile("ns", name)
+    paths = [s["path"].split("?")[0] for s in stub.seen if s["method"] == "GET"]
+    assert "/apis/batch/v1/namespaces/ns/jobs" in paths, json.dumps(stub.seen)[:3000]
+    # The LIST found the Job running: nothing is created again.
+    assert decision is not None and not decision.create
+    assert not [s for s in stub.seen if s["method"] == "POST"]

@@ -447,3 +447,44 @@ def test_unrelated_pods_never_reach_the_operator(kubectl: Kubectl, namespace: st
     kubectl("annotate", "-n", namespace, "pod/labelled", "bpj.test/touch=1")
     wait_for(lambda: _watch_events("pods", ours=True) > seen, 30, "the labelled pod's update")
     assert _watch_events("pods", ours=False) == unrelated_before
+
+
+def test_reconciles_read_a_running_jobs_children_from_the_watches(
+    kubectl: Kubectl, namespace: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the watches hold the Jobs its status names, a job's reconciles make no LIST."""
+    from bert_pretrain_operator import handlers
+
+    controller = handlers.runtime().controller
+    assert controller._children is not None
+    key = (namespace, "watched")
+    listed: list[tuple[str, str]] = []
+    from_watch: list[tuple[str, str]] = []
+    list_children, watch_children = controller.kube.children, controller._children.get
+
+    def spy_list(ns: str, job: str) -> Any:
+        listed.append((ns, job))
+        return list_children(ns, job)
+
+    def spy_watch(k: tuple[str, str], named: Any) -> Any:
+        held = watch_children(k, named)
+        if held is not None:
+            from_watch.append(k)
+        return held
+
+    monkeypatch.setattr(controller.kube, "children", spy_list)
+    monkeypatch.setattr(controller._children, "get", spy_watch)
+    apply(kubectl, namespace, stuck_manifest(bucket, "watched"))
+    # The pods' Unschedulable condition reached the status: it was read from the watch.
+    wait_for(
+        lambda: (
+            condition(status(kubectl, namespace, "watched"), "Trained").get("reason")
+            == "Unschedulable"
+        ),
+        90,
+        "the Unschedulable condition",
+    )
+    lists_before, watched_before = listed.count(key), from_watch.count(key)
+    # The resync (3 s here) reconciles the running job again and again.
+    wait_for(lambda: from_watch.count(key) >= watched_before + 3, 30, "three more reconciles")
+    assert listed.count(key) == lists_before, listed

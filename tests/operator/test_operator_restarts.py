@@ -389,11 +389,12 @@ def test_operator_killed_repeatedly_leaves_no_duplicate_children(
         metrics = _get(metrics_url)
         assert "bpj_reconcile_seconds_count" in metrics
         # Every API request of the reconciler is counted, by verb and resource: this
-        # process listed the job's children while it was still exporting.
-        listed = re.compile(
-            r'^bpj_api_requests_total\{resource="jobs",verb="list"\} [1-9]', re.MULTILINE
-        )
-        assert listed.search(metrics), metrics
+        # process wrote the Succeeded status. It read the children from its watches.
+        for sample in (
+            r'bpj_api_requests_total\{resource="bertpretrainjobs/status",verb="patch"\} [1-9]',
+            r'bpj_children_reads_total\{source="watch"\} [1-9]',
+        ):
+            assert re.search(f"^{sample}", metrics, re.MULTILINE), (sample, metrics)
         assert _get(f"http://127.0.0.1:{health_port}/healthz")
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,86 @@
+"""Each job's child Jobs and pods as the watches delivered them, so a reconcile need not LIST.
+
+The source is kopf's indices of the child watches (``handlers.child_jobs`` and
+``handlers.child_pods``): kopf fills them from each watch's initial list before
+it runs any handler, and keeps them current from its events, as client-go's
+informers do. Only what ``reconcile.observe`` reads is kept of each object (the
+``slim_*`` functions), about a tenth of a pod's full body.
+
+The indices live on the event loop; a reconcile runs in a worker thread, so it
+takes its snapshot on the loop (``asyncio.run_coroutine_threadsafe``) rather than
+iterate a dict that the loop may be changing.
+
+A watch trails the API server by the time an event takes to arrive. A Job the
+operator created a moment ago may not be in the index yet; the status the
+reconcile decides on already names it. So a snapshot is used only when it holds
+every child Job the status names (``StageJobs``); otherwise the reconcile LISTs, as
+before, and ``bpj_children_reads_total{source}`` counts which it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+#: Returns the slim child Jobs and pods indexed under one job's key.
+Snapshot = Callable[[Key], tuple[list[Obj], list[Obj]]]
+#: Seconds a reconcile waits for the event loop to take a snapshot.
+SNAPSHOT_TIMEOUT_SECONDS = 10.0
+
+
+def _pick(obj: Mapping[str, Any], *keys: str) -> Obj:
+    return {k: obj[k] for k in keys if k in obj}
+
+
+def slim_job(body: Mapping[str, Any]) -> Obj:
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": _pick(meta, "name", "namespace", "uid", "labels", "deletionTimestamp"),
+        "spec": _pick(body.get("spec") or {}, "suspend", "parallelism", "completions"),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def slim_pod(body: Mapping[str, Any]) -> Obj:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": _pick(meta, "name", "namespace", "uid", "labels", "deletionTimestamp"),
+        "status": _pick(status, "phase", "reason", "message", "conditions", "containerStatuses"),
+    }
+
+
+class Children:
+    """Snapshots of the indexed children, per job; None where a LIST must answer instead."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    @classmethod
+    def of_indices(
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        jobs: Mapping[Key, Iterable[Obj]],
+        pods: Mapping[Key, Iterable[Obj]],
+    ) -> Children:
+        """Snapshots of kopf's ``jobs`` and ``pods`` indices, taken on ``loop``."""
+
+        async def take(key: Key) -> tuple[list[Obj], list[Obj]]:
+            return list(jobs.get(key, ())), list(pods.get(key, ()))
+
+        def snapshot(key: Key) -> tuple[list[Obj], list[Obj]]:
+            future = asyncio.run_coroutine_threadsafe(take(key), loop)
+            return future.result(SNAPSHOT_TIMEOUT_SECONDS)
+
+        return cls(snapshot)
+
+    def get(self, key: Key, named: Collection[str]) -> tuple[list[Obj], list[Obj]] | None:
+        """The children under ``key`` if every Job in ``named`` is among them, else None."""
+        jobs, pods = self._snapshot(key)
+        present = {job["metadata"].get("name") for job in jobs}
+        if not set(named) <= present:
+            return None
+        return jobs, pods
