@@ -5,8 +5,9 @@ its child Jobs and their pods (by the ``pretraining.bert.dev/job`` label, which
 the API server filters the child watches by). A periodic resync enqueues every
 unfinished job, from the cache and without a request, so time-based rules
 (deadline) fire without an event. kopf indexes the children it is sent
-(``child_jobs``, ``child_pods``); reconciles read them there (``children``). Reconciles run in threads (``Kube`` is synchronous), at most
-one per job at a time.
+(``child_jobs``, ``child_pods``); reconciles read them there (``children``).
+Reconciles run in threads (``Kube`` is synchronous), at most one per job at a
+time.
 
 The job's own watch events also refresh the controller's ``JobCache``, so a
 reconcile starts from the job as the watch delivered it instead of a GET. An
