@@ -67,7 +67,11 @@ def job_manifest(name: str, workers: int, cpu: str, chunk_bytes: int) -> dict[st
             },
             "model": {"size": "tiny"},
             "training": {"globalBatchSize": 8, "trainSteps": 10, "seed": 12345},
-            "tpu": {"accelerator": "tpu-v4-podslice", "topology": "2x2x1"},
+            "tpu": {
+                "accelerator": "tpu-v4-podslice",
+                "topology": "2x2x1",
+                "resources": {"cpu": "1", "memory": "4Gi"},
+            },
             "output": f"gs://{BUCKET}/runs/{name}",
             "runPolicy": {"maxRestarts": 0},
         },

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bert_pretrain_operator import tpu_catalogue
+
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 ANNOTATION_PREFIX = "devstack.bpj.dev/"
 RUN_FOR = ANNOTATION_PREFIX + "run-for"
@@ -50,6 +52,7 @@ class NodePool:
     spot: bool = False
     cpu: str = "32"
     memory: str = "128Gi"
+    """CPU and memory of a CPU pool's nodes; a TPU pool's are its machine type's."""
 
     def node_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.nodes)]
@@ -92,6 +95,12 @@ def node_manifests(pools: tuple[NodePool, ...]) -> list[dict[str, Any]]:
         capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": "110"}
         if pool.accelerator:
             assert pool.topology, f"TPU pool {pool.name} needs a topology"
+            # A TPU node's host is its machine type's: the trainer pods' default
+            # requests are sized from it, as on GKE.
+            shape = tpu_catalogue.slice_shape(pool.accelerator, pool.topology)
+            assert shape is not None, f"TPU pool {pool.name}: no such slice"
+            capacity["cpu"] = str(shape.vm.vcpus)
+            capacity["memory"] = f"{shape.vm.memory_gb}G"
             labels[LABEL_ACCELERATOR] = pool.accelerator
             labels[LABEL_TOPOLOGY] = pool.topology
             capacity[TPU_RESOURCE] = str(pool.chips_per_node)

@@ -56,6 +56,12 @@ class Settings:
     prepare_max_workers: int = 32
     """Most prepare worker pods a job gets when its spec does not say
     (BPJ_PREPARE_MAX_WORKERS); an explicit spec.data.preparation.workers may go to 64."""
+    tmp_size_limit: str = "20Gi"
+    """sizeLimit of every trainer pod's /tmp emptyDir (BPJ_TMP_SIZE_LIMIT, a quantity).
+    /tmp holds the shard being written (prepare's shards pass: one shard of records),
+    the exported model before its upload, and TensorFlow's and JAX's caches; a pod
+    over it is evicted and the job fails as LocalStorageExceeded. 20Gi holds a
+    BERT-large export several times over and a shard of a corpus of 20 GB of text."""
     extra_trainer_env: Mapping[str, str] = field(default_factory=dict)
     """Environment added to every trainer container (BPJ_TRAINER_ENV_<NAME>=value);
     the local stack uses it to point TensorFlow at the GCS emulator. Values land in
@@ -119,6 +125,7 @@ class Settings:
                 1, int(env.get("BPJ_PREPARE_MAX_WORKERS", base.prepare_max_workers))
             ),
             trainer_env_secret=env.get("BPJ_TRAINER_ENV_SECRET") or None,
+            tmp_size_limit=env.get("BPJ_TMP_SIZE_LIMIT", base.tmp_size_limit),
             extra_trainer_env={
                 key[len(prefix) :]: value for key, value in env.items() if key.startswith(prefix)
             },

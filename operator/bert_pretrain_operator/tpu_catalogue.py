@@ -78,9 +78,56 @@ class SliceShape:
     """GKE machine type of the slice's node pool, e.g. ``ct5lp-hightpu-4t``."""
 
     @property
+    def vm(self) -> TpuVm:
+        """The VM of each node: its vCPUs and memory."""
+        return MACHINE_TYPES[self.machine_type]
+
+    @property
     def multi_host(self) -> bool:
         """True when the slice spans several VMs (the workers must rendezvous)."""
         return self.vms > 1
+
+
+@dataclass(frozen=True)
+class TpuVm:
+    """A TPU VM machine type's host: what the trainer pod on it may ask for."""
+
+    vcpus: int
+    memory_gb: int
+    """Memory in GB (10^9 bytes), as Compute Engine's machine type tables give it."""
+
+    @property
+    def default_cpu(self) -> str:
+        """The training pod's CPU request: 80 % of the vCPUs, rounded down.
+
+        The rest is what GKE reserves on a node (kubelet, system daemons, eviction
+        threshold: a few percent) plus the DaemonSets of a TPU node pool (the TPU
+        device plugin, logging and metrics agents), with room to spare.
+        """
+        return str(self.vcpus * 8 // 10)
+
+    @property
+    def default_memory(self) -> str:
+        """The training pod's memory request and limit: 75 % of the memory, in GB.
+
+        GKE reserves up to a tenth of a small node's memory and about 2 % above
+        128 GB; a quarter leaves the page cache room for the input pipeline's reads.
+        """
+        return f"{self.memory_gb * 3 // 4}G"
+
+
+#: vCPUs and memory of each machine type a slice shape uses (sources in the module
+#: docstring: Compute Engine's and GKE's machine type tables).
+MACHINE_TYPES: Final[Mapping[str, TpuVm]] = MappingProxyType(
+    {
+        "ct4p-hightpu-4t": TpuVm(vcpus=240, memory_gb=407),
+        "ct5lp-hightpu-1t": TpuVm(vcpus=24, memory_gb=48),
+        "ct5lp-hightpu-4t": TpuVm(vcpus=112, memory_gb=192),
+        "ct5p-hightpu-4t": TpuVm(vcpus=208, memory_gb=448),
+        "ct6e-standard-1t": TpuVm(vcpus=44, memory_gb=176),
+        "ct6e-standard-4t": TpuVm(vcpus=180, memory_gb=720),
+    }
+)
 
 
 @dataclass(frozen=True)

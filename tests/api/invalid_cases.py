@@ -197,6 +197,28 @@ CATEGORIES: dict[str, tuple[Case, ...]] = {
         Case("topology-uppercase-x", "spec.tpu.topology", {"spec.tpu.topology": "2X2X1"}),
         Case("topology-chip-count", "spec.tpu.topology", {"spec.tpu.topology": "v4-8"}),
     ),
+    "tpu-host-resources": (
+        # v4 2x2x1: ct4p-hightpu-4t VMs of 240 vCPUs and 407 GB.
+        Case("cpu-over-the-vm", "spec.tpu.resources.cpu", {"spec.tpu.resources.cpu": "241"}),
+        Case(
+            "memory-over-the-vm",
+            "spec.tpu.resources.memory",
+            {"spec.tpu.resources.memory": "400Gi"},  # 429.5 GB
+        ),
+        Case(
+            "v5e-single-chip-cpu",
+            "spec.tpu.resources.cpu",
+            {
+                "spec.tpu": {
+                    "accelerator": "tpu-v5-lite-podslice",
+                    "topology": "1x1",
+                    "resources": {"cpu": "24500m"},
+                }
+            },
+            base="records",
+        ),
+        Case("cpu-not-a-quantity", "spec.tpu.resources.cpu", {"spec.tpu.resources.cpu": "2 cores"}),
+    ),
     "batch-not-divisible": (
         Case(
             "batch-not-divisible-v5p",

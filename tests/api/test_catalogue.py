@@ -86,3 +86,16 @@ def test_label_keys_match_the_devstack() -> None:
     assert tpu_catalogue.LABEL_TOPOLOGY == kwok_config.LABEL_TOPOLOGY
     assert tpu_catalogue.LABEL_SPOT == kwok_config.LABEL_SPOT
     assert tpu_catalogue.TPU_RESOURCE == kwok_config.TPU_RESOURCE
+
+
+@pytest.mark.parametrize("generation", GENERATIONS, ids=lambda g: g.name)
+def test_every_shape_knows_its_vms_cpu_and_memory(generation: TpuGeneration) -> None:
+    from bert_pretrain_operator.api import quantity
+
+    for topology in generation.topologies:
+        shape = generation.shape(topology)
+        assert shape is not None
+        vm = shape.vm  # KeyError if the machine type has no row
+        # The defaults leave room for what GKE reserves, and never exceed the VM.
+        assert 0 < quantity.parse(vm.default_cpu) < vm.vcpus
+        assert 0 < quantity.parse(vm.default_memory) < vm.memory_gb * 10**9

@@ -116,12 +116,18 @@ def test_immutability_rules_are_at_the_root_one_per_field() -> None:
         assert rule["message"].startswith(rule["fieldPath"].lstrip("."))
 
 
-def test_topology_rule_is_generated_from_the_catalogue() -> None:
-    (rule,) = _root()["properties"]["spec"]["properties"]["tpu"]["x-kubernetes-validations"]
+def test_tpu_rules_are_generated_from_the_catalogue() -> None:
+    rules = _root()["properties"]["spec"]["properties"]["tpu"]["x-kubernetes-validations"]
+    by_field = {r["fieldPath"]: r["rule"] for r in rules}
+    assert set(by_field) == {".topology", ".resources.cpu", ".resources.memory"}
     for accelerator, generation in tpu_catalogue.CATALOGUE.items():
         for topology in generation.topologies:
             chips = tpu_catalogue.topology_chips(topology)
-            assert f'"{accelerator}/{topology}": {chips}' in rule["rule"]
+            assert f'"{accelerator}/{topology}": {chips}' in by_field[".topology"]
+            vm = tpu_catalogue.MACHINE_TYPES[generation.shape(topology).machine_type]  # type: ignore[union-attr]
+            assert f'"{accelerator}/{topology}": "{vm.vcpus}"' in by_field[".resources.cpu"]
+            memory = f'"{accelerator}/{topology}": "{vm.memory_gb}G"'
+            assert memory in by_field[".resources.memory"]
 
 
 class _Union(RuledModel):

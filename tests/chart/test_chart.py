@@ -676,3 +676,34 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
     text = log.read_text()
     for sign in ("Forbidden", "forbidden", "Not enough permissions"):
         assert sign not in text, f"the operator hit RBAC ({sign!r}):\n{text[-4000:]}"
+
+
+def test_grafana_dashboard_charts_every_operator_metric_and_only_those(render: Render) -> None:
+    import re
+
+    from prometheus_client import REGISTRY
+
+    from bert_pretrain_operator import metrics
+
+    assert not [o for o in render() if o["kind"] == "ConfigMap"]  # off by default
+    (dashboard,) = [o for o in render(values=(VALUES_ALL,)) if o["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    (text,) = dashboard["data"].values()
+    board = json.loads(text)
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    charted = {name for e in exprs for name in re.findall(r"\b(bpj_[a-z_]+|process_[a-z_]+)\{", e)}
+    # What metrics.py registers (this process imported it), by the names Prometheus serves.
+    assert metrics.RECONCILE_SECONDS
+    served: dict[str, set[str]] = {}
+    for family in REGISTRY.collect():
+        if family.name.startswith("bpj_"):
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+            served[family.name] = {family.name + s for s in suffixes.get(family.type, ("",))}
+    missing = [name for name, names in served.items() if not names & charted]
+    assert not missing, f"metrics without a panel: {sorted(missing)}"
+    every = set().union(*served.values())
+    unknown = {n for n in charted if n.startswith("bpj_")} - every
+    assert not unknown, f"panels of metrics the operator does not export: {sorted(unknown)}"
+    # Every panel's queries select the operator's own service through the variables.
+    assert all('namespace="$namespace"' in e for e in exprs)

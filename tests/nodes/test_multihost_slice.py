@@ -82,7 +82,12 @@ def _job(bucket: str) -> dict[str, Any]:
                 "warmupSteps": 1,
                 "checkpointEverySteps": 3,
             },
-            "tpu": {"accelerator": "tpu-v4-podslice", "topology": "2x2x2"},
+            # Two trainer pods on this machine: a fraction of a core each.
+            "tpu": {
+                "accelerator": "tpu-v4-podslice",
+                "topology": "2x2x2",
+                "resources": {"cpu": "500m", "memory": "4Gi"},
+            },
             "output": f"gs://{bucket}/runs/two-hosts",
             "export": {"huggingFace": False},
             "runPolicy": {"maxRestarts": 0},

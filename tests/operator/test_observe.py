@@ -123,6 +123,27 @@ def test_oom_is_not_retriable_and_says_what_to_change() -> None:
     assert "globalBatchSize" in failure.message
 
 
+def _evicted(message: str) -> dict[str, Any]:
+    evicted = pod("j", "Failed")
+    evicted["status"].update(reason="Evicted", message=message)
+    return evicted
+
+
+def test_a_pod_over_its_tmp_limit_is_not_retried_and_a_full_node_is() -> None:
+    # The kubelet's messages (pkg/kubelet/eviction/helpers.go).
+    own = [
+        'Usage of EmptyDir volume "tmp" exceeds the limit "20Gi". ',
+        "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi. ",
+    ]
+    for message in own:
+        failure = classify_job_failure(job("j", "train", 1, "Failed"), [_evicted(message)])
+        assert failure.kind is FailureKind.OUT_OF_STORAGE and not failure.retriable
+        assert "BPJ_TMP_SIZE_LIMIT" in failure.message and message.strip() in failure.message
+    node = "The node was low on resource: ephemeral-storage. "
+    failure = classify_job_failure(job("j", "train", 1, "Failed"), [_evicted(node)])
+    assert failure.retriable
+
+
 def test_a_failed_job_without_pods_lost_its_node() -> None:
     failure = classify_job_failure(job("j", "train", 1, "Failed"), [])
     assert failure.reason == "NodeLost"

@@ -60,8 +60,9 @@ def test_multi_host_slice_gets_one_pod_per_vm_and_a_headless_service() -> None:
         pod["tolerations"]
     )
     c = container(train)
-    assert c["resources"]["requests"] == {"google.com/tpu": "4"}
-    assert c["resources"]["limits"] == {"google.com/tpu": "4"}
+    # A v5p VM (ct5p-hightpu-4t): 208 vCPUs, 448 GB; 80 % and 75 % of them.
+    assert c["resources"]["requests"] == {"google.com/tpu": "4", "cpu": "166", "memory": "336G"}
+    assert c["resources"]["limits"] == {"google.com/tpu": "4", "memory": "336G"}
     assert {p["containerPort"] for p in c["ports"]} == {8471, contract.DEFAULT_COORDINATOR_PORT}
     assert c["args"] == ["train", "--config", contract.CONFIG_PATH]
     assert c["image"] == "registry.example/trainer:1"
@@ -77,6 +78,48 @@ def test_multi_host_slice_gets_one_pod_per_vm_and_a_headless_service() -> None:
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["jax-coordinator"] == (
         contract.DEFAULT_COORDINATOR_PORT
     )
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "topology", "cpu", "memory"),
+    [
+        ("tpu-v4-podslice", "2x2x1", "192", "305G"),  # ct4p-hightpu-4t: 240, 407 GB
+        ("tpu-v5-lite-podslice", "1x1", "19", "36G"),  # ct5lp-hightpu-1t: 24, 48 GB
+        ("tpu-v5-lite-podslice", "4x4", "89", "144G"),  # ct5lp-hightpu-4t: 112, 192 GB
+        ("tpu-v6e-slice", "2x2", "144", "540G"),  # ct6e-standard-4t: 180, 720 GB
+    ],
+)
+def test_training_pods_request_cpu_and_memory_of_their_machine_type(
+    accelerator: str, topology: str, cpu: str, memory: str
+) -> None:
+    manifest = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    manifest["metadata"].update(namespace="team-a", uid="uid-1", generation=1)
+    manifest["spec"]["tpu"] = {"accelerator": accelerator, "topology": topology}
+    manifest["spec"]["training"]["globalBatchSize"] = 16  # divisible by every slice here
+    job = BertPretrainJob.from_manifest(manifest)
+    *_, train = render_stage(job, SETTINGS, "train", 1)
+    resources = container(train)["resources"]
+    assert (resources["requests"]["cpu"], resources["requests"]["memory"]) == (cpu, memory)
+    assert resources["limits"]["memory"] == memory and "cpu" not in resources["limits"]
+
+
+def test_training_pod_resources_come_from_the_spec_when_given() -> None:
+    job = load("quickstart.yaml")  # tpu.resources: cpu 1, memory 4Gi
+    assert job.spec.tpu.resources is not None
+    *_, train = render_stage(job, SETTINGS, "train", 1)
+    resources = container(train)["resources"]
+    assert resources["requests"] == {"google.com/tpu": "4", "cpu": "1", "memory": "4Gi"}
+    assert resources["limits"] == {"google.com/tpu": "4", "memory": "4Gi"}
+
+
+def test_every_stage_bounds_its_tmp() -> None:
+    job = load("quickstart.yaml")
+    small = Settings(trainer_image="t:1", tmp_size_limit="5Gi")
+    for stage in ("prepare", "train", "export"):
+        for settings, limit in ((SETTINGS, "20Gi"), (small, "5Gi")):
+            *_, manifest = render_stage(job, settings, stage, 1)
+            volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
+            assert volumes["tmp"]["emptyDir"] == {"sizeLimit": limit}, stage
 
 
 def test_single_host_slice_needs_no_service() -> None:

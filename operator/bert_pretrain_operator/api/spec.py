@@ -28,7 +28,9 @@ from typing import Annotated, Any, ClassVar, Final
 from pydantic import Field, StringConstraints
 
 from bert_pretrain_operator import tpu_catalogue
+from bert_pretrain_operator.api import quantity
 from bert_pretrain_operator.api.cel import Reason, Rule, RuledModel, literal, not_together, present
+from bert_pretrain_operator.api.quantity import QUANTITY_PATTERN
 from bert_pretrain_operator.api.sizes import SIZES, Dimensions, ModelSize
 from bert_pretrain_operator.tpu_catalogue import Accelerator
 
@@ -71,8 +73,6 @@ PREPARE_DEFAULTS: Final = {
 DEFAULT_WARMUP_FRACTION: Final = 0.01
 
 
-#: A Kubernetes quantity as CPU and memory requests use it: 500m, 2, 1.5, 8Gi, 512M.
-QUANTITY_PATTERN: Final = r"^[0-9]+([.][0-9]+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$"
 #: Most prepare worker pods one job may run at once (an explicit spec.data.preparation.workers).
 MAX_PREPARE_WORKERS: Final = 64
 
@@ -453,6 +453,82 @@ def _topology_list(accelerator: Accelerator) -> str:
     return ", ".join(tpu_catalogue.valid_topologies(accelerator))
 
 
+def _vm_map(value: Any) -> str:
+    """accelerator/topology -> ``value(shape)`` as a CEL map literal (from the catalogue)."""
+    return literal(
+        {
+            f"{accelerator}/{topology}": value(shape)
+            for accelerator, generation in tpu_catalogue.CATALOGUE.items()
+            for topology in generation.topologies
+            if (shape := generation.shape(topology)) is not None
+        }
+    )
+
+
+#: accelerator/topology -> each VM's vCPUs, memory (quantities) and machine type. Flat
+#: maps of strings: the API server's cost estimate of a rule grows with what it indexes.
+_VM_CEL: Final = {
+    "cpu": _vm_map(lambda shape: str(shape.vm.vcpus)),
+    "memory": _vm_map(lambda shape: f"{shape.vm.memory_gb}G"),
+    "machineType": _vm_map(lambda shape: shape.machine_type),
+}
+
+
+class TpuHostResources(RuledModel):
+    """CPU and memory of each training pod, on its TPU VM. Unset fields take the defaults."""
+
+    cpu: str | None = Field(default=None, max_length=32, pattern=QUANTITY_PATTERN)
+    """cpu is the pod's CPU request (a Kubernetes quantity). It feeds the input pipeline
+    and checkpointing. Defaults to 80% of the VM's vCPUs (docs/gke.md has the table: 89
+    on a v5e ct5lp-hightpu-4t); at most the VM's vCPUs."""
+    memory: str | None = Field(default=None, max_length=32, pattern=QUANTITY_PATTERN)
+    """memory is the pod's memory request and limit (a Kubernetes quantity). Defaults to
+    75% of the VM's memory (144G on a ct5lp-hightpu-4t); at most the VM's memory."""
+
+
+def _fits(given: str | None, shape: tpu_catalogue.SliceShape | None, capacity: str) -> bool:
+    """``given`` (a quantity) is at most ``capacity`` of the slice's VM, when both are known."""
+    if given is None or shape is None:
+        return True
+    limit = shape.vm.vcpus if capacity == "cpu" else shape.vm.memory_gb * 10**9
+    return quantity.parse(given) <= limit
+
+
+def _over_capacity_rule(capacity: str, unit: str) -> Rule[TpuSpec]:
+    key = _slice_key_cel("self")
+    limit = f"{_VM_CEL[capacity]}[{key}]"
+    field = f"self.resources.{capacity}"
+    return Rule(
+        rule=f"!has(self.resources) || !has({field}) || !({key} in {_VM_CEL[capacity]}) "
+        f"|| quantity({field}).compareTo(quantity({limit})) <= 0",
+        message=f"spec.tpu.resources.{capacity}: more than the {unit} of the slice's TPU VM",
+        message_expression=f"'spec.tpu.resources.{capacity}: ' + {field} + ' is more than the ' "
+        f"+ {limit} + ' {unit} of each ' + {_VM_CEL['machineType']}[{key}] + ' VM of a ' "
+        f"+ self.accelerator + ' ' + self.topology + ' slice'",
+        explain=lambda t: (
+            f"spec.tpu.resources.{capacity}: {getattr(t.resources, capacity)} is more than the "
+            f"{_vm_capacity(t, capacity)} {unit} of each {_machine_type(t)} VM of a "
+            f"{t.accelerator} {t.topology} slice"
+        ),
+        holds=lambda t: (
+            t.resources is None or _fits(getattr(t.resources, capacity), t.shape(), capacity)
+        ),
+        field_path=f".resources.{capacity}",
+    )
+
+
+def _vm_capacity(t: TpuSpec, capacity: str) -> str:
+    shape = t.shape()
+    assert shape is not None
+    return str(shape.vm.vcpus) if capacity == "cpu" else f"{shape.vm.memory_gb}G"
+
+
+def _machine_type(t: TpuSpec) -> str:
+    shape = t.shape()
+    assert shape is not None
+    return shape.machine_type
+
+
 class TpuSpec(RuledModel):
     """The GKE TPU slice that trains the model (one pod per TPU VM)."""
 
@@ -469,6 +545,9 @@ class TpuSpec(RuledModel):
     """spot schedules onto Spot VMs (cloud.google.com/gke-spot=true): cheaper, and
     preemptible; a preempted attempt resumes from the last checkpoint, up to
     runPolicy.maxRestarts times."""
+    resources: TpuHostResources | None = None
+    """resources are each training pod's CPU and memory on its TPU VM (the TPU chips are
+    requested apart, as google.com/tpu). Defaults suit each machine type."""
 
     rules: ClassVar[tuple[Rule[TpuSpec], ...]] = (
         Rule(
@@ -484,6 +563,8 @@ class TpuSpec(RuledModel):
             holds=lambda t: t.shape() is not None,
             field_path=".topology",
         ),
+        _over_capacity_rule("cpu", "vCPUs"),
+        _over_capacity_rule("memory", "memory"),
     )
 
     def shape(self) -> tpu_catalogue.SliceShape | None:

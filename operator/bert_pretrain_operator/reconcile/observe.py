@@ -39,6 +39,8 @@ class FailureKind(StrEnum):
     """The trainer said the input or configuration is wrong: retrying cannot help."""
     OUT_OF_MEMORY = "OOMKilled"
     """Deterministic for the same configuration: retrying cannot help either."""
+    OUT_OF_STORAGE = "LocalStorageExceeded"
+    """The pod wrote more to /tmp than its sizeLimit: deterministic as well."""
     INFRASTRUCTURE = "Infrastructure"
     """Preemption, a lost node, a transient error: a new attempt may succeed."""
 
@@ -99,6 +101,11 @@ def _terminated(pod: Obj) -> list[Obj]:
     return [s["state"]["terminated"] for s in statuses if s.get("state", {}).get("terminated")]
 
 
+#: Fragments of the kubelet's eviction messages for a pod over its own storage limits
+#: (pkg/kubelet/eviction: an emptyDir over its sizeLimit; containers over their limits).
+_OWN_STORAGE_LIMITS: Final = ("EmptyDir volume", "exceeds the total limit of containers")
+
+
 def classify_pod_failure(pod: Obj) -> Failure | None:
     """Why a pod failed; None if it did not."""
     if pod.get("status", {}).get("phase") != "Failed":
@@ -120,6 +127,17 @@ def classify_pod_failure(pod: Obj) -> Failure | None:
                 f"pod {pod_name}: the trainer ran out of memory (OOMKilled); "
                 "lower spec.training.globalBatchSize or spec.data.maxSeqLength",
             )
+    status = pod.get("status", {})
+    evicted = str(status.get("message") or "")
+    # The kubelet's words when a pod exceeds its own storage limits; a node short of
+    # disk ("The node was low on resource: ephemeral-storage") is the node's problem.
+    if status.get("reason") == "Evicted" and any(m in evicted for m in _OWN_STORAGE_LIMITS):
+        return Failure(
+            FailureKind.OUT_OF_STORAGE,
+            "LocalStorageExceeded",
+            f"pod {pod_name}: wrote more to /tmp than its limit allows ({evicted.strip()}); "
+            "raise the operator's BPJ_TMP_SIZE_LIMIT (chart: operator.tmpSizeLimit)",
+        )
     disruption = _condition_true(pod, "DisruptionTarget")
     if disruption is not None:
         return Failure(
@@ -152,6 +170,7 @@ def classify_pod_failure(pod: Obj) -> Failure | None:
 _SEVERITY: Final = {
     FailureKind.BAD_INPUT: 0,
     FailureKind.OUT_OF_MEMORY: 1,
+    FailureKind.OUT_OF_STORAGE: 1,
     FailureKind.INFRASTRUCTURE: 2,
 }
 

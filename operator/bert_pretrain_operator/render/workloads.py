@@ -141,7 +141,7 @@ def _pod_spec(job: BertPretrainJob, settings: Settings, container: dict[str, Any
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": names.config_map(name)}},
-            {"name": "tmp", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
         ],
     }
 
@@ -313,13 +313,19 @@ def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifes
     if job.spec.queue_name:
         job_labels[names.LABEL_KUEUE_QUEUE] = job.spec.queue_name
     chips = str(shape.chips_per_vm)
+    given = tpu.resources
+    cpu = (given and given.cpu) or shape.vm.default_cpu
+    memory = (given and given.memory) or shape.vm.default_memory
+    # Requests make the pod Burstable, not BestEffort (first evicted under pressure); a
+    # memory limit equal to the request makes an overrun this pod's OOM, not the node's.
+    # No CPU limit: throttling would only slow the input pipeline.
     container = _container(
         job,
         settings,
         names.STAGE_TRAIN,
         {
-            "requests": {tpu_catalogue.TPU_RESOURCE: chips},
-            "limits": {tpu_catalogue.TPU_RESOURCE: chips},
+            "requests": {tpu_catalogue.TPU_RESOURCE: chips, "cpu": cpu, "memory": memory},
+            "limits": {tpu_catalogue.TPU_RESOURCE: chips, "memory": memory},
         },
     )
     container["ports"] = [
