@@ -15,10 +15,13 @@ from typing import Any
 
 from bert_trainer import contract
 
-TRAINER_ROLE = "bert-trainer"
-
 
 def trainer_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
+    """The trainer's ServiceAccount, and a Role and RoleBinding of the same name.
+
+    One name for the three: the chart makes it unique per release
+    (``<fullname>-trainer``), so two releases serving one namespace do not collide.
+    """
     return [
         {
             "apiVersion": "v1",
@@ -28,7 +31,7 @@ def trainer_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": {"name": TRAINER_ROLE, "namespace": namespace},
+            "metadata": {"name": service_account, "namespace": namespace},
             "rules": [
                 {
                     "apiGroups": [contract.API_GROUP],
@@ -40,11 +43,11 @@ def trainer_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": {"name": TRAINER_ROLE, "namespace": namespace},
+            "metadata": {"name": service_account, "namespace": namespace},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "Role",
-                "name": TRAINER_ROLE,
+                "name": service_account,
             },
             "subjects": [
                 {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
@@ -79,7 +82,9 @@ POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 PROGRESS_POLICY = "bert-trainer-progress"
 
 
-def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
+def progress_policy(
+    trainer_service_account: str, name: str = PROGRESS_POLICY
+) -> list[dict[str, Any]]:
     """A ValidatingAdmissionPolicy (and binding): a trainer pod writes only its own report.
 
     It applies to status writes by the trainer service account in any namespace,
@@ -125,7 +130,7 @@ def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": PROGRESS_POLICY},
+            "metadata": {"name": name},
             "spec": {
                 "failurePolicy": "Fail",
                 "matchConstraints": {
@@ -208,7 +213,7 @@ def progress_policy(trainer_service_account: str) -> list[dict[str, Any]]:
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": PROGRESS_POLICY},
-            "spec": {"policyName": PROGRESS_POLICY, "validationActions": ["Deny"]},
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"]},
         },
     ]

@@ -169,7 +169,7 @@ def _operator_grants(objects: list[dict[str, Any]]) -> dict[tuple[str, str], dic
         for o in objects
         if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
         and not o["metadata"]["name"].endswith(("-view", "-edit"))
-        and o["metadata"]["name"] != "bert-trainer"
+        and not o["metadata"]["name"].endswith("-trainer")
     }
 
 
@@ -229,7 +229,19 @@ def test_trainer_objects_are_rbac_trainer_rbac(render: Render) -> None:
     (sa,) = [o for o in of_kind(plain, "ServiceAccount") if o["metadata"]["namespace"] == "ml"]
     assert "annotations" not in sa["metadata"]
     in_ml = [_meta_stripped(o) for o in plain if o["metadata"].get("namespace") == "ml"]
-    assert sorted(in_ml, key=_key) == sorted(trainer_rbac("ml", "bert-trainer"), key=_key)
+    # The default name is the release's: two releases serving "ml" do not collide.
+    trainer = "bpj-bert-pretrain-operator-trainer"
+    assert sorted(in_ml, key=_key) == sorted(trainer_rbac("ml", trainer), key=_key)
+    other = render(release="other", sets=("trainer.namespaces={ml}",))
+    clashes = {
+        _key(o)
+        for o in plain
+        if "namespace" not in o["metadata"] or o["metadata"]["namespace"] == "ml"
+    } & {_key(o) for o in other}
+    # Shared on purpose: the peering object makes a second operator serving the same
+    # namespaces wait instead of reconciling the same jobs twice.
+    clashes = {c for c in clashes if c[1] not in ("ClusterKopfPeering", "KopfPeering")}
+    assert not clashes, clashes
 
 
 @pytest.mark.parametrize("case", ["defaults", "all-options"])
@@ -241,7 +253,9 @@ def test_progress_policy_is_rbac_progress_policy(render: Render, case: str) -> N
         for o in objects
         if o["kind"] in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
     ]
-    assert rendered == progress_policy(env["BPJ_TRAINER_SERVICE_ACCOUNT"])
+    name = rendered[0]["metadata"]["name"]
+    assert name.endswith("-trainer-progress") and name.startswith(("bpj-", "bpj-operator"))
+    assert rendered == progress_policy(env["BPJ_TRAINER_SERVICE_ACCOUNT"], name)
 
 
 def test_deployment_is_hardened_and_runs_the_operator(render: Render) -> None:

@@ -118,7 +118,7 @@ def test_user_roles_are_aggregated_by_default(render: Render) -> None:
 def test_guardrails_are_off_by_default(render: Render) -> None:
     objects = render()
     names = [o["metadata"]["name"] for o in objects if o["kind"] in GUARDRAIL_KINDS]
-    assert sorted(names) == ["bert-trainer-progress", "bert-trainer-progress"]
+    assert sorted(names) == ["bpj-bert-pretrain-operator-trainer-progress"] * 2
     assert of_kind(objects, "ConfigMap") == []
 
 

@@ -54,3 +54,16 @@ gets Roles in those namespaces and nothing cluster-wide. Empty otherwise.
 {{- end -}}
 {{- if $exact -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+The trainer pods' ServiceAccount (and its Role and RoleBinding) in each trainer
+namespace: trainer.serviceAccountName, else "<fullname>-trainer", unique per release.
+*/}}
+{{- define "bpj.trainerServiceAccountName" -}}
+{{- default (printf "%s-trainer" (include "bpj.fullname" .) | trunc 63 | trimSuffix "-") .Values.trainer.serviceAccountName -}}
+{{- end -}}
+
+{{/* The progress policy and its binding (cluster-scoped): unique per release. */}}
+{{- define "bpj.progressPolicyName" -}}
+{{- printf "%s-trainer-progress" (include "bpj.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
