@@ -477,7 +477,9 @@ def _sample_memory(operator: Operator, stop: threading.Event, peak: list[float])
             return
 
 
-def benchmark(work: Path, burst: int, total: int, settle: float) -> tuple[float, float]:
+def benchmark(
+    work: Path, burst: int, total: int, settle: float, unrelated: int, quiet: float
+) -> tuple[float, float]:
     from bpj_devstack import plane
 
     started = time.perf_counter()
@@ -500,7 +502,9 @@ def benchmark(work: Path, burst: int, total: int, settle: float) -> tuple[float,
         )
         try:
             with run_operator(state.env(), namespace, work / "operator.log") as operator:
-                return _measure(operator, api, watch, namespace, bucket, burst, total, settle)
+                return _measure(
+                    operator, api, watch, namespace, bucket, burst, total, settle, unrelated, quiet
+                )
         finally:
             watch.stop()
     finally:
@@ -516,6 +520,8 @@ def _measure(
     burst: int,
     total: int,
     settle: float,
+    unrelated: int,
+    quiet: float,
 ) -> tuple[float, float]:
     stop_sampling = threading.Event()
     rss_peak = [0.0]
@@ -593,6 +599,7 @@ def _measure(
         f"now (VmRSS) {memory['VmRSS']:.1f} MB, highest sampled RSS {rss_peak[0]:.1f} MB",
         flush=True,
     )
+    shared_cluster(operator, api, namespace, names, unrelated, quiet)
     overall = counts(operator).minus(idle)
     print(f"overall: {overall.describe()}", flush=True)
     phases = {
@@ -601,7 +608,115 @@ def _measure(
         if key.startswith("bpj_jobs{") and value
     }
     print(f"jobs by phase: {phases}", flush=True)
-    return p99, memory["VmHWM"]
+    return p99, operator.memory()["VmHWM"]  # the whole run's peak, shared cluster included
+
+
+def finish_jobs(api: Any, namespace: str, names: Sequence[str]) -> None:
+    """Mark the jobs Succeeded, as the operator would have (status written as the admin)."""
+    from kubernetes import client
+
+    from bert_trainer import contract
+
+    custom = client.CustomObjectsApi(api)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body = {"status": {"phase": "Succeeded", "completionTime": now}}
+
+    def finish(name: str) -> None:
+        custom.patch_namespaced_custom_object_status(
+            contract.API_GROUP, contract.API_VERSION, namespace, contract.PLURAL, name, body
+        )
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(finish, names))
+
+
+def create_unrelated_pods(api: Any, namespace: str, count: int) -> None:
+    """``count`` pods of no job in the watched namespace, for KWOK's CPU nodes (or Pending)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+
+    def create(i: int) -> None:
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"unrelated-{i:05d}", "labels": {"app": "web"}},
+                "spec": {
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "web", "image": "registry.example/web:1"}],
+                },
+            },
+        )
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(create, range(count)))
+
+
+def shared_cluster(
+    operator: Operator,
+    api: Any,
+    namespace: str,
+    names: Sequence[str],
+    unrelated: int,
+    quiet: float,
+) -> None:
+    """Phase 4: every job finished, and ``unrelated`` pods of no job beside them.
+
+    What a platform team's cluster looks like between runs. The targets: API requests
+    that follow the active jobs (none here, so a handful per minute at most) and no
+    event of an unrelated pod reaching the operator (``bpj_watch_events_total``).
+    """
+    started = time.perf_counter()
+    finish_jobs(api, namespace, names)
+    create_unrelated_pods(api, namespace, unrelated)
+    print(
+        f"shared cluster: {len(names)} jobs marked Succeeded and {unrelated} unrelated pods "
+        f"created in {time.perf_counter() - started:.0f}s",
+        flush=True,
+    )
+    wait_for(
+        lambda: operator.metrics().get('bpj_jobs{phase="Succeeded"}', 0.0) >= len(names),
+        300,
+        "the operator to see every job finished",
+    )
+    wait_until_idle(operator, 120)
+    before, events_before = counts(operator), operator.metrics()
+    time.sleep(quiet)  # the window is timed: what happens in it is the measurement
+    window = counts(operator).minus(before)
+    events = operator.metrics()
+    unrelated_events = sum(
+        v - events_before.get(k, 0.0)
+        for k, v in events.items()
+        if k.startswith("bpj_watch_events_total{") and 'ours="false"' in k
+    )
+    ours_events = sum(
+        v - events_before.get(k, 0.0)
+        for k, v in events.items()
+        if k.startswith("bpj_watch_events_total{") and 'ours="true"' in k
+    )
+    per_minute = 60 * window.requests / quiet
+    print(
+        f"{quiet:.0f}s with 0 active jobs, {len(names)} finished and {unrelated} unrelated "
+        f"pods: {window.describe()}; {per_minute:.1f} API requests per minute; child watch "
+        f"events {ours_events:.0f} of ours, {unrelated_events:.0f} unrelated",
+        flush=True,
+    )
+    print(f"  its API requests: {window.describe_calls()}", flush=True)
+    total_unrelated = sum(
+        v
+        for k, v in events.items()
+        if k.startswith("bpj_watch_events_total{") and 'ours="false"' in k
+    )
+    print(f"unrelated pod events that reached the operator, whole run: {total_unrelated:.0f}")
+    memory = operator.memory()
+    print(
+        f"operator memory in the shared cluster: peak (VmHWM) {memory['VmHWM']:.1f} MB, "
+        f"now (VmRSS) {memory['VmRSS']:.1f} MB",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -614,13 +729,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=35.0,
         help="seconds to wait with every job present (at least one 30 s resync)",
     )
+    parser.add_argument(
+        "--unrelated", type=int, default=5000, help="pods of no job, for the shared-cluster phase"
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=120.0,
+        help="seconds of the shared-cluster phase's window (several 30 s resyncs)",
+    )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}", flush=True)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-operator-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        p99, rss = benchmark(work, args.burst, max(args.total, args.burst), args.settle)
+        p99, rss = benchmark(
+            work,
+            args.burst,
+            max(args.total, args.burst),
+            args.settle,
+            args.unrelated,
+            args.quiet,
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

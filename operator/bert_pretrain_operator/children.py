@@ -4,7 +4,10 @@ The source is kopf's indices of the child watches (``handlers.child_jobs`` and
 ``handlers.child_pods``): kopf fills them from each watch's initial list before
 it runs any handler, and keeps them current from its events, as client-go's
 informers do. Only what ``reconcile.observe`` reads is kept of each object (the
-``slim_*`` functions), about a tenth of a pod's full body.
+``slim_*`` functions, about a tenth of a pod's full body), as compact JSON
+(``pack``): parsed dicts cost several times their JSON, and with 1,000 running
+jobs the dicts alone took about 15 MB of the operator's 150 MB budget
+(docs/benchmarks.md, section 3).
 
 The indices live on the event loop; a reconcile runs in a worker thread, so it
 takes its snapshot on the loop (``asyncio.run_coroutine_threadsafe``) rather than
@@ -20,6 +23,7 @@ before, and ``bpj_children_reads_total{source}`` counts which it was.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
@@ -53,6 +57,11 @@ def slim_pod(body: Mapping[str, Any]) -> Obj:
     }
 
 
+def pack(obj: Obj) -> bytes:
+    """``obj`` as compact JSON: what the indices hold."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 class Children:
     """Snapshots of the indexed children, per job; None where a LIST must answer instead."""
 
@@ -63,17 +72,19 @@ class Children:
     def of_indices(
         cls,
         loop: asyncio.AbstractEventLoop,
-        jobs: Mapping[Key, Iterable[Obj]],
-        pods: Mapping[Key, Iterable[Obj]],
+        jobs: Mapping[Key, Iterable[bytes]],
+        pods: Mapping[Key, Iterable[bytes]],
     ) -> Children:
-        """Snapshots of kopf's ``jobs`` and ``pods`` indices, taken on ``loop``."""
+        """Snapshots of kopf's ``jobs`` and ``pods`` indices (``pack``ed), taken on ``loop``."""
 
-        async def take(key: Key) -> tuple[list[Obj], list[Obj]]:
+        async def take(key: Key) -> tuple[list[bytes], list[bytes]]:
             return list(jobs.get(key, ())), list(pods.get(key, ()))
 
         def snapshot(key: Key) -> tuple[list[Obj], list[Obj]]:
             future = asyncio.run_coroutine_threadsafe(take(key), loop)
-            return future.result(SNAPSHOT_TIMEOUT_SECONDS)
+            packed_jobs, packed_pods = future.result(SNAPSHOT_TIMEOUT_SECONDS)
+            # Parsed here, in the reconcile's thread: each reconcile gets its own copies.
+            return [json.loads(j) for j in packed_jobs], [json.loads(p) for p in packed_pods]
 
         return cls(snapshot)
 

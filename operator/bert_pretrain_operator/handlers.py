@@ -33,7 +33,7 @@ from prometheus_client import start_http_server
 
 from bert_pretrain_operator import metrics
 from bert_pretrain_operator.backoff import Backoff
-from bert_pretrain_operator.children import Children, slim_job, slim_pod
+from bert_pretrain_operator.children import Children, pack, slim_job, slim_pod
 from bert_pretrain_operator.controller import Controller
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import Kube, connection_info
@@ -199,19 +199,19 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.index(*CHILD_JOBS)
 def child_jobs(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]] | None:
+) -> dict[tuple[str, str], bytes] | None:
     """Each job's child Jobs, slim (``children``); kopf runs no handler before it is full."""
     job = labels.get(names.LABEL_JOB)
-    return {(namespace, job): slim_job(body)} if namespace and job else None
+    return {(namespace, job): pack(slim_job(body))} if namespace and job else None
 
 
 @kopf.index(*CHILD_PODS)
 def child_pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], dict[str, Any]] | None:
+) -> dict[tuple[str, str], bytes] | None:
     """Each job's pods, slim."""
     job = labels.get(names.LABEL_JOB)
-    return {(namespace, job): slim_pod(body)} if namespace and job else None
+    return {(namespace, job): pack(slim_pod(body))} if namespace and job else None
 
 
 @kopf.on.startup()

@@ -358,11 +358,11 @@ def test_children_come_from_the_watch_only_when_it_holds_every_named_job() -> No
 
 
 def test_children_snapshots_are_taken_on_the_event_loop() -> None:
-    from bert_pretrain_operator.children import Children
+    from bert_pretrain_operator.children import Children, pack
 
     async def scenario() -> tuple[Any, Any]:
         loop = asyncio.get_running_loop()
-        index = {("ns", "a"): [{"metadata": {"name": "a-train-1"}}]}
+        index = {("ns", "a"): [pack({"metadata": {"name": "a-train-1"}})]}
         children = Children.of_indices(loop, index, {})
         # From a worker thread, as a reconcile asks.
         found = await asyncio.to_thread(children.get, ("ns", "a"), ["a-train-1"])
