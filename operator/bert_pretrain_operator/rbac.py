@@ -11,8 +11,11 @@ the two in step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from bert_pretrain_operator.api import BertPretrainJobStatus
+from bert_pretrain_operator.api.status import PreparationStatus
 from bert_trainer import contract
 
 
@@ -56,40 +59,37 @@ def trainer_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
     ]
 
 
-#: Status fields the operator owns; a trainer pod must leave them as they are.
-OPERATOR_STATUS_FIELDS = (
-    "observedGeneration",
-    "phase",
-    "conditions",
-    "jobs",
-    "attempt",
-    "restarts",
-    "startTime",
-    "completionTime",
-    "stageProgress",
+#: What pods may write, and nothing else: training pods ``status.progress``, preparation
+#: pods their own entry of ``status.preparation.reports``. Every other status field
+#: belongs to the operator, including any field added to the status model later: the
+#: lists below are derived from the model, not written by hand.
+POD_STATUS_FIELDS = ("progress", "preparation")
+POD_PREPARATION_FIELDS = ("reports",)
+OPERATOR_STATUS_FIELDS = tuple(
+    field.alias or name
+    for name, field in BertPretrainJobStatus.model_fields.items()
+    if (field.alias or name) not in POD_STATUS_FIELDS
 )
-#: Fields of status.preparation the operator owns (it aggregates the pods' reports).
-OPERATOR_PREPARATION_FIELDS = (
-    "pass",
-    "workers",
-    "files",
-    "bytes",
-    "chunks",
-    "bytesDone",
-    "instances",
+OPERATOR_PREPARATION_FIELDS = tuple(
+    field.alias or name
+    for name, field in PreparationStatus.model_fields.items()
+    if (field.alias or name) not in POD_PREPARATION_FIELDS
 )
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 PROGRESS_POLICY = "bert-trainer-progress"
 
 
 def progress_policy(
-    trainer_service_account: str, name: str = PROGRESS_POLICY
+    exempt: Sequence[str] = (), name: str = PROGRESS_POLICY
 ) -> list[dict[str, Any]]:
-    """A ValidatingAdmissionPolicy (and binding): a trainer pod writes only its own report.
+    """A ValidatingAdmissionPolicy (and binding): a pod writes only its own report.
 
-    It applies to status writes by the trainer service account in any namespace,
-    authenticated with a pod-bound token (the kubelet's, or TokenRequest's), whose
-    user info names the pod. The operator names a job's pods after it:
+    It applies to every status write made with a pod-bound token (the kubelet's, or
+    TokenRequest's, whose user info names the pod), whatever the service account: the
+    chart's trainer account, a job's own ``spec.serviceAccountName``, or any other.
+    ``exempt`` names the users it does not apply to: the operator's own service
+    account, whose token is pod-bound too when it runs in the cluster. The operator
+    names a job's pods after it:
 
     - training pods ``<job>-train-<attempt>-<index>-<suffix>`` may write status.progress;
     - preparation pods ``<job>-prep-<pass>-<index>-<suffix>`` may write only their own
@@ -102,11 +102,11 @@ def progress_policy(
     keep = " && ".join(
         [
             *(
-                f"object.status.?{field} == oldObject.status.?{field}"
+                f"object.?status.?{field} == oldObject.?status.?{field}"
                 for field in OPERATOR_STATUS_FIELDS
             ),
             *(
-                f"object.status.?preparation.?{field} == oldObject.status.?preparation.?{field}"
+                f"object.?status.?preparation.?{field} == oldObject.?status.?preparation.?{field}"
                 for field in OPERATOR_PREPARATION_FIELDS
             ),
         ]
@@ -145,11 +145,13 @@ def progress_policy(
                 },
                 "matchConditions": [
                     {
-                        "name": "trainer-service-account",
-                        "expression": "request.userInfo.username.startsWith("
-                        "'system:serviceaccount:') && request.userInfo.username.endsWith("
-                        f"':{trainer_service_account}')",
-                    }
+                        "name": "pod-bound-token",
+                        "expression": f"{POD_NAME_EXTRA!r} in request.userInfo.extra",
+                    },
+                    {
+                        "name": "not-the-operator",
+                        "expression": f"!(request.userInfo.username in {list(exempt)!r})",
+                    },
                 ],
                 "variables": [
                     {
@@ -178,7 +180,8 @@ def progress_policy(
                         "reason": "Forbidden",
                     },
                     {
-                        "expression": f"!has(oldObject.status) || ({keep})",
+                        # Optional fields: a job without a status yet is covered too.
+                        "expression": keep,
                         "message": "a trainer pod may only write status.progress or its own "
                         "entry of status.preparation.reports; the rest of the status belongs "
                         "to the operator",

@@ -255,7 +255,14 @@ def test_progress_policy_is_rbac_progress_policy(render: Render, case: str) -> N
     ]
     name = rendered[0]["metadata"]["name"]
     assert name.endswith("-trainer-progress") and name.startswith(("bpj-", "bpj-operator"))
-    assert rendered == progress_policy(env["BPJ_TRAINER_SERVICE_ACCOUNT"], name)
+    # Every pod-bound token is policed but the operator's own (it runs as a pod too).
+    (deployment,) = of_kind(objects, "Deployment")
+    operator_user = (
+        f"system:serviceaccount:{deployment['metadata']['namespace']}:"
+        f"{deployment['spec']['template']['spec']['serviceAccountName']}"
+    )
+    assert env["BPJ_TRAINER_SERVICE_ACCOUNT"] not in operator_user
+    assert rendered == progress_policy([operator_user], name)
 
 
 def test_deployment_is_hardened_and_runs_the_operator(render: Render) -> None:
