@@ -53,6 +53,7 @@ TEAM_A_LIMITS: dict[str, Any] = {
     "maxTrainSteps": 100000,
     "maxActiveDeadlineSeconds": 86400,
     "allowedOutputPrefixes": ["gs://team-a-bucket/"],
+    "allowedInputPrefixes": ["gs://team-a-bucket/", "gs://public-corpora/"],
     "allowedImagePrefixes": ["ghcr.io/bert-pretrain-operator/"],
     "allowedQueueNames": ["team-a-tpu"],
 }

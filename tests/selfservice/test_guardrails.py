@@ -52,6 +52,21 @@ def _tpu(accelerator: str, topology: str, batch: int) -> Callable[[Spec], None]:
     return change
 
 
+def _corpus(*uris: str) -> Callable[[Spec], None]:
+    def change(spec: Spec) -> None:
+        spec["data"] = {"corpus": list(uris), "vocab": spec["data"]["vocab"]}
+
+    return change
+
+
+def _checkpoint(uri: str) -> Callable[[Spec], None]:
+    def change(spec: Spec) -> None:
+        spec["model"] = {"initCheckpoint": uri}
+        del spec["data"]["vocab"]  # the checkpoint's own is used
+
+    return change
+
+
 #: case -> (how the conforming job is changed, the refusal's message after "denied request: ")
 VIOLATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
     "accelerator": (
@@ -92,6 +107,26 @@ VIOLATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
         "spec.output: gs://team-a-bucket-old/runs/fits is not under this namespace's "
         "allowedOutputPrefixes gs://team-a-bucket/",
     ),
+    "vocab of another team": (
+        _set("data.vocab", "gs://team-b-bucket/private/vocab.txt"),
+        "spec.data.vocab: gs://team-b-bucket/private/vocab.txt is not under this namespace's "
+        "allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
+    ),
+    "records in a look-alike bucket": (
+        _set("data.tfrecords", "gs://team-a-bucket-old/records/*.tfrecord"),
+        "spec.data.tfrecords: gs://team-a-bucket-old/records/*.tfrecord is not under this "
+        "namespace's allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
+    ),
+    "one corpus entry outside": (
+        _corpus("gs://public-corpora/wiki/*.txt", "gs://team-b-bucket/books/*.txt"),
+        "spec.data.corpus: gs://team-b-bucket/books/*.txt is not under this namespace's "
+        "allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
+    ),
+    "checkpoint of another team": (
+        _checkpoint("gs://team-b-bucket/ckpt/bert_model.ckpt"),
+        "spec.model.initCheckpoint: gs://team-b-bucket/ckpt/bert_model.ckpt is not under this "
+        "namespace's allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
+    ),
     "image": (
         _set("image", "docker.io/someone/trainer:latest"),
         "spec.image: docker.io/someone/trainer:latest is not under this namespace's "
@@ -122,6 +157,11 @@ def test_a_conforming_job_is_admitted(kubectl: Kubectl, platform: Platform) -> N
     doc = conforming_job()
     del doc["spec"]["image"]
     _tpu("tpu-v5-lite-podslice", "2x2", 16)(doc["spec"])
+    out = dry_run(kubectl, platform.team_a, doc, *ALICE)
+    assert out.returncode == 0, out.stderr
+    # A corpus in a shared bucket the namespace may read, beside its own vocab.
+    doc = conforming_job()
+    _corpus("gs://public-corpora/wiki/*.txt", "gs://team-a-bucket/notes/*.txt")(doc["spec"])
     out = dry_run(kubectl, platform.team_a, doc, *ALICE)
     assert out.returncode == 0, out.stderr
 
@@ -246,6 +286,10 @@ BAD_PARAMS = {
     "bucket without slash": (
         {"allowedOutputPrefixes": "gs://team-a-bucket"},
         "allowedOutputPrefixes entries are gs:// prefixes ending in /",
+    ),
+    "input bucket without slash": (
+        {"allowedInputPrefixes": "gs://team-a-bucket/,gs://public-corpora"},
+        "allowedInputPrefixes entries are gs:// prefixes ending in /",
     ),
     "image prefix": ({"allowedImagePrefixes": "ghcr.io/team"}, "allowedImagePrefixes entries end"),
 }
