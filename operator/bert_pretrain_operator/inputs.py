@@ -6,6 +6,10 @@ checks that the corpus or records exist, that a given vocab is readable, and
 that an init checkpoint has its index, bert_config.json and a vocab of the
 size the config declares. A problem becomes a ``BadInput`` condition naming the
 field and the object.
+
+Messages name the field, the URI and the failure (missing, not readable, not a BERT
+config, sizes that disagree), never what an object holds: the status and Events are
+read by the job's submitters, and the read here is the operator's.
 """
 
 from __future__ import annotations
@@ -78,13 +82,16 @@ def _resolve_checkpoint(job: BertPretrainJob) -> ResolvedInputs:
     except storage.InputError as exc:
         raise InputProblem(f"{field}: {exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:
+        # Not the parser's words: they would quote the object.
         raise InputProblem(
-            f"{field}: {paths.init_checkpoint_config} is not a BERT config ({exc!r})"
+            f"{field}: {paths.init_checkpoint_config} is not a BERT config (a JSON object "
+            "with integer hidden_size, num_hidden_layers, num_attention_heads, "
+            "intermediate_size and vocab_size)"
         ) from exc
     lines = _count_vocab(paths.vocab, field + " (vocab.txt beside it)")
     if lines != vocab_size:
         raise InputProblem(
-            f"{field}: {paths.vocab} has {lines} tokens but bert_config.json says "
-            f"vocab_size {vocab_size}; they must come from the same checkpoint"
+            f"{field}: {paths.vocab} and {paths.init_checkpoint_config} disagree on the "
+            "vocabulary's size; they must come from the same checkpoint"
         )
     return ResolvedInputs(vocab_size=vocab_size, dimensions=dims)
