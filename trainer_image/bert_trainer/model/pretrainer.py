@@ -149,7 +149,18 @@ def _set_attention_dropout(backbone: keras_hub.models.BertBackbone, rate: float)
                 "keras MultiHeadAttention changed: cannot set the attention dropout rate"
             )
         attention._dropout = rate
-        attention._dropout_layer.rate = rate
+        dropout = attention._dropout_layer
+        dropout.rate = rate
+        if rate > 0 and not hasattr(dropout, "seed_generator"):
+            # keras' Dropout makes its seed generator only when built with a rate above
+            # 0: with hiddenDropout 0 there is none, and the first training step would
+            # fail. The layer's state is locked once built; this is the one addition.
+            tracker = dropout._tracker
+            tracker.unlock()
+            try:
+                dropout.seed_generator = keras.random.SeedGenerator(dropout.seed)
+            finally:
+                tracker.lock()
 
 
 def _reinitialise(backbone: keras_hub.models.BertBackbone, stddev: float) -> None:
