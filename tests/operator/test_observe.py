@@ -123,6 +123,15 @@ def test_oom_is_not_retriable_and_says_what_to_change() -> None:
     assert "globalBatchSize" in failure.message
 
 
+def test_a_diverged_loss_is_not_retried() -> None:
+    from bert_trainer import contract
+
+    failed = pod("j", "Failed", exit_code=contract.EXIT_DIVERGED, message="training diverged")
+    failure = classify_job_failure(job("j", "train", 1, "Failed"), [failed])
+    assert failure.kind is FailureKind.DIVERGED and failure.reason == "Diverged"
+    assert not failure.retriable and failure.message == "training diverged"
+
+
 def _evicted(message: str) -> dict[str, Any]:
     evicted = pod("j", "Failed")
     evicted["status"].update(reason="Evicted", message=message)

@@ -313,3 +313,46 @@ def test_a_clean_up_failure_does_not_hide_the_stage_exit() -> None:
     assert code == contract.EXIT_INFRASTRUCTURE
     assert message.startswith("storage unavailable for 61s (retry budget 60s, 9 attempts)")
     assert _stage_exit_behind(ValueError("plain")) is None
+
+
+class DivergingInput:
+    """A train function whose loss turns NaN at the call that reaches ``at``."""
+
+    def __init__(self, step: FakeStep, at: int) -> None:
+        self.step, self.at = step, at
+
+    def __call__(self, iterator: Any, num_steps: Any) -> tuple[np.ndarray, float]:
+        self.step.value += int(num_steps)
+        sums = np.ones(len(STATISTICS), np.float32) * int(num_steps)
+        if self.step.value >= self.at:
+            sums[STATISTICS.index("loss")] = np.nan
+        return sums, 0.0
+
+
+def test_a_diverged_loss_stops_training_before_anything_is_saved() -> None:
+    from bert_trainer import contract
+    from bert_trainer.train.loop import Diverged, LoopSettings, TrainLoop
+    from bert_trainer.train.signals import StopFlag
+
+    step = FakeStep()
+    saver = FakeSaver(step)
+    loop = TrainLoop(
+        DivergingInput(step, at=15),
+        iter(()),
+        step,
+        saver,
+        LoopSettings(
+            train_steps=30,
+            checkpoint_every_steps=10,
+            global_batch_size=8,
+            first_call_steps=5,
+            storage_retry_seconds=30,
+        ),
+    )
+    with StopFlag(signals=()) as flag, pytest.raises(Diverged) as diverged:
+        loop.run(flag)
+    assert diverged.value.code == contract.EXIT_DIVERGED
+    assert saver.saved == [10]  # the checkpoint before; nothing after the NaN
+    message = str(diverged.value)
+    assert "training diverged: the loss of steps" in message and "nan" in message
+    assert "ckpt-10, is kept" in message and "learningRate" in message

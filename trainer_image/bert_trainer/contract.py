@@ -42,6 +42,10 @@ EXIT_INFRASTRUCTURE: Final = 20
 budget, see ``ENV_STORAGE_RETRY_SECONDS``; a lost peer worker)."""
 EXIT_PREEMPTED: Final = 21
 """SIGTERM received (e.g. a spot VM's notice); a checkpoint was written before exit."""
+EXIT_DIVERGED: Final = 12
+"""The training loss became NaN or infinite. Nothing was saved from the diverged steps,
+so the last checkpoint is the last good one; the same configuration would diverge again,
+so the operator does not retry."""
 
 #: Environment variables the trainer reads besides its config file.
 ENV_CONFIG_PATH: Final = "BERT_TRAINER_CONFIG"

@@ -39,6 +39,8 @@ class FailureKind(StrEnum):
     """The trainer said the input or configuration is wrong: retrying cannot help."""
     OUT_OF_MEMORY = "OOMKilled"
     """Deterministic for the same configuration: retrying cannot help either."""
+    DIVERGED = "Diverged"
+    """The training loss became NaN or infinite: the same settings diverge again."""
     OUT_OF_STORAGE = "LocalStorageExceeded"
     """The pod wrote more to /tmp than its sizeLimit: deterministic as well."""
     INFRASTRUCTURE = "Infrastructure"
@@ -120,6 +122,12 @@ def classify_pod_failure(pod: Obj) -> Failure | None:
                 "BadInput",
                 text or f"pod {pod_name}: the trainer rejected its input",
             )
+        if code == contract.EXIT_DIVERGED:
+            return Failure(
+                FailureKind.DIVERGED,
+                "Diverged",
+                text or f"pod {pod_name}: the training loss became NaN or infinite",
+            )
         if term.get("reason") == "OOMKilled":
             return Failure(
                 FailureKind.OUT_OF_MEMORY,
@@ -171,6 +179,7 @@ _SEVERITY: Final = {
     FailureKind.BAD_INPUT: 0,
     FailureKind.OUT_OF_MEMORY: 1,
     FailureKind.OUT_OF_STORAGE: 1,
+    FailureKind.DIVERGED: 1,
     FailureKind.INFRASTRUCTURE: 2,
 }
 

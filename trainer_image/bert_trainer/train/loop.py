@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import tensorflow as tf
 
-from bert_trainer import retry
+from bert_trainer import contract, retry
 from bert_trainer.config import TrainConfig
 from bert_trainer.model import PretrainingMetrics
 from bert_trainer.train.progress import Progress, ProgressReporter
@@ -70,6 +71,30 @@ class Saver(Protocol):
 
 Agree = Callable[[int, bool], tuple[int, bool]]
 """``(steps this host wants next, this host's stop flag) -> (steps, stop)`` for all hosts."""
+
+
+class Diverged(SystemExit):
+    """The loss of a call's steps was NaN or infinite: stop, with nothing saved.
+
+    A ``SystemExit`` with ``EXIT_DIVERGED``, as ``Preempted`` is one with its code, so
+    the operator fails the job (``Diverged``) instead of retrying it.
+    """
+
+    def __init__(self, first: int, last: int, loss: float, checkpoint: str | None) -> None:
+        super().__init__(contract.EXIT_DIVERGED)
+        self.first, self.last, self.loss, self.checkpoint = first, last, loss, checkpoint
+
+    def __str__(self) -> str:
+        kept = (
+            f"the last checkpoint, {self.checkpoint}, is kept"
+            if self.checkpoint
+            else ("no checkpoint had been saved")
+        )
+        return (
+            f"training diverged: the loss of steps {self.first}-{self.last} is {self.loss}; "
+            f"nothing of them was saved and {kept}. Lower spec.training.learningRate, "
+            "lengthen warmupSteps, or check the records"
+        )
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,7 @@ class TrainLoop:
         return int(self._step.numpy())
 
     def run(self, stop: StopFlag) -> TrainResult:
+        # (Diverged, below, ends the run without a save; Preempted saves first.)
         """Train to the last step; raises Preempted (after a checkpoint) if ``stop`` is set."""
         first_step = self.step
         steady = _Throughput()
@@ -185,6 +211,10 @@ class TrainLoop:
                 self._after_lost_call(metrics, steady)
                 continue
             metrics = PretrainingMetrics.from_statistics(sums.tolist())
+            if not math.isfinite(metrics.loss):
+                # Before anything is saved: the weights are no longer finite either, and
+                # keepCheckpoints would push the last good checkpoints out.
+                raise Diverged(self.step - ran + 1, self.step, metrics.loss, self._last_checkpoint)
             if not first_call:
                 steady.steps += ran
                 steady.seconds += seconds
