@@ -218,6 +218,19 @@ CATEGORIES: dict[str, tuple[Case, ...]] = {
             base="records",
         ),
         Case("cpu-not-a-quantity", "spec.tpu.resources.cpu", {"spec.tpu.resources.cpu": "2 cores"}),
+        Case(
+            "v6e-single-chip-memory",
+            "spec.tpu.resources.memory",
+            # ct6e-standard-1t: 176 GB
+            {
+                "spec.tpu": {
+                    "accelerator": "tpu-v6e-slice",
+                    "topology": "1x1",
+                    "resources": {"memory": "177G"},
+                }
+            },
+            base="records",
+        ),
     ),
     "batch-not-divisible": (
         Case(
