@@ -116,8 +116,14 @@ class TpuVm:
         return f"{self.memory_gb * 3 // 4}G"
 
 
-#: vCPUs and memory of each machine type a slice shape uses (sources in the module
-#: docstring: Compute Engine's and GKE's machine type tables).
+#: vCPUs and memory of each machine type a slice shape uses. v5e's rows were read in
+#: Compute Engine's machine-type list as the GCP pricing data mirrors it
+#: (ct5lp-hightpu-1t 24/48, -4t 112/192). v4's, v5p's and v6e's are the figures of
+#: Compute Engine's TPU machine tables (cloud.google.com/compute/docs/tpus/tpu-machines
+#: and the /tpu/docs/v4, /v5p, /v6e pages) as this table's authors know them; they were
+#: not found in this project's offline search index, so re-check them against those
+#: pages (docs/gke.md says so too). Admission refuses requests above them, and the
+#: defaults are 80 % and 75 % of them.
 MACHINE_TYPES: Final[Mapping[str, TpuVm]] = MappingProxyType(
     {
         "ct4p-hightpu-4t": TpuVm(vcpus=240, memory_gb=407),
