@@ -3,9 +3,16 @@
 The schedule rises linearly from 0 to the peak over the warm-up steps, then
 falls linearly to 0 at the last step. Like google-research/bert, biases and
 layer-norm parameters get no weight decay and gradients are clipped to a global
-norm of 1 after they are summed across replicas. The train step does that sum
-itself (clipping needs it), so the optimizers here skip Keras' own all-reduce,
-which would otherwise add the already-summed gradients a second time.
+norm of 1.
+
+Where the clip sits differs from Google's. Its optimization.py clips each TPU
+core's own gradients (``tf.clip_by_global_norm`` right after ``tf.gradients``), and
+only then does ``CrossShardOptimizer`` sum them across cores. Here the train step
+sums across replicas first and clips the sum once: the norm bounded is that of
+the whole batch's gradient, not each core's share, so with N replicas our clip
+engages at a larger per-core norm. The two agree on one replica. The step does the
+sum itself (clipping needs it), so the optimizers here skip Keras' own
+all-reduce, which would otherwise add the already-summed gradients a second time.
 """
 
 from __future__ import annotations
