@@ -8,9 +8,11 @@ norm of 1.
 Where the clip sits differs from Google's. Its optimization.py clips each TPU
 core's own gradients (``tf.clip_by_global_norm`` right after ``tf.gradients``), and
 only then does ``CrossShardOptimizer`` sum them across cores. Here the train step
-sums across replicas first and clips the sum once: the norm bounded is that of
-the whole batch's gradient, not each core's share, so with N replicas our clip
-engages at a larger per-core norm. The two agree on one replica. The step does the
+sums across replicas first and clips the sum once. Google bounds each core's
+gradient by 1 (so their sum by N cores); we bound the sum by 1, so with several
+replicas ours clips harder, as soon as the replicas' gradients add up to a norm
+above 1. The two agree on one replica. Not changed here: issue 17 lists it with
+the other numerics to settle against Google's. The step does the
 sum itself (clipping needs it), so the optimizers here skip Keras' own
 all-reduce, which would otherwise add the already-summed gradients a second time.
 """
