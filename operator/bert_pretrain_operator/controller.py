@@ -51,8 +51,8 @@ Resolver = Callable[[BertPretrainJob], ResolvedInputs]
 #: Status fields other writers own: the trainer (progress, the preparation pods'
 #: reports) and kopf. A merge patch leaves what it does not name as it is.
 _NOT_OURS: dict[str, Any] = {"progress": True, "kopf": True, "preparation": {"reports"}}
-#: Seconds an input check that passed is reused for another job that names the same
-#: inputs (a sweep submitted at once): its objects were just found, and the trainer
+#: Seconds an input check that passed is reused for another job of the same namespace
+#: that names the same inputs (a sweep submitted at once): its objects were just found, and the trainer
 #: still fails with BadInput if one disappears afterwards. Failed checks are not reused.
 RECENT_INPUTS_SECONDS = 30.0
 #: Reconcile passes on one job before giving up until the error backoff (each pass
@@ -251,7 +251,15 @@ class Controller:
         if held is not None and held[0] == generation:
             return held[1]
         data, model = job.spec.data, job.spec.model
-        inputs_key = (tuple(data.corpus or ()), data.tfrecords, data.vocab, model.init_checkpoint)
+        # Per namespace: a check another namespace's job passed says nothing about what
+        # this one may read (and must not tell it what that job's inputs held).
+        inputs_key = (
+            job.metadata.namespace,
+            tuple(data.corpus or ()),
+            data.tfrecords,
+            data.vocab,
+            model.init_checkpoint,
+        )
         now = time.monotonic()
         recent = self._recent.get(inputs_key)
         if recent is not None and now - recent[0] < RECENT_INPUTS_SECONDS:

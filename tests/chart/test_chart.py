@@ -219,11 +219,18 @@ def test_trainer_objects_are_rbac_trainer_rbac(render: Render) -> None:
     expected = [obj for ns in config["namespaces"] for obj in trainer_rbac(ns, sa_name)]
     # Helm orders objects by kind; rbac.py by namespace.
     assert sorted(rendered, key=_key) == sorted(expected, key=_key)
-    for sa in of_kind(objects, "ServiceAccount"):
-        if sa["metadata"]["name"] == sa_name:
-            assert sa["metadata"]["annotations"] == {
-                "iam.gke.io/gcp-service-account": config["workloadIdentity"]["gcpServiceAccount"]
-            }
+    # Each namespace its own Google identity where one is named, the shared one elsewhere.
+    identity = config["workloadIdentity"]
+    annotated = {
+        sa["metadata"]["namespace"]: sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+        for sa in of_kind(objects, "ServiceAccount")
+        if sa["metadata"]["name"] == sa_name
+    }
+    assert annotated == {
+        ns: identity["gcpServiceAccounts"].get(ns, identity["gcpServiceAccount"])
+        for ns in config["namespaces"]
+    }
+    assert annotated["ml-prod"] != annotated["ml-research"]
     # Without a GCP service account there is no Workload Identity annotation.
     plain = render(sets=("trainer.namespaces={ml}",))
     (sa,) = [o for o in of_kind(plain, "ServiceAccount") if o["metadata"]["namespace"] == "ml"]

@@ -425,3 +425,27 @@ def test_a_running_job_lists_its_children_when_the_watch_lags(stub: Stub) -> Non
     # The LIST found the Job running: nothing is created again.
     assert decision is not None and not decision.create
     assert not [s for s in stub.seen if s["method"] == "POST"]
+
+
+def test_an_input_check_is_reused_within_a_namespace_only(stub: Stub) -> None:
+    from bert_pretrain_operator.api import BertPretrainJob
+    from bert_pretrain_operator.controller import Controller
+    from bert_pretrain_operator.render.trainer_config import ResolvedInputs
+    from bert_pretrain_operator.settings import Settings
+
+    checked: list[tuple[str | None, str | None]] = []
+
+    def resolver(job: BertPretrainJob) -> ResolvedInputs:
+        checked.append((job.metadata.namespace, job.metadata.name))
+        return ResolvedInputs(vocab_size=6)
+
+    def job(namespace: str, name: str) -> BertPretrainJob:
+        doc = yaml.safe_load((Path(__file__).parents[2] / "examples/quickstart.yaml").read_text())
+        doc["metadata"].update(namespace=namespace, name=name, uid=f"{namespace}-{name}")
+        return BertPretrainJob.from_manifest(doc)
+
+    controller = Controller(_kube(stub), Settings(), resolver=resolver)
+    for namespace, name in [("team-a", "one"), ("team-a", "two"), ("team-b", "three")]:
+        controller._resolve(job(namespace, name))
+    # team-a's second job reuses team-a's check; team-b's same inputs are checked anew.
+    assert checked == [("team-a", "one"), ("team-b", "three")]
