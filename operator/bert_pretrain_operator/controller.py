@@ -52,8 +52,9 @@ Resolver = Callable[[BertPretrainJob], ResolvedInputs]
 #: reports) and kopf. A merge patch leaves what it does not name as it is.
 _NOT_OURS: dict[str, Any] = {"progress": True, "kopf": True, "preparation": {"reports"}}
 #: Seconds an input check that passed is reused for another job of the same namespace
-#: that names the same inputs (a sweep submitted at once): its objects were just found, and the trainer
-#: still fails with BadInput if one disappears afterwards. Failed checks are not reused.
+#: that names the same inputs (a sweep submitted at once): its objects were just found,
+#: and the trainer still fails with BadInput if one disappears afterwards. Failed checks
+#: are not reused.
 RECENT_INPUTS_SECONDS = 30.0
 #: Reconcile passes on one job before giving up until the error backoff (each pass
 #: after the first follows a 409 Conflict, i.e. the job changed meanwhile).
