@@ -655,6 +655,16 @@ def create_unrelated_pods(api: Any, namespace: str, count: int) -> None:
         list(pool.map(create, range(count)))
 
 
+def _watch_events(samples: dict[str, float], *, ours: bool) -> float:
+    """``bpj_watch_events_total`` summed over resources, for children of ours or not."""
+    label = f'ours="{"true" if ours else "false"}"'
+    return sum(
+        value
+        for key, value in samples.items()
+        if key.startswith("bpj_watch_events_total{") and label in key
+    )
+
+
 def shared_cluster(
     operator: Operator,
     api: Any,
@@ -687,16 +697,8 @@ def shared_cluster(
     time.sleep(quiet)  # the window is timed: what happens in it is the measurement
     window = counts(operator).minus(before)
     events = operator.metrics()
-    unrelated_events = sum(
-        v - events_before.get(k, 0.0)
-        for k, v in events.items()
-        if k.startswith("bpj_watch_events_total{") and 'ours="false"' in k
-    )
-    ours_events = sum(
-        v - events_before.get(k, 0.0)
-        for k, v in events.items()
-        if k.startswith("bpj_watch_events_total{") and 'ours="true"' in k
-    )
+    unrelated_events = _watch_events(events, ours=False) - _watch_events(events_before, ours=False)
+    ours_events = _watch_events(events, ours=True) - _watch_events(events_before, ours=True)
     per_minute = 60 * window.requests / quiet
     print(
         f"{quiet:.0f}s with 0 active jobs, {len(names)} finished and {unrelated} unrelated "
@@ -705,11 +707,7 @@ def shared_cluster(
         flush=True,
     )
     print(f"  its API requests: {window.describe_calls()}", flush=True)
-    total_unrelated = sum(
-        v
-        for k, v in events.items()
-        if k.startswith("bpj_watch_events_total{") and 'ours="false"' in k
-    )
+    total_unrelated = _watch_events(events, ours=False)
     print(f"unrelated pod events that reached the operator, whole run: {total_unrelated:.0f}")
     memory = operator.memory()
     print(

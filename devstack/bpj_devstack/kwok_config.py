@@ -99,8 +99,7 @@ def node_manifests(pools: tuple[NodePool, ...]) -> list[dict[str, Any]]:
             # requests are sized from it, as on GKE.
             shape = tpu_catalogue.slice_shape(pool.accelerator, pool.topology)
             assert shape is not None, f"TPU pool {pool.name}: no such slice"
-            capacity["cpu"] = str(shape.vm.vcpus)
-            capacity["memory"] = f"{shape.vm.memory_gb}G"
+            capacity["cpu"], capacity["memory"] = shape.vm.cpu, shape.vm.memory
             labels[LABEL_ACCELERATOR] = pool.accelerator
             labels[LABEL_TOPOLOGY] = pool.topology
             capacity[TPU_RESOURCE] = str(pool.chips_per_node)

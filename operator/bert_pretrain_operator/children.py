@@ -35,25 +35,28 @@ Snapshot = Callable[[Key], tuple[list[Obj], list[Obj]]]
 SNAPSHOT_TIMEOUT_SECONDS = 10.0
 
 
+#: What observe() reads of a child's metadata, Jobs and pods alike.
+_METADATA = ("name", "namespace", "uid", "labels", "deletionTimestamp")
+#: What it reads of a pod's status: its phase, why it failed, its containers' states.
+_POD_STATUS = ("phase", "reason", "message", "conditions", "containerStatuses")
+
+
 def _pick(obj: Mapping[str, Any], *keys: str) -> Obj:
     return {k: obj[k] for k in keys if k in obj}
 
 
 def slim_job(body: Mapping[str, Any]) -> Obj:
-    meta = body.get("metadata") or {}
     return {
-        "metadata": _pick(meta, "name", "namespace", "uid", "labels", "deletionTimestamp"),
+        "metadata": _pick(body.get("metadata") or {}, *_METADATA),
         "spec": _pick(body.get("spec") or {}, "suspend", "parallelism", "completions"),
         "status": dict(body.get("status") or {}),
     }
 
 
 def slim_pod(body: Mapping[str, Any]) -> Obj:
-    meta = body.get("metadata") or {}
-    status = body.get("status") or {}
     return {
-        "metadata": _pick(meta, "name", "namespace", "uid", "labels", "deletionTimestamp"),
-        "status": _pick(status, "phase", "reason", "message", "conditions", "containerStatuses"),
+        "metadata": _pick(body.get("metadata") or {}, *_METADATA),
+        "status": _pick(body.get("status") or {}, *_POD_STATUS),
     }
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,22 +196,31 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return connection_info()
 
 
+ChildEntry = dict[tuple[str, str], bytes] | None
+
+
+def _under_its_job(
+    namespace: str | None, labels: Mapping[str, str], slim: Callable[[], dict[str, Any]]
+) -> ChildEntry:
+    """The index entry of a child: its slim copy under its job's key (none without one)."""
+    job = labels.get(names.LABEL_JOB)
+    return {(namespace, job): pack(slim())} if namespace and job else None
+
+
 @kopf.index(*CHILD_JOBS)
 def child_jobs(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], bytes] | None:
+) -> ChildEntry:
     """Each job's child Jobs, slim (``children``); kopf runs no handler before it is full."""
-    job = labels.get(names.LABEL_JOB)
-    return {(namespace, job): pack(slim_job(body))} if namespace and job else None
+    return _under_its_job(namespace, labels, lambda: slim_job(body))
 
 
 @kopf.index(*CHILD_PODS)
 def child_pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
-) -> dict[tuple[str, str], bytes] | None:
+) -> ChildEntry:
     """Each job's pods, slim."""
-    job = labels.get(names.LABEL_JOB)
-    return {(namespace, job): pack(slim_pod(body))} if namespace and job else None
+    return _under_its_job(namespace, labels, lambda: slim_pod(body))
 
 
 @kopf.on.startup()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from bert_pretrain_operator.api import BertPretrainJobStatus
 from bert_pretrain_operator.api.status import PreparationStatus
 from bert_trainer import contract
@@ -65,16 +67,16 @@ def trainer_rbac(namespace: str, service_account: str) -> list[dict[str, Any]]:
 #: lists below are derived from the model, not written by hand.
 POD_STATUS_FIELDS = ("progress", "preparation")
 POD_PREPARATION_FIELDS = ("reports",)
-OPERATOR_STATUS_FIELDS = tuple(
-    field.alias or name
-    for name, field in BertPretrainJobStatus.model_fields.items()
-    if (field.alias or name) not in POD_STATUS_FIELDS
-)
-OPERATOR_PREPARATION_FIELDS = tuple(
-    field.alias or name
-    for name, field in PreparationStatus.model_fields.items()
-    if (field.alias or name) not in POD_PREPARATION_FIELDS
-)
+
+
+def _fields_except(model: type[BaseModel], pods: tuple[str, ...]) -> tuple[str, ...]:
+    """The JSON names of ``model``'s fields, but those in ``pods``."""
+    every = (field.alias or name for name, field in model.model_fields.items())
+    return tuple(f for f in every if f not in pods)
+
+
+OPERATOR_STATUS_FIELDS = _fields_except(BertPretrainJobStatus, POD_STATUS_FIELDS)
+OPERATOR_PREPARATION_FIELDS = _fields_except(PreparationStatus, POD_PREPARATION_FIELDS)
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 PROGRESS_POLICY = "bert-trainer-progress"
 

@@ -97,6 +97,16 @@ class TpuVm:
     """Memory in GB (10^9 bytes), as Compute Engine's machine type tables give it."""
 
     @property
+    def cpu(self) -> str:
+        """All the vCPUs, as a Kubernetes quantity (the node's CPU capacity)."""
+        return str(self.vcpus)
+
+    @property
+    def memory(self) -> str:
+        """All the memory, as a Kubernetes quantity (the node's memory capacity)."""
+        return f"{self.memory_gb}G"
+
+    @property
     def default_cpu(self) -> str:
         """The training pod's CPU request: 80 % of the vCPUs, rounded down.
 

@@ -83,6 +83,18 @@ def _patch_status(api: Any, namespace: str, name: str, status: dict[str, Any]) -
     )
 
 
+def _assert_refused(
+    api: Any, namespace: str, job: str, status: dict[str, Any], message: str
+) -> None:
+    """The policy refuses this status patch (403 or 422), with ``message`` in its words."""
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as denied:
+        _patch_status(api, namespace, job, status)
+    assert denied.value.status in (403, 422), status
+    assert message in denied.value.body, (status, denied.value.body)
+
+
 def _wait_until_the_policy_is_in_force(
     kubectl: Kubectl, devstack: plane.StackState, namespace: str
 ) -> None:
@@ -164,7 +176,6 @@ def test_a_preparation_pod_writes_only_its_own_report(
     crd_installed: None,
     policy_installed: None,
 ) -> None:
-    from kubernetes.client.exceptions import ApiException
 
     _wait_until_the_policy_is_in_force(kubectl, devstack, namespace)
     kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(_job("gamma")))
@@ -199,10 +210,7 @@ def test_a_preparation_pod_writes_only_its_own_report(
         (train_lookalike, {"progress": {"step": 3}}, "is not its job"),
     ]
     for client, status, message in refused:
-        with pytest.raises(ApiException) as denied:
-            _patch_status(client, namespace, "gamma", status)
-        assert denied.value.status in (403, 422), status
-        assert message in denied.value.body, (status, denied.value.body)
+        _assert_refused(client, namespace, "gamma", status, message)
     final = kubectl_json(kubectl, "get", "bpj", "gamma", "-n", namespace)["status"]
     assert final["preparation"]["reports"] == {"count-1": mine, "count-2": theirs}
 
@@ -215,7 +223,6 @@ def test_a_jobs_own_service_account_is_policed_too(
     policy_installed: None,
 ) -> None:
     """spec.serviceAccountName's pods get the same Role, and the same narrowing."""
-    from kubernetes.client.exceptions import ApiException
 
     from bert_pretrain_operator.rbac import trainer_rbac
 
@@ -242,12 +249,7 @@ def test_a_jobs_own_service_account_is_policed_too(
         ("epsilon", {"progress": {"step": 2}}, "is not its job"),
     ]
     for job, status, message in refused:
-        with pytest.raises(ApiException) as denied:
-            _patch_status(api, namespace, job, status)
-        assert denied.value.status in (403, 422), status
-        assert message in denied.value.body, (status, denied.value.body)
+        _assert_refused(api, namespace, job, status, message)
     # A job the operator has not written a status for yet is the operator's all the same.
     fresh = _trainer_client(kubectl, devstack, namespace, "zeta-train-1-0-fghij", sa=own)
-    with pytest.raises(ApiException) as early:
-        _patch_status(fresh, namespace, "zeta", {"phase": "Succeeded"})
-    assert "belongs to the operator" in early.value.body
+    _assert_refused(fresh, namespace, "zeta", {"phase": "Succeeded"}, "belongs to the operator")

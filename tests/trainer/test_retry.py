@@ -232,6 +232,20 @@ class FakeSaver:
         return self.current
 
 
+def _loop(train: Any, step: FakeStep, saver: FakeSaver, *, first_call_steps: int) -> Any:
+    """A loop of 30 steps, a checkpoint every 10, around the fakes."""
+    from bert_trainer.train.loop import LoopSettings, TrainLoop
+
+    settings = LoopSettings(
+        train_steps=30,
+        checkpoint_every_steps=10,
+        global_batch_size=8,
+        first_call_steps=first_call_steps,
+        storage_retry_seconds=30,
+    )
+    return TrainLoop(train, iter(()), step, saver, settings)
+
+
 class FailingInput:
     """A train function whose call fails once it has trained each step in ``fail_after``.
 
@@ -262,7 +276,6 @@ class FailingInput:
 def test_the_loop_retries_failed_input_with_the_rest_of_the_same_chunk(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from bert_trainer.train.loop import LoopSettings, TrainLoop
     from bert_trainer.train.signals import StopFlag
 
     step = FakeStep()
@@ -270,19 +283,7 @@ def test_the_loop_retries_failed_input_with_the_rest_of_the_same_chunk(
     # Fails after step 3 (inside 1-10), after 14 and after 20: the chunk 11-20 was then
     # all trained by calls that failed, and its retry has nothing left to run.
     train = FailingInput(step, fail_after=[3, 14, 20])
-    loop = TrainLoop(
-        train,
-        iter(()),
-        step,
-        saver,
-        LoopSettings(
-            train_steps=30,
-            checkpoint_every_steps=10,
-            global_batch_size=8,
-            first_call_steps=10,
-            storage_retry_seconds=30,
-        ),
-    )
+    loop = _loop(train, step, saver, first_call_steps=10)
     with caplog.at_level(logging.INFO), StopFlag(signals=()) as flag:
         result = loop.run(flag)
 
@@ -331,24 +332,12 @@ class DivergingInput:
 
 def test_a_diverged_loss_stops_training_before_anything_is_saved() -> None:
     from bert_trainer import contract
-    from bert_trainer.train.loop import Diverged, LoopSettings, TrainLoop
+    from bert_trainer.train.loop import Diverged
     from bert_trainer.train.signals import StopFlag
 
     step = FakeStep()
     saver = FakeSaver(step)
-    loop = TrainLoop(
-        DivergingInput(step, at=15),
-        iter(()),
-        step,
-        saver,
-        LoopSettings(
-            train_steps=30,
-            checkpoint_every_steps=10,
-            global_batch_size=8,
-            first_call_steps=5,
-            storage_retry_seconds=30,
-        ),
-    )
+    loop = _loop(DivergingInput(step, at=15), step, saver, first_call_steps=5)
     with StopFlag(signals=()) as flag, pytest.raises(Diverged) as diverged:
         loop.run(flag)
     assert diverged.value.code == contract.EXIT_DIVERGED

@@ -468,8 +468,8 @@ def _vm_map(value: Any) -> str:
 #: accelerator/topology -> each VM's vCPUs, memory (quantities) and machine type. Flat
 #: maps of strings: the API server's cost estimate of a rule grows with what it indexes.
 _VM_CEL: Final = {
-    "cpu": _vm_map(lambda shape: str(shape.vm.vcpus)),
-    "memory": _vm_map(lambda shape: f"{shape.vm.memory_gb}G"),
+    "cpu": _vm_map(lambda shape: shape.vm.cpu),
+    "memory": _vm_map(lambda shape: shape.vm.memory),
     "machineType": _vm_map(lambda shape: shape.machine_type),
 }
 
@@ -486,12 +486,13 @@ class TpuHostResources(RuledModel):
     75% of the VM's memory (144G on a ct5lp-hightpu-4t); at most the VM's memory."""
 
 
-def _fits(given: str | None, shape: tpu_catalogue.SliceShape | None, capacity: str) -> bool:
-    """``given`` (a quantity) is at most ``capacity`` of the slice's VM, when both are known."""
+def _fits(t: TpuSpec, capacity: str) -> bool:
+    """The pod's ``capacity`` (cpu, memory) is at most its VM's, when both are known."""
+    given = getattr(t.resources, capacity, None)
+    shape = t.shape()
     if given is None or shape is None:
         return True
-    limit = shape.vm.vcpus if capacity == "cpu" else shape.vm.memory_gb * 10**9
-    return quantity.parse(given) <= limit
+    return quantity.parse(given) <= quantity.parse(getattr(shape.vm, capacity))
 
 
 def _over_capacity_rule(capacity: str, unit: str) -> Rule[TpuSpec]:
@@ -505,28 +506,21 @@ def _over_capacity_rule(capacity: str, unit: str) -> Rule[TpuSpec]:
         message_expression=f"'spec.tpu.resources.{capacity}: ' + {field} + ' is more than the ' "
         f"+ {limit} + ' {unit} of each ' + {_VM_CEL['machineType']}[{key}] + ' VM of a ' "
         f"+ self.accelerator + ' ' + self.topology + ' slice'",
-        explain=lambda t: (
-            f"spec.tpu.resources.{capacity}: {getattr(t.resources, capacity)} is more than the "
-            f"{_vm_capacity(t, capacity)} {unit} of each {_machine_type(t)} VM of a "
-            f"{t.accelerator} {t.topology} slice"
-        ),
-        holds=lambda t: (
-            t.resources is None or _fits(getattr(t.resources, capacity), t.shape(), capacity)
-        ),
+        explain=lambda t: _over_capacity(t, capacity, unit),
+        holds=lambda t: _fits(t, capacity),
         field_path=f".resources.{capacity}",
     )
 
 
-def _vm_capacity(t: TpuSpec, capacity: str) -> str:
+def _over_capacity(t: TpuSpec, capacity: str, unit: str) -> str:
+    """The Python twin of the rule's message (only called when ``_fits`` is false)."""
     shape = t.shape()
     assert shape is not None
-    return str(shape.vm.vcpus) if capacity == "cpu" else f"{shape.vm.memory_gb}G"
-
-
-def _machine_type(t: TpuSpec) -> str:
-    shape = t.shape()
-    assert shape is not None
-    return shape.machine_type
+    return (
+        f"spec.tpu.resources.{capacity}: {getattr(t.resources, capacity)} is more than the "
+        f"{getattr(shape.vm, capacity)} {unit} of each {shape.machine_type} VM of a "
+        f"{t.accelerator} {t.topology} slice"
+    )
 
 
 class TpuSpec(RuledModel):

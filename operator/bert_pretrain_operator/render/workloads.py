@@ -146,12 +146,20 @@ def _pod_spec(job: BertPretrainJob, settings: Settings, container: dict[str, Any
     }
 
 
+def _host_resources(cpu: str, memory: str) -> dict[str, Any]:
+    """Requests for ``cpu`` and ``memory``, and a memory limit equal to the request.
+
+    Requests make a pod Burstable, not BestEffort (the first evicted under pressure);
+    the limit makes an overrun this pod's OOMKilled instead of pressure on its node.
+    No CPU limit: throttling would only slow the work down.
+    """
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+
+
 def _cpu_resources(settings: Settings, given: CpuResources | None) -> dict[str, Any]:
     cpu = (given and given.cpu) or settings.prepare_cpu
     memory = (given and given.memory) or settings.prepare_memory
-    # A memory limit equal to the request: a worker over it is OOMKilled on its own,
-    # instead of pressuring its node. No CPU limit: throttling only slows the pass.
-    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+    return _host_resources(cpu, memory)
 
 
 def _cpu_stage_job(
@@ -314,20 +322,14 @@ def train_job(job: BertPretrainJob, settings: Settings, attempt: int) -> Manifes
         job_labels[names.LABEL_KUEUE_QUEUE] = job.spec.queue_name
     chips = str(shape.chips_per_vm)
     given = tpu.resources
-    cpu = (given and given.cpu) or shape.vm.default_cpu
-    memory = (given and given.memory) or shape.vm.default_memory
-    # Requests make the pod Burstable, not BestEffort (first evicted under pressure); a
-    # memory limit equal to the request makes an overrun this pod's OOM, not the node's.
-    # No CPU limit: throttling would only slow the input pipeline.
-    container = _container(
-        job,
-        settings,
-        names.STAGE_TRAIN,
-        {
-            "requests": {tpu_catalogue.TPU_RESOURCE: chips, "cpu": cpu, "memory": memory},
-            "limits": {tpu_catalogue.TPU_RESOURCE: chips, "memory": memory},
-        },
+    resources = _host_resources(
+        (given and given.cpu) or shape.vm.default_cpu,
+        (given and given.memory) or shape.vm.default_memory,
     )
+    # The chips are requested and limited alike (an extended resource must be).
+    for bound in resources.values():
+        bound[tpu_catalogue.TPU_RESOURCE] = chips
+    container = _container(job, settings, names.STAGE_TRAIN, resources)
     container["ports"] = [
         {"name": "tpu-runtime", "containerPort": TPU_RUNTIME_PORT},
         {"name": "jax-coordinator", "containerPort": COORDINATOR_PORT},

@@ -88,7 +88,7 @@ class Diverged(SystemExit):
         kept = (
             f"the last checkpoint, {self.checkpoint}, is kept"
             if self.checkpoint
-            else ("no checkpoint had been saved")
+            else "no checkpoint had been saved"
         )
         return (
             f"training diverged: the loss of steps {self.first}-{self.last} is {self.loss}; "

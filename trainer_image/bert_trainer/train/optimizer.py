@@ -12,9 +12,11 @@ sums across replicas first and clips the sum once. Google bounds each core's
 gradient by 1 (so their sum by N cores); we bound the sum by 1, so with several
 replicas ours clips harder, as soon as the replicas' gradients add up to a norm
 above 1. The two agree on one replica. Not changed here: issue 17 lists it with
-the other numerics to settle against Google's. The step does the
-sum itself (clipping needs it), so the optimizers here skip Keras' own
-all-reduce, which would otherwise add the already-summed gradients a second time.
+the other numerics to settle against Google's.
+
+The step does the sum itself (clipping needs it), so the optimizers here skip
+Keras' own all-reduce, which would otherwise add the already-summed gradients a
+second time.
 """
 
 from __future__ import annotations
