@@ -31,7 +31,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from bert_pretrain_operator import metrics
+from bert_pretrain_operator import kopf_fixes, metrics
 from bert_pretrain_operator.backoff import Backoff
 from bert_pretrain_operator.children import Children, pack, slim_job, slim_pod
 from bert_pretrain_operator.controller import Controller
@@ -43,6 +43,9 @@ from bert_pretrain_operator.workqueue import Key, WorkQueue
 from bert_trainer import contract
 
 log = logging.getLogger(__name__)
+
+#: Installed on import, before kopf's orchestrator spawns its first watcher (kopf_fixes).
+KOPF_FIXED = kopf_fixes.install()
 
 #: Seconds between a child Job's or pod's watch event and the reconcile it triggers.
 #: A new stage's children change several times in its first second (Job created, pod
