@@ -83,7 +83,7 @@ def crd_installed(kubectl: Kubectl) -> None:
         return all(
             any(
                 c["type"] == "Established" and c["status"] == "True"
-                for c in (crd.get("status") or {}).get("conditions", [])
+                for c in (crd.get("status") or {}).get("conditions") or []
             )
             for crd in crds
         )

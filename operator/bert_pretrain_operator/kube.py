@@ -45,6 +45,12 @@ SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount
 #: token is rotated by the kubelet, and a kubeconfig's tokenFile may be too.
 CREDENTIALS_TTL_SECONDS: Final = 60.0
 _TIMEOUT: Final = urllib3.Timeout(connect=10.0, read=60.0)
+#: Times a request answered 429 Too Many Requests is sent again, each after the answer's
+#: Retry-After (API Priority and Fairness sends one). Every verb is retried, creates
+#: included: a create that did land the first time answers 409, which means done.
+THROTTLED_RETRIES: Final = 8
+#: The longest Retry-After waited out, in seconds: a reconcile holds one of a few threads.
+RETRY_AFTER_CAP_SECONDS: Final = 10.0
 _CUSTOM: Final = f"/apis/{contract.API_GROUP}/{contract.API_VERSION}"
 _STATUS: Final = contract.PLURAL + "/status"
 #: What ``Kube.create`` makes: kind -> (API path prefix, resource).
@@ -235,7 +241,7 @@ class _Http:
                     maxsize=self._pool_size,
                     ssl_context=info.as_ssl_context() if info.server.startswith("https:") else None,
                     timeout=_TIMEOUT,
-                    retries=urllib3.Retry(total=3, redirect=0, backoff_factor=0.2),
+                    retries=_retries(),
                 )
                 self._tls = tls
             self._server = info.server.rstrip("/")
@@ -260,7 +266,8 @@ class _Http:
         query: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, int]:
+        """The answer's status and body, and how many 429 answers came before it."""
         self._refresh()
         url = self._server + path + (f"?{urlencode(query)}" if query else "")
         headers = dict(self._headers)
@@ -270,12 +277,51 @@ class _Http:
             headers["Content-Type"] = content_type
         assert self._pool is not None
         response = self._pool.request(method, url, body=data, headers=headers)
+        throttled = _throttled(response)
         if response.status == 401:
             # Expired credentials (a rotated token): read them again, once.
             self._refresh(force=True)
             headers.update(self._headers)
             response = self._pool.request(method, url, body=data, headers=headers)
-        return response.status, response.data
+            throttled += _throttled(response)
+        return response.status, response.data, throttled
+
+
+def _retries() -> urllib3.Retry:
+    """urllib3's retry policy: connection errors, and 429 for every verb after Retry-After.
+
+    A connect error is retried for any verb (nothing was sent); a read error or a 429 for
+    any verb too (``allowed_methods=None``): a POST that did land answers 409 when sent
+    again, a status patch names its resourceVersion, a DELETE answers 404. A 429 still
+    there after ``THROTTLED_RETRIES`` is returned as it is (an ApiError, so the job's
+    reconcile backs off).
+    """
+    return _Retry(
+        total=None,
+        connect=3,
+        read=3,
+        redirect=0,
+        status=THROTTLED_RETRIES,
+        other=0,
+        allowed_methods=None,
+        status_forcelist=(429,),
+        respect_retry_after_header=True,
+        backoff_factor=0.2,
+        raise_on_status=False,
+    )
+
+
+class _Retry(urllib3.Retry):
+    """urllib3's Retry, with Retry-After capped at ``RETRY_AFTER_CAP_SECONDS``."""
+
+    def get_retry_after(self, response: urllib3.BaseHTTPResponse) -> float | None:
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, RETRY_AFTER_CAP_SECONDS)
+
+
+def _throttled(response: urllib3.BaseHTTPResponse) -> int:
+    history = response.retries.history if response.retries is not None else ()
+    return sum(1 for attempt in history if attempt.status == 429)
 
 
 def _error(status: int, data: bytes) -> ApiError:
@@ -323,7 +369,19 @@ class Kube:
     ) -> Obj:
         """One API request; the decoded JSON answer, or ``ApiError``."""
         self._count(verb, resource)
-        status, data = self._http.request(method, path, query, body, content_type)
+        status, data, throttled = self._http.request(method, path, query, body, content_type)
+        if throttled:
+            metrics.API_THROTTLED.labels(verb, resource).inc(throttled)
+            log.warning(
+                "API server throttled a request",
+                extra={
+                    "verb": verb,
+                    "resource": resource,
+                    "path": path,
+                    "throttled": throttled,
+                    "status": status,
+                },
+            )
         if status >= 400:
             raise _error(status, data)
         out: Obj = json.loads(data) if data else {}

@@ -23,6 +23,12 @@ API_REQUESTS = Counter(
     "Kubernetes API requests the reconciler made, by verb and resource",
     ["verb", "resource"],
 )
+API_THROTTLED = Counter(
+    "bpj_api_throttled_total",
+    "429 Too Many Requests answers the reconciler's API requests met (each one waited out"
+    " for its Retry-After and sent again), by verb and resource",
+    ["verb", "resource"],
+)
 WATCH_EVENTS = Counter(
     "bpj_watch_events_total",
     "Watch events of child Jobs and pods that reached the operator, by resource and by"

@@ -12,6 +12,7 @@ import base64
 import json
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
+from bert_pretrain_operator import kube as kube_module
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import ApiError, Kube, connection_info
 from bert_pretrain_operator.workqueue import WorkQueue
@@ -36,6 +38,8 @@ class Stub:
     """Answers (status, body) by (method, path) and records every request."""
 
     answers: dict[tuple[str, str], list[tuple[int, Any]]] = field(default_factory=dict)
+    headers: dict[int, dict[str, str]] = field(default_factory=dict)
+    """Extra headers sent with every answer of a status (Retry-After with 429)."""
     seen: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
 
@@ -67,6 +71,8 @@ def stub() -> Iterator[Stub]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for key, value in state.headers.get(status, {}).items():
+                self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -156,6 +162,40 @@ def test_a_new_config_map_is_created_first_and_an_old_one_patched_first(stub: St
     stub.answer("POST", cms, (201, manifest))
     kube.write_config_map(manifest, exists=True)
     assert [s["method"] for s in stub.seen] == ["PATCH", "POST"]
+
+
+def _throttled(verb: str, resource: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "bpj_api_throttled_total", {"verb": verb, "resource": resource}
+    )
+    return value or 0.0
+
+
+def test_a_throttled_create_is_sent_again_after_retry_after(stub: Stub) -> None:
+    manifest = {"kind": "Job", "metadata": {"name": "a-train-1", "namespace": "ns"}}
+    path = "/apis/batch/v1/namespaces/ns/jobs"
+    stub.headers[429] = {"Retry-After": "1"}
+    stub.answer("POST", path, (429, {"reason": "TooManyRequests"}), (201, manifest))
+    kube, before = _kube(stub), _throttled("create", "jobs")
+    started = time.monotonic()
+    assert kube.create(manifest) is True  # a POST: not idempotent, retried all the same
+    assert time.monotonic() - started >= 1.0  # the server's Retry-After, waited out
+    assert [s["method"] for s in stub.seen] == ["POST", "POST"]
+    assert _throttled("create", "jobs") - before == 1
+
+
+def test_throttling_that_lasts_is_an_api_error_after_the_retries(
+    stub: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kube_module, "THROTTLED_RETRIES", 2)
+    stub.headers[429] = {"Retry-After": "1"}
+    stub.answer("PATCH", f"{BPJ}/a/status", (429, {"reason": "TooManyRequests"}))
+    kube, before = _kube(stub), _throttled("patch", "bertpretrainjobs/status")
+    with pytest.raises(ApiError) as err:
+        kube.patch_status("ns", "a", {"phase": "Pending"}, resource_version="7")
+    assert err.value.status == 429
+    assert len(stub.seen) == 3  # the first answer and two retries
+    assert _throttled("patch", "bertpretrainjobs/status") - before == 2
 
 
 def test_expired_credentials_are_read_again_once(stub: Stub) -> None:
