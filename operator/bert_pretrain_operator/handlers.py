@@ -36,7 +36,7 @@ from bert_pretrain_operator.backoff import Backoff
 from bert_pretrain_operator.children import Children, pack, slim_job, slim_pod
 from bert_pretrain_operator.controller import Controller
 from bert_pretrain_operator.jobcache import JobCache
-from bert_pretrain_operator.kube import Kube, connection_info
+from bert_pretrain_operator.kube import Kube, connection_info, credentials_source
 from bert_pretrain_operator.render import names
 from bert_pretrain_operator.settings import Settings
 from bert_pretrain_operator.workqueue import Key, WorkQueue
@@ -269,9 +269,10 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
     log.info(
-        "operator started: image=%s namespaces=%s",
+        "operator started: image=%s namespaces=%s credentials=%s",
         ours.trainer_image,
         ",".join(ours.namespaces) or "*",
+        credentials_source(),
     )
 
 

@@ -78,6 +78,24 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------- credentials
 
 
+def credentials_source(kubeconfig: str | None = None) -> str:
+    """Where ``connection_info`` takes the credentials from: said once in the startup log."""
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        return f"kubeconfig {path}"
+    if _in_cluster():
+        return "in-cluster service account"
+    return "kubeconfig ~/.kube/config"
+
+
+def _in_cluster() -> bool:
+    env = os.environ
+    token = SERVICE_ACCOUNT_DIR / "token"
+    return token.exists() and bool(
+        env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT")
+    )
+
+
 def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
     """The API server and credentials: ``kubeconfig`` or $KUBECONFIG, else in-cluster.
 
@@ -87,19 +105,18 @@ def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
     """
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if not path:
-        token = SERVICE_ACCOUNT_DIR / "token"
-        host, port = (
-            os.environ.get("KUBERNETES_SERVICE_HOST"),
-            os.environ.get("KUBERNETES_SERVICE_PORT"),
-        )
-        if token.exists() and host and port:
+        if _in_cluster():
+            host, port = (
+                os.environ["KUBERNETES_SERVICE_HOST"],
+                os.environ["KUBERNETES_SERVICE_PORT"],
+            )
             host = f"[{host}]" if ":" in host else host
             ca = SERVICE_ACCOUNT_DIR / "ca.crt"
             namespace = SERVICE_ACCOUNT_DIR / "namespace"
             return kopf.ConnectionInfo(
                 server=f"https://{host}:{port}",
                 ca_path=str(ca) if ca.exists() else None,
-                token=token.read_text().strip() or None,
+                token=(SERVICE_ACCOUNT_DIR / "token").read_text().strip() or None,
                 default_namespace=namespace.read_text().strip() if namespace.exists() else None,
             )
         path = str(Path("~/.kube/config").expanduser())

@@ -239,10 +239,13 @@ def test_trainer_objects_are_rbac_trainer_rbac(render: Render) -> None:
     # The default name is the release's: two releases serving "ml" do not collide.
     trainer = "bpj-bert-pretrain-operator-trainer"
     assert sorted(in_ml, key=_key) == sorted(trainer_rbac("ml", trainer), key=_key)
-    other = render(release="other", sets=("trainer.namespaces={ml}",))
+    # Nor do their cluster-scoped objects, the guardrail policies included.
+    guarded = ("trainer.namespaces={ml}", "guardrails.enabled=true")
+    this, other = render(sets=guarded), render(release="other", sets=guarded)
+    assert {"ValidatingAdmissionPolicy"} <= {o["kind"] for o in this}
     clashes = {
         _key(o)
-        for o in plain
+        for o in this
         if "namespace" not in o["metadata"] or o["metadata"]["namespace"] == "ml"
     } & {_key(o) for o in other}
     # Shared on purpose: the peering object makes a second operator serving the same

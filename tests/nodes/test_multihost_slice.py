@@ -153,6 +153,24 @@ def test_two_host_slice_prepared_by_three_workers_trains_with_hosts_found_by_dns
     assert {line.split()[-4].rsplit(":", 1)[0] for line in lookups} & pod_ips
     for name, text in logs.items():
         assert '"train finished"' in text or "train finished" in text, f"{name}:\n{text[-3000:]}"
+    _check_operator_in_cluster(state)
+
+
+def _check_operator_in_cluster(state: plane.StackState) -> None:
+    """The operator that ran all this was a pod of a real node, on its in-cluster token."""
+    (pod,) = _kubectl_json(
+        state, "get", "pods", "-n", local_cluster.OPERATOR_NAMESPACE,
+        "-l", "app.kubernetes.io/component=operator",
+    )["items"]  # fmt: skip
+    assert pod["spec"]["nodeName"] in state.kubelet_nodes
+    container = pod["spec"]["containers"][0]
+    assert "KUBECONFIG" not in {e["name"] for e in container.get("env", [])}
+    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts  # the kubelet's projection
+    text = demo.kubectl(
+        state, "logs", "-n", local_cluster.OPERATOR_NAMESPACE, pod["metadata"]["name"]
+    )
+    assert "credentials=in-cluster service account" in text, text[-3000:]
 
 
 def _upload_corpus(state: plane.StackState, bucket: str) -> None:

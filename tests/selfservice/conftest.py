@@ -99,6 +99,11 @@ class Platform:
     """Everything the chart rendered."""
     applied: list[dict[str, Any]]
 
+    @property
+    def policy(self) -> str:
+        """The guardrails policy's name: per release (the params policy adds ``-params``)."""
+        return f"{self.release}-bert-pretrain-operator-guardrails"
+
     def one(self, kind: str, name: str) -> dict[str, Any]:
         (obj,) = [o for o in of_kind(self.objects, kind) if o["metadata"]["name"] == name]
         return obj

@@ -42,6 +42,9 @@ GUARDRAILS_ON = {
     }
 }
 
+#: The guardrails policy of the default test release "bpj": named per release.
+GUARDRAILS = "bpj-bert-pretrain-operator-guardrails"
+
 
 @pytest.fixture(scope="module")
 def guardrails_values(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -124,29 +127,29 @@ def test_guardrails_are_off_by_default(render: Render) -> None:
 
 def test_guardrails_policies_and_bindings(render: Render, guardrails_values: Path) -> None:
     objects = render(values=(guardrails_values,))
-    policy = _named(objects, "ValidatingAdmissionPolicy", "bert-pretrain-guardrails")["spec"]
+    policy = _named(objects, "ValidatingAdmissionPolicy", GUARDRAILS)["spec"]
     assert policy["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
     assert policy["failurePolicy"] == "Fail"
     (rule,) = policy["matchConstraints"]["resourceRules"]
     assert rule["resources"] == ["bertpretrainjobs"]
     assert rule["operations"] == ["CREATE", "UPDATE"]
     for validation in policy["validations"]:
-        assert validation["messageExpression"].startswith('"bert-pretrain-guardrails: spec.')
+        assert validation["messageExpression"].startswith(f'"{GUARDRAILS}: spec.')
         assert validation["messageExpression"].rstrip().endswith("variables.source")
         assert validation["reason"] == "Forbidden"
-    binding = _named(objects, "ValidatingAdmissionPolicyBinding", "bert-pretrain-guardrails")
+    binding = _named(objects, "ValidatingAdmissionPolicyBinding", GUARDRAILS)
     assert binding["spec"] == {
-        "policyName": "bert-pretrain-guardrails",
+        "policyName": GUARDRAILS,
         "validationActions": ["Deny"],
         # No namespace: the ConfigMap is looked up in the namespace of the job.
         "paramRef": {"name": "bpj-guardrails", "parameterNotFoundAction": "Allow"},
     }
-    params = _named(objects, "ValidatingAdmissionPolicyBinding", "bert-pretrain-guardrails-params")
+    params = _named(objects, "ValidatingAdmissionPolicyBinding", f"{GUARDRAILS}-params")
     assert params["spec"] == {
-        "policyName": "bert-pretrain-guardrails-params",
+        "policyName": f"{GUARDRAILS}-params",
         "validationActions": ["Deny"],
     }
-    params_policy = _named(objects, "ValidatingAdmissionPolicy", "bert-pretrain-guardrails-params")
+    params_policy = _named(objects, "ValidatingAdmissionPolicy", f"{GUARDRAILS}-params")
     (cm_rule,) = params_policy["spec"]["matchConstraints"]["resourceRules"]
     assert cm_rule["resourceNames"] == ["bpj-guardrails"]
     assert cm_rule["operations"] == ["CREATE", "UPDATE", "DELETE"]
@@ -160,7 +163,7 @@ def test_guardrails_policies_and_bindings(render: Render, guardrails_values: Pat
             "guardrails.namespaceSelector.matchLabels.bpj\\.dev/guardrails=on",
         ),
     )
-    spec = _named(tuned, "ValidatingAdmissionPolicyBinding", "bert-pretrain-guardrails")["spec"]
+    spec = _named(tuned, "ValidatingAdmissionPolicyBinding", GUARDRAILS)["spec"]
     assert spec["paramRef"] == {"name": "tpu-limits", "parameterNotFoundAction": "Deny"}
     assert spec["validationActions"] == ["Warn", "Audit"]
     assert spec["matchResources"] == {
@@ -201,7 +204,7 @@ def test_the_policies_know_every_accelerator_and_key(
 ) -> None:
     """The params policy, the values schema and the TPU catalogue agree."""
     objects = render(values=(guardrails_values,))
-    policy = _named(objects, "ValidatingAdmissionPolicy", "bert-pretrain-guardrails-params")
+    policy = _named(objects, "ValidatingAdmissionPolicy", f"{GUARDRAILS}-params")
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
     catalogue = sorted(a.value for a in Accelerator)
     assert sorted(_cel_strings(variables["accelerators"])) == catalogue
@@ -210,9 +213,7 @@ def test_the_policies_know_every_accelerator_and_key(
     assert sorted(limits["allowedAccelerators"]["items"]["enum"]) == catalogue
     assert sorted(_cel_strings(variables["known"])) == sorted(limits)
     # Every key is used by the jobs' policy.
-    jobs_policy = json.dumps(
-        _named(objects, "ValidatingAdmissionPolicy", "bert-pretrain-guardrails")["spec"]
-    )
+    jobs_policy = json.dumps(_named(objects, "ValidatingAdmissionPolicy", GUARDRAILS)["spec"])
     for key in limits:
         assert f"'{key}'" in jobs_policy or f"?{key}" in jobs_policy, key
 

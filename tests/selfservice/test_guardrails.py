@@ -174,9 +174,10 @@ def test_each_guardrail_refuses_its_violation(
     assert out.returncode != 0, f"{case}: admitted"
     message = VIOLATIONS[case][1]
     source = f" (ConfigMap {platform.team_a}/{GUARDRAILS_CONFIGMAP})"
+    policy = platform.policy
     expected = (
-        "ValidatingAdmissionPolicy 'bert-pretrain-guardrails' with binding "
-        f"'bert-pretrain-guardrails' denied request: bert-pretrain-guardrails: {message}{source}"
+        f"ValidatingAdmissionPolicy '{policy}' with binding "
+        f"'{policy}' denied request: {policy}: {message}{source}"
     )
     assert expected in out.stderr, out.stderr
     assert "(Forbidden)" in out.stderr
@@ -255,9 +256,9 @@ def test_teams_cannot_change_their_own_guardrails(kubectl: Kubectl, platform: Pl
         out = _configmap_write(kubectl, ns, *args)
         assert out.returncode != 0, f"alice could {what} the guardrails"
         assert (
-            "ValidatingAdmissionPolicy 'bert-pretrain-guardrails-params'" in out.stderr
+            f"ValidatingAdmissionPolicy '{platform.policy}-params'" in out.stderr
             and f"ConfigMap {ns}/{name} holds this namespace's guardrails; only who may "
-            "update the ValidatingAdmissionPolicy bert-pretrain-guardrails (the platform team) "
+            f"update the ValidatingAdmissionPolicy {platform.policy} (the platform team) "
             "may create, change or delete it"
             in out.stderr
         ), out.stderr
@@ -266,7 +267,7 @@ def test_teams_cannot_change_their_own_guardrails(kubectl: Kubectl, platform: Pl
         "create", "configmap", name, "-n", platform.team_b, "--as=dave",
         "--as-group=team-b-devs", "--from-literal=maxChips=1024", check=False,
     )  # fmt: skip
-    assert created.returncode != 0 and "bert-pretrain-guardrails-params" in created.stderr
+    assert created.returncode != 0 and f"{platform.policy}-params" in created.stderr
     data = kubectl_json(kubectl, "get", "configmap", name, "-n", ns)["data"]
     assert data["maxChips"] == "16" and data["requireSpot"] == "true"
 
@@ -310,16 +311,14 @@ def test_malformed_guardrails_are_refused(kubectl: Kubectl, platform: Platform) 
 
 
 def _binding(platform: Platform, **spec: Any) -> dict[str, Any]:
-    binding = copy.deepcopy(
-        platform.one("ValidatingAdmissionPolicyBinding", "bert-pretrain-guardrails")
-    )
+    binding = copy.deepcopy(platform.one("ValidatingAdmissionPolicyBinding", platform.policy))
     binding["spec"].update(spec)
     return binding
 
 
 def test_deny_without_limits_and_warn_mode(kubectl: Kubectl, platform: Platform) -> None:
     """parameterNotFoundAction: Deny refuses namespaces without limits; Warn only warns."""
-    original = platform.one("ValidatingAdmissionPolicyBinding", "bert-pretrain-guardrails")
+    original = platform.one("ValidatingAdmissionPolicyBinding", platform.policy)
     deny = _binding(
         platform,
         paramRef={**original["spec"]["paramRef"], "parameterNotFoundAction": "Deny"},
