@@ -336,13 +336,21 @@ def test_config_errors_are_input_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.tensorflow
-def test_learning_rate_warms_up_then_decays_linearly() -> None:
+def test_learning_rate_is_google_research_berts_schedule() -> None:
     from bert_trainer.train.optimizer import WarmupLinearDecay
 
-    schedule = WarmupLinearDecay(peak=1.0, warmup_steps=10, total_steps=110)
-    rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110, 200)]
+    def google(step: int, peak: float, warmup: int, total: int) -> float:
+        # optimization.py: polynomial_decay(power=1) over all steps, warm-up before W.
+        decayed = peak * (1 - min(step, total) / total)
+        return peak * step / warmup if step < warmup else decayed
 
-    assert rates == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.0])
+    schedule = WarmupLinearDecay(peak=1.0, warmup_steps=10, total_steps=110)
+    steps = (0, 5, 9, 10, 11, 60, 109, 110, 200)
+    assert [float(schedule(s)) for s in steps] == pytest.approx(
+        [google(s, 1.0, 10, 110) for s in steps]
+    )
+    # Google's drop at the end of warm-up, kept: from the peak to (T - W) / T of it.
+    assert float(schedule(10)) == pytest.approx(100 / 110)
     assert WarmupLinearDecay.from_config(schedule.get_config()).total_steps == 110
 
 

@@ -151,11 +151,15 @@ def make_dataset(
 def pipeline_files(files: list[str], pipelines: int, pipeline: int) -> list[str]:
     """The files input pipeline ``pipeline`` of ``pipelines`` reads.
 
-    Each pipeline (one per host) gets its own files, so hosts read disjoint
-    data; with fewer files than pipelines every pipeline reads all files and
-    keeps every ``pipelines``-th record.
+    When the files divide evenly between the pipelines (one per host), each gets its
+    own, so hosts read disjoint data of the same size. Otherwise every pipeline reads
+    all files and keeps every ``pipelines``-th record: ``files[i::n]`` would give some
+    hosts more files than others, and those hosts' records would be over-sampled
+    (10 files on 4 hosts: 3 files for two hosts, 2 for the others, 1.5x). That costs
+    each host a read of every file, so records in a multiple of the host count of
+    files read less (the prepare stage writes 8: even on 1, 2, 4 or 8 hosts).
     """
-    if pipelines > 1 and len(files) >= pipelines:
+    if pipelines > 1 and len(files) % pipelines == 0:
         return files[pipeline::pipelines]
     return files
 

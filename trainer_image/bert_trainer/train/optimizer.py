@@ -1,9 +1,18 @@
 """AdamW (or LAMB) with BERT's learning-rate schedule and gradient handling.
 
-The schedule rises linearly from 0 to the peak over the warm-up steps, then
-falls linearly to 0 at the last step. Like google-research/bert, biases and
+The schedule is google-research/bert's (optimization.py): a linear decay from the
+peak at step 0 to 0 at the last step T (``polynomial_decay`` with power 1, over all
+T steps), which the warm-up overrides before step W with a linear rise from 0. So
+at step W the rate drops from the peak to peak * (T - W) / T, as Google's does
+(0.9x for 100k steps with 10k of warm-up). Like google-research/bert, biases and
 layer-norm parameters get no weight decay and gradients are clipped to a global
 norm of 1.
+
+AdamW is Keras': decoupled weight decay as Google's, but with Adam's bias
+correction, which Google's AdamWeightDecayOptimizer does not apply (so Google's
+first steps are about 3x larger; the two converge within the first few thousand
+steps). Kept, and said in docs/training.md; test_train.py pins it. LAMB is the
+standard one (NVIDIA's, TensorFlow Addons'), not Keras' as it is: see ``Lamb``.
 
 Where the clip sits differs from Google's. Its optimization.py clips each TPU
 core's own gradients (``tf.clip_by_global_norm`` right after ``tf.gradients``), and
@@ -35,7 +44,11 @@ NO_DECAY = ("bias", "gamma", "beta")
 
 @keras.saving.register_keras_serializable(package="bert_trainer")
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
-    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then linear decay to 0."""
+    """Google's schedule: ``peak * (1 - step / total)``, and before ``warmup_steps`` a rise.
+
+    The decay runs over all ``total_steps`` from step 0, not from the end of warm-up
+    (google-research/bert's ``polynomial_decay``, which the warm-up overrides).
+    """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
         super().__init__()
@@ -46,9 +59,9 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):  # typ
     def __call__(self, step: Any) -> Any:
         step = ops.cast(step, "float32")
         warmup = float(max(self.warmup_steps, 1))
-        decay_span = float(max(self.total_steps - self.warmup_steps, 1))
+        total = float(max(self.total_steps, 1))
         rising = self.peak * step / warmup
-        falling = self.peak * ops.maximum(float(self.total_steps) - step, 0.0) / decay_span
+        falling = self.peak * ops.maximum(total - step, 0.0) / total
         return ops.where(step < float(self.warmup_steps), rising, falling)
 
     def get_config(self) -> dict[str, Any]:
@@ -71,7 +84,46 @@ class AdamW(_SummedGradients, keras.optimizers.AdamW):  # type: ignore[misc]
 
 
 class Lamb(_SummedGradients, keras.optimizers.Lamb):  # type: ignore[misc]
-    """Keras' LAMB, fed gradients the train step already all-reduced."""
+    """Standard LAMB (NVIDIA's, TensorFlow Addons'), fed already all-reduced gradients.
+
+    Keras' own LAMB decays every decayed weight apart from the step (``w -= lr * wd * w``)
+    and scales every variable's Adam step by its trust ratio ||w|| / ||step||, biases
+    and LayerNorm included. Standard LAMB, the one NVIDIA's BERT recipe tunes its
+    learning rate and decay for, adds the decay to the step the trust ratio scales,
+    and gives the variables excluded from decay neither decay nor a trust ratio: their
+    step is Adam's. With Keras' form, the decay was not bounded by the trust ratio, so
+    at NVIDIA's settings (decay 0.01, rates near 6e-3) it was many times stronger.
+    Both keep Adam's bias correction, as NVIDIA's does.
+    """
+
+    def __init__(self, *, weight_decay: float | None = None, **kwargs: Any) -> None:
+        # Keras would apply the decay on its own, outside the trust ratio: do it here.
+        super().__init__(weight_decay=None, **kwargs)
+        self.lamb_weight_decay = float(weight_decay or 0.0)
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        m_hat = ops.divide(m, 1.0 - ops.power(ops.cast(self.beta_1, dtype), step))
+        v_hat = ops.divide(v, 1.0 - ops.power(ops.cast(self.beta_2, dtype), step))
+        update = ops.divide(m_hat, ops.add(ops.sqrt(v_hat), self.epsilon))
+        if self._use_weight_decay(variable):
+            update = ops.add(update, ops.multiply(variable, self.lamb_weight_decay))
+            w_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            u_norm = ops.sqrt(ops.sum(ops.square(update)))
+            ratio = ops.where(
+                ops.greater(w_norm, 0),
+                ops.where(ops.greater(u_norm, 0), ops.divide(w_norm, u_norm), 1.0),
+                1.0,
+            )
+            update = ops.multiply(update, ratio)
+        self.assign_sub(variable, ops.multiply(lr, update))
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
