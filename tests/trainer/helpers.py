@@ -227,13 +227,15 @@ def hf_pretraining_logits(model_dir: str, inputs_npz: str, outputs_npz: str) -> 
     )
 
 
-def two_replica_difference() -> float:
+def two_replica_difference(unequal_masks: bool = False) -> float:
     """Train 3 SGD steps on two CPU replicas and on one; the largest weight difference.
 
     Runs in a fresh process: logical CPU devices must be set up before
-    TensorFlow initialises. Dropout is off and every example carries the same
-    number of predictions, so both runs optimise exactly the same loss; plain
-    SGD (unlike Adam) would show gradients summed twice as a doubled step.
+    TensorFlow initialises. Dropout is off. Plain SGD (unlike Adam) would show
+    gradients summed twice as a doubled step. With ``unequal_masks`` the replicas'
+    halves of the batch carry different numbers of masked positions (all of them,
+    against one each): the two runs then agree only if both normalise the loss over
+    the global batch, not per replica.
     """
     import keras
     import tensorflow as tf
@@ -250,8 +252,9 @@ def two_replica_difference() -> float:
 
     rng = np.random.default_rng(5)
     instances = [make_instance(rng) for _ in range(8)]
-    for instance in instances:
-        instance["masked_lm_weights"] = [1.0] * PREDICTIONS
+    for i, instance in enumerate(instances):
+        few = unequal_masks and i >= len(instances) // 2
+        instance["masked_lm_weights"] = [1.0] + [0.0 if few else 1.0] * (PREDICTIONS - 1)
     features, labels = batch_of(instances)
     dataset = tf.data.Dataset.from_tensors((features, labels)).repeat()
     config = TINY.model_copy(update={"hidden_dropout": 0.0, "attention_dropout": 0.0})
@@ -285,6 +288,6 @@ if __name__ == "__main__":
     if command == "hf-logits":
         hf_pretraining_logits(*arguments)
     elif command == "two-replicas":
-        print(f"max difference {two_replica_difference()}")
+        print(f"max difference {two_replica_difference(unequal_masks=arguments == ['unequal'])}")
     else:
         raise SystemExit(f"unknown command {command}")

@@ -174,3 +174,42 @@ def test_sequence_length_may_be_shorter_than_position_table(model) -> None:  # t
 
     assert SEQ_LENGTH > 16
     assert tuple(model(features)["mlm_logits"].shape) == (2, PREDICTIONS, TINY.vocab_size)
+
+
+def test_replicas_shares_of_the_loss_add_up_to_the_global_batchs() -> None:
+    """Halves with unequal mask counts: their shares sum to the loss of the whole batch."""
+    from bert_trainer.model import STATISTICS, PretrainingMetrics, pretraining_loss
+
+    rng = np.random.default_rng(1)
+    outputs = {
+        "mlm_logits": rng.normal(size=(4, 3, 5)).astype("float32"),
+        "nsp_logits": rng.normal(size=(4, 2)).astype("float32"),
+    }
+    labels = {
+        "masked_lm_ids": rng.integers(0, 5, size=(4, 3)).astype("int32"),
+        "masked_lm_weights": np.array([[1, 1, 1], [1, 1, 1], [1, 0, 0], [1, 0, 0]], "float32"),
+        "next_sentence_labels": np.array([0, 1, 1, 0], dtype="int32"),
+    }
+    whole, whole_stats = pretraining_loss(outputs, labels)
+    totals = (np.float32(8.0), np.float32(4.0))
+    halves = [
+        pretraining_loss(
+            {k: v[part] for k, v in outputs.items()},
+            {k: v[part] for k, v in labels.items()},
+            totals,
+        )
+        for part in (slice(0, 2), slice(2, 4))
+    ]
+    assert float(halves[0][0] + halves[1][0]) == pytest.approx(float(whole), rel=1e-5)
+    # Per-replica normalisation (Google's, per core) would give a different loss here.
+    per_replica = [pretraining_loss(
+        {k: v[part] for k, v in outputs.items()}, {k: v[part] for k, v in labels.items()}
+    )[0] for part in (slice(0, 2), slice(2, 4))]  # fmt: skip
+    assert abs(float(sum(per_replica)) / 2 - float(whole)) > 1e-3
+    summed = np.asarray(halves[0][1]) + np.asarray(halves[1][1])
+    np.testing.assert_allclose(summed, np.asarray(whole_stats), rtol=1e-5)
+    named = dict(zip(STATISTICS, summed.tolist(), strict=True))
+    assert named["steps"] == pytest.approx(1.0)
+    assert PretrainingMetrics.from_statistics(summed.tolist()).loss == pytest.approx(
+        float(whole), rel=1e-5
+    )

@@ -269,9 +269,11 @@ def test_a_run_killed_between_checkpoints_resumes_from_the_last_one(
 
 
 @pytest.mark.tensorflow
-def test_gradients_are_summed_once_across_replicas() -> None:
+@pytest.mark.parametrize("masks", ["equal", "unequal"])
+def test_two_replicas_train_as_one_on_the_global_batch(masks: str) -> None:
+    """Gradients summed once; with unequal mask counts, the loss normalised globally."""
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.trainer.helpers", "two-replicas"],
+        [sys.executable, "-m", "tests.trainer.helpers", "two-replicas", masks],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

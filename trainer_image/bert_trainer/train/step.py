@@ -4,7 +4,9 @@ One call of the ``tf.function`` runs ``num_steps`` steps in a graph loop
 (``tf.range``), like Keras' ``steps_per_execution`` and the standard TPU
 training loop: Python and the host are out of the way between steps. Each
 step runs on every replica through ``strategy.run``; gradients are summed across
-replicas once, clipped, and applied. The call returns the summed
+replicas once, clipped, and applied. Each replica's loss is its share of the global
+batch's (``pretraining_loss`` with the global totals, all-reduced first), so the
+summed gradient is the global batch's, as on the JAX path. The call returns the summed
 ``model.STATISTICS`` of its steps and, off TPU, the seconds the loop spent
 waiting for input batches (measured in the graph with ``tf.timestamp``).
 """
@@ -40,13 +42,23 @@ def make_train_function(
     replicas = strategy.num_replicas_in_sync
 
     def replica_step(features: dict[str, Any], labels: dict[str, Any]) -> tf.Tensor:
+        totals = None
+        if replicas > 1:
+            local = tf.stack(
+                [
+                    tf.reduce_sum(tf.cast(labels["masked_lm_weights"], tf.float32)),
+                    tf.cast(tf.size(labels["next_sentence_labels"]), tf.float32),
+                ]
+            )
+            summed = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, local
+            )
+            totals = (summed[0], summed[1])
         with tf.GradientTape() as tape:
             outputs = model(features, training=True)
-            loss, statistics = pretraining_loss(outputs, labels)
-            # Each replica's share, so the summed gradient is the replicas' mean.
-            scaled_loss = loss / replicas
+            loss, statistics = pretraining_loss(outputs, labels, totals)
         variables = model.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
+        gradients = tape.gradient(loss, variables)
         if replicas > 1:
             gradients = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, gradients
