@@ -213,3 +213,48 @@ def test_replicas_shares_of_the_loss_add_up_to_the_global_batchs() -> None:
     assert PretrainingMetrics.from_statistics(summed.tolist()).loss == pytest.approx(
         float(whole), rel=1e-5
     )
+
+
+def test_bfloat16_keeps_the_attention_softmax_and_the_logits_in_float32(batch) -> None:  # type: ignore[no-untyped-def]
+    import keras
+
+    from bert_trainer.model import build_pretrainer
+    from bert_trainer.model.pretrainer import Float32Softmax
+
+    model = build_pretrainer(TINY, dtype="mixed_bfloat16")
+    assert model.backbone.compute_dtype == "bfloat16"  # the encoder does run in bf16
+    outputs = model(batch[0], training=False)
+    dtypes = [keras.backend.standardize_dtype(outputs[k].dtype) for k in outputs]
+    assert dtypes == ["float32", "float32"]
+    softmaxes = [e._self_attention_layer._softmax for e in model.backbone.transformer_layers]
+    assert all(isinstance(s, Float32Softmax) for s in softmaxes)
+    # Close to the float32 model with the same weights (bf16 matmuls, float32 logits).
+    reference = build_pretrainer(TINY)
+    reference.set_weights(model.get_weights())
+    expected = np.asarray(reference(batch[0], training=False)["mlm_logits"])
+    got = np.asarray(outputs["mlm_logits"])
+    assert np.abs(got - expected).max() < 0.1 * np.abs(expected).max()
+    # It survives serialisation (the swap is made again on deserialising).
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert isinstance(
+        clone.backbone.transformer_layers[0]._self_attention_layer._softmax, Float32Softmax
+    )
+
+
+def test_the_float32_softmax_rounds_only_its_result_to_bfloat16() -> None:
+    import keras
+
+    from bert_trainer.model.pretrainer import Float32Softmax
+
+    # Scores that a bfloat16 softmax gets visibly wrong: many near-equal large values.
+    # They reach the layer in bfloat16 (the attention's einsum makes them), so the exact
+    # softmax to compare with is that of the rounded scores.
+    scores = np.linspace(30.0, 34.0, 64, dtype="float32")[None, :]
+    rounded = np.asarray(keras.ops.cast(keras.ops.cast(scores, "bfloat16"), "float32"))
+    shifted = np.exp(rounded - rounded.max())
+    exact = shifted / shifted.sum()
+    ours = np.asarray(keras.ops.cast(Float32Softmax(dtype="mixed_bfloat16")(scores), "float32"))
+    # Only the final rounding to bfloat16. (TensorFlow's CPU kernel happens to accumulate
+    # a bfloat16 softmax in float32 too; JAX's, the TPU runtime's, does not: the layer
+    # makes it so on every backend.)
+    assert np.abs(ours - exact).max() <= 2**-8 * exact.max()

@@ -73,6 +73,21 @@ def test_training_lowers_the_loss(trained: tuple[Path, Any, ListSink]) -> None:
 
 
 @pytest.mark.tensorflow
+def test_bfloat16_precision_trains_and_checkpoints_on_cpu(tmp_path: Path) -> None:
+    """``precision: bfloat16`` (the TPU's mixed policy) runs the same loop, here on CPU."""
+    import math
+
+    from bert_trainer.train.run import train
+
+    sink = ListSink()
+    settings = train_config(tmp_path, precision="bfloat16", train_steps=6, checkpoint_every_steps=3)
+    result = train(settings, progress_sink=sink)
+    assert result.final_step == 6
+    assert all(math.isfinite(report["loss"]) for report in sink.sent)
+    assert checkpoint_steps(tmp_path / "checkpoints") == [3, 6]
+
+
+@pytest.mark.tensorflow
 def test_training_leaves_checkpoints_with_matching_step_counters(
     trained: tuple[Path, Any, ListSink],
 ) -> None:

@@ -5,6 +5,13 @@ The backbone is keras-hub's; the two heads reproduce google-research/bert's
 the token embedding with an output bias) and ``cls/seq_relationship`` (two
 logits from the pooled ``[CLS]`` output), so Google's TF1 checkpoints load
 into it and HuggingFace's ``BertForPreTraining`` can load what it learns.
+
+Under a mixed bfloat16 policy (``precision: bfloat16``, the TPU's) the encoder's
+matmuls run in bfloat16, but the two places where bfloat16's 8-bit mantissa hurts
+stay in float32, as google-research/bert's and the TensorFlow Model Garden's bf16
+BERT keep them: each attention softmax (``Float32Softmax``: computed in float32,
+its probabilities handed back in bfloat16) and the pretraining heads, whose logits
+(the masked-LM's over the whole vocabulary) are computed and returned in float32.
 """
 
 from __future__ import annotations
@@ -25,6 +32,15 @@ def gelu_approximate(x: Any) -> Any:
 
 def bert_initializer(stddev: float) -> keras.initializers.Initializer:
     return keras.initializers.TruncatedNormal(stddev=stddev)
+
+
+@keras.saving.register_keras_serializable(package="bert_trainer")
+class Float32Softmax(keras.layers.Softmax):  # type: ignore[misc]
+    """A softmax computed in float32, returned in the layer's compute dtype."""
+
+    def call(self, inputs: Any, mask: Any = None) -> Any:
+        probabilities = super().call(keras.ops.cast(inputs, "float32"), mask)
+        return keras.ops.cast(probabilities, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="bert_trainer")
@@ -62,17 +78,19 @@ class BertPretrainer(keras.Model):  # type: ignore[misc]
             intermediate_activation=gelu_approximate,
             layer_norm_epsilon=LAYER_NORM_EPSILON,
             kernel_initializer=bert_initializer(initializer_range),
-            dtype=backbone.dtype_policy,
+            dtype="float32",  # the logits, whatever the backbone's policy
             name="masked_lm_head",
         )
         self.next_sentence_head = keras.layers.Dense(
             2,
             kernel_initializer=bert_initializer(initializer_range),
-            dtype=backbone.dtype_policy,
+            dtype="float32",
             name="next_sentence_head",
         )
         if attention_dropout is not None:
             _set_attention_dropout(backbone, attention_dropout)
+        if backbone.compute_dtype != "float32":
+            _keep_softmax_and_logits_in_float32(backbone)
 
         # === Functional Model ===
         inputs = {
@@ -161,6 +179,25 @@ def _set_attention_dropout(backbone: keras_hub.models.BertBackbone, rate: float)
                 dropout.seed_generator = keras.random.SeedGenerator(dropout.seed)
             finally:
                 tracker.lock()
+
+
+def _keep_softmax_and_logits_in_float32(backbone: keras_hub.models.BertBackbone) -> None:
+    # The tied token embedding computes the masked-LM logits (its reverse projection):
+    # in float32, reading the bfloat16 transform's output.
+    backbone.token_embedding.reverse_dtype = "float32"
+    for encoder in backbone.transformer_layers:
+        attention = encoder._self_attention_layer
+        softmax = getattr(attention, "_softmax", None)
+        if not isinstance(softmax, keras.layers.Softmax):
+            raise RuntimeError("keras MultiHeadAttention changed: cannot keep its softmax float32")
+        if isinstance(softmax, Float32Softmax):
+            continue
+        tracker = attention._tracker
+        tracker.unlock()  # a built layer's sub-layers are locked; this is the one swap
+        try:
+            attention._softmax = Float32Softmax(axis=softmax.axis, dtype=attention.dtype_policy)
+        finally:
+            tracker.lock()
 
 
 def _reinitialise(backbone: keras_hub.models.BertBackbone, stddev: float) -> None:
