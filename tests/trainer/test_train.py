@@ -14,11 +14,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bert_trainer import contract
 from bert_trainer.config import TrainConfig
-from tests.trainer.helpers import PREDICTIONS, SEQ_LENGTH, config_json, train_config, write_records
+from tests.trainer.helpers import (
+    PREDICTIONS,
+    SEQ_LENGTH,
+    TINY,
+    config_json,
+    train_config,
+    write_records,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -281,6 +289,46 @@ def test_a_run_killed_between_checkpoints_resumes_from_the_last_one(
         "step": 40,
         "iterations": 40,
     }
+
+
+@pytest.mark.tensorflow
+def test_a_run_in_order_resumed_reads_on_where_it_stopped(tmp_path: Path) -> None:
+    """shuffle: false, no dropout: resumed from step 4, step 8 is the uninterrupted run's."""
+    import shutil
+
+    import tensorflow as tf
+
+    from bert_trainer.train.run import train
+
+    still = TINY.model_copy(update={"hidden_dropout": 0.0, "attention_dropout": 0.0})
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    write_records(whole / "records", count=256)
+    shutil.copytree(whole / "records", resumed / "records")
+
+    def config(root: Path) -> Any:
+        return train_config(
+            root, model=still, shuffle=False, train_steps=8, checkpoint_every_steps=4,
+            warmup_steps=1,
+        )  # fmt: skip
+
+    train(config(whole), progress_sink=ListSink())
+    (resumed / "checkpoints").mkdir()
+    for path in (whole / "checkpoints").glob("ckpt-4.*"):
+        shutil.copy(path, resumed / "checkpoints" / path.name)
+    (resumed / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n'
+    )
+    result = train(config(resumed), progress_sink=ListSink())
+    assert (result.first_step, result.final_step) == (4, 8)
+
+    want = tf.train.load_checkpoint(str(whole / "checkpoints" / "ckpt-8"))
+    got = tf.train.load_checkpoint(str(resumed / "checkpoints" / "ckpt-8"))
+    names = [n for n in want.get_variable_to_shape_map() if "model/" in n or "optimizer/" in n]
+    assert names
+    for name in names:
+        np.testing.assert_allclose(
+            got.get_tensor(name), want.get_tensor(name), atol=1e-6, err_msg=name
+        )
 
 
 @pytest.mark.tensorflow

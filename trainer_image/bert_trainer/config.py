@@ -103,7 +103,8 @@ class TrainConfig(_Model):
     vocab: str | None = None
     """The vocab the records were made with; checked against the init checkpoint's."""
     shuffle: bool = True
-    """False reads files and records in order (reproducible runs and comparisons)."""
+    """False reads files and records in order (reproducible runs and comparisons); a
+    resumed run then goes on from the record where the last checkpoint stopped."""
     startup_timeout_seconds: int = Field(default=600, ge=1)
     """Multi-host: how long the hosts of a slice wait for each other at start-up."""
     peer_timeout_seconds: int = Field(default=60, ge=2)

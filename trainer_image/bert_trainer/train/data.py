@@ -105,6 +105,7 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     shuffle_buffer: int = 10_000,
     shuffle: bool = True,
+    skip_records: int = 0,
 ) -> tf.data.Dataset:
     """Endless ``(features, labels)`` batches of ``batch_size`` for one input pipeline.
 
@@ -112,7 +113,10 @@ def make_dataset(
     ``padding_mask``, ``mask_positions``, all int32); ``labels`` are
     ``masked_lm_ids`` (int32), ``masked_lm_weights`` (float32) and
     ``next_sentence_labels`` (int32, shape ``[batch]``). ``shuffle=False``
-    reads files and records in order, for reproducible comparisons.
+    reads files and records in order, for reproducible comparisons; a resumed run
+    then passes ``skip_records``, the records this pipeline's earlier steps consumed,
+    and goes on where they stopped instead of from record 0 (they are read and
+    dropped, not parsed). A shuffled run ignores it: it resumes with a new shuffle.
     """
     pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline = input_context.input_pipeline_id if input_context else 0
@@ -131,8 +135,10 @@ def make_dataset(
         deterministic=deterministic,
     )
     if shard_records:
-        # Too few files to give each pipeline its own: split the records instead.
+        # Files that do not divide between the pipelines: split the records instead.
         dataset = dataset.shard(pipelines, pipeline)
+    if skip_records and not shuffle:
+        dataset = dataset.skip(skip_records)
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)

@@ -164,6 +164,7 @@ def _train(
         settings.seed + start,
         context,
         shuffle=settings.shuffle,
+        skip_records=start * (settings.global_batch_size // hosts.size),
     )
     reporter = reporter_for(config, hosts.is_chief, progress_sink)
     writer = summary_writer(settings) if hosts.is_chief else None

@@ -88,7 +88,7 @@ def train(
     start = start_step(start, model, settings)
 
     # A resumed run reshuffles differently, rather than replaying the examples
-    # it saw first in the attempt before.
+    # it saw first in the attempt before; one reading in order goes on where it was.
     seed = settings.seed + start
     dataset = strategy.distribute_datasets_from_function(
         lambda context: make_dataset(
@@ -98,6 +98,7 @@ def train(
             seed,
             context,
             shuffle=settings.shuffle,
+            skip_records=start * settings.global_batch_size // context.num_input_pipelines,
         )
     )
     train_function = make_train_function(
