@@ -601,6 +601,22 @@ CASES: tuple[Case, ...] = (
         "spec.training.globalBatchSize",
         {"spec.training.globalBatchSize": 6},
     ),
+    # corpus base: 8 sequences on a 2x2x1 slice (4 chips).
+    Case(
+        "accumulation-not-dividing-the-batch",
+        "spec.training.gradientAccumulationSteps",
+        {"spec.training.gradientAccumulationSteps": 3},
+    ),
+    Case(
+        "micro-batch-not-divisible-by-chips",
+        "spec.training.gradientAccumulationSteps",
+        {"spec.training.gradientAccumulationSteps": 4},  # 2 sequences on 4 chips
+    ),
+    Case(
+        "accumulation-zero",
+        "spec.training.gradientAccumulationSteps",
+        {"spec.training.gradientAccumulationSteps": 0},
+    ),
     Case(
         "batch-not-divisible-on-v6e",
         "spec.training.globalBatchSize",

@@ -293,6 +293,21 @@ def test_config_map_round_trips_through_the_trainer_model() -> None:
     assert parsed.job is not None and parsed.job.min_report_interval_seconds == 5
 
 
+def test_gradient_accumulation_reaches_the_trainer() -> None:
+    job = load("quickstart.yaml")
+    assert (
+        trainer_config(job, ResolvedInputs(), report_interval=5).train.gradient_accumulation_steps
+        == 1
+    )  # type: ignore[union-attr]
+    spec = job.spec.model_copy(
+        update={"training": job.spec.training.model_copy(update={"gradient_accumulation_steps": 2})}
+    )
+    config = trainer_config(
+        job.model_copy(update={"spec": spec}), ResolvedInputs(), report_interval=5
+    )
+    assert config.train is not None and config.train.gradient_accumulation_steps == 2
+
+
 def test_init_checkpoint_dimensions_come_from_its_config() -> None:
     job = load("continued-pretraining-multilingual.yaml")
     with pytest.raises(ValueError, match="init checkpoint"):

@@ -99,3 +99,18 @@ def test_adamw_keeps_keras_bias_correction(tmp_path: Any) -> None:
     step = float(start["bias"][0] - got["bias"][0])
     assert step == pytest.approx(0.01, rel=1e-3)
     assert step < 3 * 0.01 / 2  # not Google's 3.16 lr
+
+
+@pytest.mark.tensorflow
+def test_the_clip_sees_the_true_norm_of_repeated_embedding_rows() -> None:
+    """IndexedSlices with a row twice: the norm is that of their sum, not of the slices."""
+    import tensorflow as tf
+
+    from bert_trainer.train.optimizer import clip_gradients
+
+    # Row 0 gets 3 and then 4: its gradient is 7 (norm 7), not 3 and 4 (norm 5).
+    slices = tf.IndexedSlices(
+        values=tf.constant([[3.0], [4.0]]), indices=tf.constant([0, 0]), dense_shape=[2, 1]
+    )
+    (clipped,) = clip_gradients([slices])
+    np.testing.assert_allclose(np.asarray(clipped), [[1.0], [0.0]], rtol=1e-6)  # 7 -> 1

@@ -85,6 +85,8 @@ class TrainConfig(_Model):
     max_seq_length: int = Field(default=128, ge=8)
     max_predictions_per_seq: int = Field(default=20, ge=1)
     global_batch_size: int = Field(gt=0)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Micro-batches per step, whose gradients are summed into one update."""
     train_steps: int = Field(gt=0)
     learning_rate: float = Field(default=1e-4, gt=0)
     warmup_steps: int = Field(default=10000, ge=0)

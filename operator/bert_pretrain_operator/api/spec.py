@@ -393,8 +393,23 @@ class TrainingSpec(RuledModel):
     precision: Precision = Field(default=Precision.FLOAT32, strict=False)
     """precision is float32, or bfloat16 for mixed precision (float32 variables,
     bfloat16 compute), the TPU's native format."""
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    """gradientAccumulationSteps splits each step's globalBatchSize into this many
+    micro-batches, run one after the other, whose gradients are summed into one
+    update: a batch larger than the slice's memory holds at once (NVIDIA's BERT
+    recipe: 64k sequences). The update is the full batch's; only memory and time per
+    step change, so it may be raised on a running job (after an OOM, say). The
+    micro-batch (globalBatchSize / gradientAccumulationSteps) must be divisible by
+    the slice's chip count."""
 
     rules: ClassVar[tuple[Rule[TrainingSpec], ...]] = (
+        Rule(
+            rule="self.globalBatchSize % self.gradientAccumulationSteps == 0",
+            message="spec.training.gradientAccumulationSteps: must divide "
+            "spec.training.globalBatchSize",
+            holds=lambda t: t.global_batch_size % t.gradient_accumulation_steps == 0,
+            field_path=".gradientAccumulationSteps",
+        ),
         Rule(
             rule="!has(self.warmupSteps) || self.warmupSteps <= self.trainSteps",
             message="spec.training.warmupSteps: must not exceed spec.training.trainSteps",
@@ -642,6 +657,31 @@ class BertPretrainJobSpec(RuledModel):
                 (shape := s.tpu.shape()) is None or s.training.global_batch_size % shape.chips == 0
             ),
             field_path=".training.globalBatchSize",
+        ),
+        Rule(
+            rule=f"!({_slice_key_cel('self.tpu')} in {_CHIPS_CEL}) "
+            "|| self.training.globalBatchSize % self.training.gradientAccumulationSteps != 0 "
+            "|| (self.training.globalBatchSize / self.training.gradientAccumulationSteps) "
+            f"% {_CHIPS_CEL}[{_slice_key_cel('self.tpu')}] == 0",
+            message="spec.training.gradientAccumulationSteps: the micro-batch (globalBatchSize "
+            "/ gradientAccumulationSteps) must be divisible by the chips of the slice",
+            message_expression="'spec.training.gradientAccumulationSteps: the micro-batch "
+            "(globalBatchSize / gradientAccumulationSteps) must be divisible by the ' "
+            f"+ {_CHIPS_TEXT_CEL}[{_slice_key_cel('self.tpu')}] "
+            f"+ ' chips of a ' + self.tpu.accelerator + ' ' + self.tpu.topology + ' slice'",
+            explain=lambda s: (
+                "spec.training.gradientAccumulationSteps: the micro-batch (globalBatchSize / "
+                f"gradientAccumulationSteps) must be divisible by the {_chips(s)} chips "
+                f"of a {s.tpu.accelerator} {s.tpu.topology} slice"
+            ),
+            holds=lambda s: (
+                (shape := s.tpu.shape()) is None
+                or s.training.global_batch_size % s.training.gradient_accumulation_steps != 0
+                or (s.training.global_batch_size // s.training.gradient_accumulation_steps)
+                % shape.chips
+                == 0
+            ),
+            field_path=".training.gradientAccumulationSteps",
         ),
         *(
             not_together(

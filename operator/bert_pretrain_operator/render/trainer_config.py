@@ -159,6 +159,7 @@ def trainer_config(
         max_seq_length=spec.data.max_seq_length,
         max_predictions_per_seq=spec.data.max_predictions_per_seq,
         global_batch_size=training.global_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
         train_steps=training.train_steps,
         learning_rate=training.learning_rate,
         warmup_steps=training.effective_warmup_steps,

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 import tensorflow as tf
@@ -33,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_trainer import retry
 from bert_trainer.config import TrainConfig, TrainerConfig
-from bert_trainer.model import build_pretrainer, pretraining_loss
+from bert_trainer.model import STATISTICS, build_pretrainer, pretraining_loss
 from bert_trainer.storage import InputError
 from bert_trainer.train import array_checkpoint
 from bert_trainer.train.cluster import SliceHosts, without_proxy_to_peers
@@ -123,9 +124,10 @@ def _train(
     stop: StopFlag | None,
 ) -> TrainResult:
     devices = jax.devices()
-    if settings.global_batch_size % len(devices):
+    if settings.global_batch_size % (len(devices) * settings.gradient_accumulation_steps):
         raise InputError(
-            f"globalBatchSize {settings.global_batch_size} is not divisible by the "
+            f"globalBatchSize {settings.global_batch_size} is not divisible by "
+            f"{settings.gradient_accumulation_steps} micro-batches on each of the "
             f"{len(devices)} chips of the slice"
         )
     distribution = keras.distribution.DataParallel(devices=devices)
@@ -138,7 +140,9 @@ def _train(
 
     start = _restore(settings, model, optimizer, hosts)
     start = start_step(start, model, settings)
-    state = SlicedTrainer(model, optimizer, start, distribution)
+    state = SlicedTrainer(
+        model, optimizer, start, distribution, settings.gradient_accumulation_steps
+    )
     checkpointer = ArrayCheckpointer(settings, state, writer=hosts.is_chief)
     checkpointer.current = (
         array_checkpoint.checkpoint_path(settings.checkpoint_dir, start) if start else None
@@ -191,11 +195,20 @@ class SlicedTrainer:
     Also the loop's step counter (``numpy()``).
     """
 
-    def __init__(self, model: Any, optimizer: Any, step: int, distribution: Any) -> None:
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any,
+        step: int,
+        distribution: Any,
+        accumulation_steps: int = 1,
+    ) -> None:
         self._model = model
         self._optimizer = optimizer
         self.step = step
+        self._accumulation = accumulation_steps
         mesh = distribution.device_mesh.backend_mesh
+        self._devices = mesh.devices.size
         self._batch_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
         # Every variable whole on every chip; placed on the mesh explicitly, in
         # and out of the step alike, or the second step would compile again.
@@ -221,20 +234,72 @@ class SlicedTrainer:
         features: dict[str, Any],
         labels: dict[str, Any],
     ) -> tuple[list[Any], list[Any], list[Any], Any]:
-        def loss_of(trainable: list[Any], non_trainable: list[Any]) -> tuple[Any, Any]:
+        def loss_of(
+            trainable: list[Any],
+            non_trainable: list[Any],
+            features: dict[str, Any],
+            labels: dict[str, Any],
+            totals: Any,
+        ) -> tuple[Any, Any]:
             outputs, non_trainable = self._model.stateless_call(
                 trainable, non_trainable, features, training=True
             )
-            loss, statistics = pretraining_loss(outputs, labels)
+            loss, statistics = pretraining_loss(outputs, labels, totals)
             return loss, (statistics, non_trainable)
 
-        (_, (statistics, non_trainable)), gradients = jax.value_and_grad(loss_of, has_aux=True)(
-            trainable, non_trainable
-        )
+        grad_of = jax.value_and_grad(loss_of, has_aux=True)
+        if self._accumulation == 1:
+            (_, (statistics, non_trainable)), gradients = grad_of(
+                trainable, non_trainable, features, labels, None
+            )
+        else:
+            gradients, statistics, non_trainable = self._accumulated(
+                grad_of, trainable, non_trainable, features, labels
+            )
         trainable, optimizer_state = self._optimizer.stateless_apply(
             optimizer_state, clip_dense_gradients(gradients), trainable
         )
         return trainable, non_trainable, optimizer_state, statistics
+
+    def _accumulated(
+        self,
+        grad_of: Any,
+        trainable: list[Any],
+        non_trainable: list[Any],
+        features: dict[str, Any],
+        labels: dict[str, Any],
+    ) -> tuple[list[Any], Any, list[Any]]:
+        """The global batch's gradients, summed over micro-batches run one at a time.
+
+        Micro-batch i takes the i-th part of every chip's rows, so each is spread over
+        all chips as the whole batch is; each contributes its share of the global
+        batch's loss (``totals``), so the sum is the whole batch's gradient.
+        """
+        k, chips = self._accumulation, self._devices
+        totals = (
+            jnp.sum(labels["masked_lm_weights"].astype("float32")),
+            jnp.asarray(labels["next_sentence_labels"].shape[0], "float32"),
+        )
+
+        def micro_batches(x: Any) -> Any:
+            rows = x.shape[0]
+            parts = x.reshape(chips, k, rows // (chips * k), *x.shape[1:])
+            return jnp.swapaxes(parts, 0, 1).reshape(k, rows // k, *x.shape[1:])
+
+        split = jax.tree_util.tree_map(micro_batches, (features, labels))
+        zeros = [jnp.zeros_like(v) for v in trainable]
+
+        def one(carry: Any, batch: Any) -> tuple[Any, None]:
+            sums, statistics, non_trainable = carry
+            (_, (micro_statistics, non_trainable)), gradients = grad_of(
+                trainable, non_trainable, batch[0], batch[1], totals
+            )
+            sums = [s + g for s, g in zip(sums, gradients, strict=True)]
+            return (sums, statistics + micro_statistics, non_trainable), None
+
+        start = (zeros, jnp.zeros([len(STATISTICS)], "float32"), non_trainable)
+        (gradients, statistics, non_trainable), _ = jax.lax.scan(one, start, split)
+        return gradients, statistics, non_trainable
 
     def train_function(self, iterator: Any, num_steps: Any) -> tuple[np.ndarray, float]:
         """``num_steps`` steps; returns the summed statistics and seconds waited for input."""

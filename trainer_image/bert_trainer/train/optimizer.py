@@ -158,12 +158,17 @@ def learning_rate_schedule(config: TrainConfig) -> WarmupLinearDecay:
 def clip_gradients(gradients: list[Any]) -> list[Any]:
     """Scale ``gradients`` down to a global norm of at most ``CLIP_NORM`` (TensorFlow step).
 
-    ``tf.clip_by_global_norm`` because TensorFlow's embedding gradients are
-    ``IndexedSlices``, which ``keras.ops`` cannot square.
+    TensorFlow's embedding gradients come as ``IndexedSlices`` with one slice per token
+    occurrence, repeated indices included; the norm of those slices is not the norm of
+    the gradient they sum to (two occurrences of a token count as a² + b², not
+    (a + b)²). They are made dense first, as Google's TPU embeddings' (one-hot matmul)
+    gradients are, so the clip sees the true global norm whether or not the gradient
+    was accumulated over micro-batches (which sums it densely).
     """
     import tensorflow as tf
 
-    clipped, _ = tf.clip_by_global_norm(gradients, CLIP_NORM)
+    dense = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
+    clipped, _ = tf.clip_by_global_norm(dense, CLIP_NORM)
     return list(clipped)
 
 

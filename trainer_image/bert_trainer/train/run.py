@@ -64,9 +64,11 @@ def train(
     log.info("%d TFRecord files match %s", len(files), settings.tfrecords)
 
     strategy = make_strategy(placement)
-    if settings.global_batch_size % strategy.num_replicas_in_sync:
+    micro_batches = settings.gradient_accumulation_steps * strategy.num_replicas_in_sync
+    if settings.global_batch_size % micro_batches:
         raise InputError(
-            f"globalBatchSize {settings.global_batch_size} is not divisible by the "
+            f"globalBatchSize {settings.global_batch_size} is not divisible by "
+            f"{settings.gradient_accumulation_steps} micro-batches on each of the "
             f"{strategy.num_replicas_in_sync} replicas"
         )
     keras.utils.set_random_seed(settings.seed)
@@ -108,6 +110,7 @@ def train(
         step,
         jit_compile=jit_compile and not placement.on_tpu,
         measure_input_wait=not placement.on_tpu,
+        accumulation_steps=settings.gradient_accumulation_steps,
     )
     reporter = reporter_for(config, placement.is_chief, progress_sink)
     writer = summary_writer(settings) if placement.is_chief else None

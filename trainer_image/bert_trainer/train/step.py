@@ -6,7 +6,11 @@ training loop: Python and the host are out of the way between steps. Each
 step runs on every replica through ``strategy.run``; gradients are summed across
 replicas once, clipped, and applied. Each replica's loss is its share of the global
 batch's (``pretraining_loss`` with the global totals, all-reduced first), so the
-summed gradient is the global batch's, as on the JAX path. The call returns the summed
+summed gradient is the global batch's, as on the JAX path. With gradient
+accumulation each replica's batch is split into micro-batches run one after the
+other (a graph loop: one micro-batch's activations in memory at a time), each
+contributing its share of the same global loss, so the summed gradients and the one
+update they make are the full batch's. The call returns the summed
 ``model.STATISTICS`` of its steps and, off TPU, the seconds the loop spent
 waiting for input batches (measured in the graph with ``tf.timestamp``).
 """
@@ -32,6 +36,7 @@ def make_train_function(
     step: tf.Variable,
     jit_compile: bool = False,
     measure_input_wait: bool = True,
+    accumulation_steps: int = 1,
 ) -> TrainFunction:
     """Build the train function for ``model`` (created in ``strategy``'s scope).
 
@@ -41,24 +46,58 @@ def make_train_function(
     """
     replicas = strategy.num_replicas_in_sync
 
-    def replica_step(features: dict[str, Any], labels: dict[str, Any]) -> tf.Tensor:
-        totals = None
+    def global_totals(labels: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor] | None:
+        if replicas == 1 and accumulation_steps == 1:
+            return None  # the batch is the global batch: pretraining_loss's own sums
+        local = tf.stack(
+            [
+                tf.reduce_sum(tf.cast(labels["masked_lm_weights"], tf.float32)),
+                tf.cast(tf.size(labels["next_sentence_labels"]), tf.float32),
+            ]
+        )
         if replicas > 1:
-            local = tf.stack(
-                [
-                    tf.reduce_sum(tf.cast(labels["masked_lm_weights"], tf.float32)),
-                    tf.cast(tf.size(labels["next_sentence_labels"]), tf.float32),
-                ]
-            )
-            summed = tf.distribute.get_replica_context().all_reduce(
+            local = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, local
             )
-            totals = (summed[0], summed[1])
+        return local[0], local[1]
+
+    def micro_step(
+        features: dict[str, Any], labels: dict[str, Any], totals: Any
+    ) -> tuple[list[Any], tf.Tensor]:
         with tf.GradientTape() as tape:
             outputs = model(features, training=True)
             loss, statistics = pretraining_loss(outputs, labels, totals)
+        return tape.gradient(loss, model.trainable_variables), statistics
+
+    def accumulated(
+        features: dict[str, Any], labels: dict[str, Any], totals: Any
+    ) -> tuple[list[Any], tf.Tensor]:
+        def micro(batch: dict[str, Any]) -> dict[str, Any]:
+            return {
+                k: tf.reshape(v, [accumulation_steps, -1, *v.shape[1:]]) for k, v in batch.items()
+            }
+
+        split_features, split_labels = micro(features), micro(labels)
+        sums = [tf.zeros_like(v) for v in model.trainable_variables]
+        statistics = tf.zeros([len(STATISTICS)], tf.float32)
+        for i in tf.range(accumulation_steps):
+            gradients, micro_statistics = micro_step(
+                {k: v[i] for k, v in split_features.items()},
+                {k: v[i] for k, v in split_labels.items()},
+                totals,
+            )
+            # Embedding gradients come as IndexedSlices: summed densely across micro-batches.
+            sums = [s + tf.convert_to_tensor(g) for s, g in zip(sums, gradients, strict=True)]
+            statistics += micro_statistics
+        return sums, statistics
+
+    def replica_step(features: dict[str, Any], labels: dict[str, Any]) -> tf.Tensor:
+        totals = global_totals(labels)
         variables = model.trainable_variables
-        gradients = tape.gradient(loss, variables)
+        if accumulation_steps == 1:
+            gradients, statistics = micro_step(features, labels, totals)
+        else:
+            gradients, statistics = accumulated(features, labels, totals)
         if replicas > 1:
             gradients = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, gradients
