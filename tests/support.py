@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import http.client
 import json
 import re
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -144,6 +148,68 @@ def wait_for(
             f"was {type(last_error).__name__}: {last_error})"
         )
     raise WaitTimeout(message) from last_error
+
+
+@dataclass(frozen=True)
+class WebhookServer:
+    """Where the API server reaches a test's admission webhook (its ``clientConfig``)."""
+
+    url: str
+    ca_bundle: str
+    """The local stack's CA, base64, which signed the server's certificate."""
+
+    def client_config(self) -> dict[str, str]:
+        return {"url": self.url, "caBundle": self.ca_bundle}
+
+
+@contextlib.contextmanager
+def admission_webhook(
+    pki_dir: Path, tmp_path: Path, name: str, review: Callable[[dict[str, Any]], dict[str, Any]]
+) -> Iterator[WebhookServer]:
+    """An HTTPS admission webhook on loopback: ``review`` maps a request to its response.
+
+    ``pki_dir`` is the local stack's PKI (``<run_dir>/pki``), whose CA the API server
+    is given in the configuration's ``caBundle``. Each request is served on its own
+    thread, so a review may block (to hold a request in admission) without stalling
+    the others.
+    """
+    from bpj_devstack import pki
+
+    keys = pki.Pki(pki_dir)
+    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    pki.issue_certificate(keys, cert, key, name, ip_addresses=("127.0.0.1",), server=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = json.dumps(
+                {
+                    **{k: doc[k] for k in ("apiVersion", "kind")},
+                    "response": review(doc["request"]),
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield WebhookServer(
+            f"https://127.0.0.1:{server.server_address[1]}/{name}",
+            base64.b64encode(keys.ca_cert.read_bytes()).decode(),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def kubectl_json(kubectl: Kubectl, *args: str) -> Any:

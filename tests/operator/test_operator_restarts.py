@@ -15,21 +15,19 @@ the suite's in-process operator (watching "t-*") leaves it to this one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
 import re
 import signal
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +38,8 @@ from bert_pretrain_operator.rbac import trainer_rbac
 from bert_pretrain_operator.render import names
 from bert_pretrain_operator.settings import Settings
 from bert_trainer.contract import PREPARE_PASSES
-from bpj_devstack import kwok_config, pki, plane
-from tests.support import Kubectl, kubectl_exists, kubectl_json, wait_for
+from bpj_devstack import kwok_config, plane
+from tests.support import Kubectl, admission_webhook, kubectl_exists, kubectl_json, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 JOB = "quickstart"
@@ -149,35 +147,9 @@ def pod_hold(
     kubectl: Kubectl, devstack: plane.StackState, k_namespace: str, tmp_path: Path
 ) -> Iterator[PodHold]:
     hold = PodHold(k_namespace)
-    keys = pki.Pki(Path(devstack.run_dir) / "pki")
-    cert, key = tmp_path / "hold.crt", tmp_path / "hold.key"
-    pki.issue_certificate(
-        keys, cert, key, "bpj-test-pod-hold", ip_addresses=("127.0.0.1",), server=True
-    )
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            body = json.dumps(
-                {
-                    **{k: review[k] for k in ("apiVersion", "kind")},
-                    "response": hold.review(review["request"]),
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
-    server.socket = tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pki_dir = Path(devstack.run_dir) / "pki"
+    stack = contextlib.ExitStack()
+    server = stack.enter_context(admission_webhook(pki_dir, tmp_path, "pod-hold", hold.review))
     config = f"bpj-test-pod-hold-{k_namespace}"
     webhook = {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -186,10 +158,7 @@ def pod_hold(
         "webhooks": [
             {
                 "name": "pod-hold.devstack.bpj.dev",
-                "clientConfig": {
-                    "url": f"https://127.0.0.1:{server.server_address[1]}/hold",
-                    "caBundle": base64.b64encode(keys.ca_cert.read_bytes()).decode(),
-                },
+                "clientConfig": server.client_config(),
                 "rules": [
                     {
                         "operations": ["CREATE"],
@@ -248,8 +217,7 @@ def pod_hold(
         yield hold
     finally:
         kubectl("delete", "mutatingwebhookconfiguration", config, "--ignore-not-found", check=False)
-        server.shutdown()
-        server.server_close()
+        stack.close()
 
 
 def _start_operator(

@@ -12,14 +12,11 @@ the ConfigMap created once.
 
 from __future__ import annotations
 
-import base64
 import json
-import ssl
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +25,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from bert_pretrain_operator.kube import Kube
-from bpj_devstack import pki, plane
-from tests.support import Kubectl, kubectl_json, wait_for
+from bpj_devstack import plane
+from tests.support import Kubectl, admission_webhook, kubectl_json, wait_for
 
 RBAC = "rbac.authorization.k8s.io"
 HOLD_LABEL = "bpj-test/hold-seat"
@@ -76,77 +73,46 @@ def seat_holder(
     kubectl: Kubectl, devstack: plane.StackState, namespace: str, tmp_path: Path
 ) -> Iterator[SeatHolder]:
     holder = SeatHolder(uuid.uuid4().hex[:8])
-    keys = pki.Pki(Path(devstack.run_dir) / "pki")
-    cert, key = tmp_path / "hold.crt", tmp_path / "hold.key"
-    pki.issue_certificate(
-        keys, cert, key, "bpj-test-seat-hold", ip_addresses=("127.0.0.1",), server=True
-    )
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            body = json.dumps(
+    pki_dir = Path(devstack.run_dir) / "pki"
+    with admission_webhook(pki_dir, tmp_path, "seat-hold", holder.review) as server:
+        config = f"bpj-test-seat-hold-{holder.tag}"
+        webhook = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": config},
+            "webhooks": [
                 {
-                    **{k: review[k] for k in ("apiVersion", "kind")},
-                    "response": holder.review(review["request"]),
+                    "name": "seat-hold.devstack.bpj.dev",
+                    "clientConfig": server.client_config(),
+                    "rules": [
+                        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                         "resources": ["configmaps"]}
+                    ],
+                    "objectSelector": {"matchLabels": {HOLD_LABEL: holder.tag}},
+                    "failurePolicy": "Fail",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": HOLD_SECONDS + 5,
                 }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            ],
+        }  # fmt: skip
+        kubectl("apply", "-f", "-", stdin=json.dumps(webhook))
+        probe = _config_map(namespace, "hold-probe", {HOLD_LABEL: holder.tag})
 
-        def log_message(self, *args: object) -> None:
-            pass
+        def probed() -> bool:
+            # The API server picks the configuration up a moment after it is written.
+            kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(probe), check=False)
+            return holder.probed.is_set()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
-    server.socket = tls.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    config = f"bpj-test-seat-hold-{holder.tag}"
-    webhook = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": config},
-        "webhooks": [
-            {
-                "name": "seat-hold.devstack.bpj.dev",
-                "clientConfig": {
-                    "url": f"https://127.0.0.1:{server.server_address[1]}/hold",
-                    "caBundle": base64.b64encode(keys.ca_cert.read_bytes()).decode(),
-                },
-                "rules": [
-                    {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                     "resources": ["configmaps"]}
-                ],
-                "objectSelector": {"matchLabels": {HOLD_LABEL: holder.tag}},
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": HOLD_SECONDS + 5,
-            }
-        ],
-    }  # fmt: skip
-    kubectl("apply", "-f", "-", stdin=json.dumps(webhook))
-    probe = _config_map(namespace, "hold-probe", {HOLD_LABEL: holder.tag})
-
-    def probed() -> bool:
-        # The API server picks the configuration up a moment after it is written.
-        kubectl("create", "--dry-run=server", "-f", "-", stdin=json.dumps(probe), check=False)
-        return holder.probed.is_set()
-
-    try:
-        wait_for(probed, 30, "the seat-hold webhook to take effect")
-        yield holder
-    finally:
-        holder.released.set()
-        kubectl(
-            "delete", "validatingwebhookconfiguration", config, "--ignore-not-found", check=False
-        )
-        server.shutdown()
-        server.server_close()
+        try:
+            wait_for(probed, 30, "the seat-hold webhook to take effect")
+            yield holder
+        finally:
+            holder.released.set()
+            kubectl(
+                "delete", "validatingwebhookconfiguration", config, "--ignore-not-found",
+                check=False,
+            )  # fmt: skip
 
 
 def _config_map(namespace: str, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
