@@ -123,3 +123,8 @@ def preparation_report_key(prepare_pass: str, index: int) -> str:
     with ``<job>-prep-<key>-``: the pods of index ``index`` of that pass's Job.
     """
     return f"{prepare_pass}-{index}"
+
+
+#: The stem of a run's checkpoints under its output: ``ckpt-<step>.index`` (TensorFlow)
+#: and ``ckpt-<step>.npz`` (the slice's arrays), as ``lastCheckpoint`` names them.
+CHECKPOINT_NAME = "ckpt"

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from bert_trainer.contract import CHECKPOINT_NAME
 from bert_trainer.storage import InputError
-from bert_trainer.train.checkpoint import CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any
 import tensorflow as tf
 
 from bert_trainer import retry
+from bert_trainer.contract import CHECKPOINT_NAME
 from bert_trainer.storage import InputError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "ckpt"
 _NUMBERED = re.compile(rf"{CHECKPOINT_NAME}-(\d+)\.index$")
 
 
