@@ -21,6 +21,7 @@ trail the Jobs instead of delaying them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -129,9 +130,6 @@ class Controller:
             bytes_per_worker=settings.prepare_bytes_per_worker,
             max_workers=settings.prepare_max_workers,
         )
-        # What each job's inputs resolved to, by uid: (generation, result). Every stage
-        # of a run renders from the same result.
-        self._resolved: dict[str | None, tuple[int | None, ResolvedInputs]] = {}
         self._recent: dict[tuple[Any, ...], tuple[float, ResolvedInputs]] = {}
         self._recent_lock = threading.Lock()
 
@@ -185,6 +183,10 @@ class Controller:
             except inputs.InputProblem as problem:
                 decision = fail_inputs(job, str(problem), now)
             else:
+                if decision.status.inputs is None:
+                    # Kept in the status: later stages, and a restarted operator, read it.
+                    status = decision.status.model_copy(update={"inputs": resolved.to_status()})
+                    decision = dataclasses.replace(decision, status=status)
                 self._create(job, decision, resolved)
         for job_name in decision.delete_jobs:
             log.info(
@@ -244,13 +246,15 @@ class Controller:
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         """Drop what is kept about a deleted job."""
         self.cache.drop((namespace, name))
-        self._resolved.pop(uid, None)
 
     def _resolve(self, job: BertPretrainJob) -> ResolvedInputs:
-        uid, generation = job.metadata.uid, job.metadata.generation
-        held = self._resolved.get(uid)
-        if held is not None and held[0] == generation:
-            return held[1]
+        """The job's inputs' facts: its status' (checked before its first stage), else checked.
+
+        The input fields cannot change once the first stage started (CEL transition
+        rules), so what the first check found holds for every later stage.
+        """
+        if job.status is not None and job.status.inputs is not None:
+            return ResolvedInputs.from_status(job.status.inputs)
         data, model = job.spec.data, job.spec.model
         # Per namespace: a check another namespace's job passed says nothing about what
         # this one may read (and must not tell it what that job's inputs held).
@@ -273,7 +277,6 @@ class Controller:
                 ]:
                     del self._recent[key]
                 self._recent[inputs_key] = (now, resolved)
-        self._resolved[uid] = (generation, resolved)
         return resolved
 
     def _create(self, job: BertPretrainJob, decision: Decision, resolved: ResolvedInputs) -> None:

@@ -489,3 +489,50 @@ def test_an_input_check_is_reused_within_a_namespace_only(stub: Stub) -> None:
         controller._resolve(job(namespace, name))
     # team-a's second job reuses team-a's check; team-b's same inputs are checked anew.
     assert checked == [("team-a", "one"), ("team-b", "three")]
+
+
+def test_the_first_stage_keeps_the_checked_inputs_in_the_status(stub: Stub) -> None:
+    """Checked once, before the first stage; later stages and operators read the status."""
+    from bert_pretrain_operator.api import BertPretrainJob
+    from bert_pretrain_operator.controller import Controller
+    from bert_pretrain_operator.render.trainer_config import ResolvedInputs
+    from bert_pretrain_operator.settings import Settings
+
+    manifest = yaml.safe_load((Path(__file__).parents[2] / "examples/quickstart.yaml").read_text())
+    name = manifest["metadata"]["name"]
+    manifest["metadata"].update(namespace="ns", resourceVersion="3", uid="u-7", generation=1)
+    manifest["spec"]["data"] = {"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/vocab.txt"}
+    checked: list[str | None] = []
+
+    def resolver(job: BertPretrainJob) -> ResolvedInputs:
+        checked.append(job.metadata.name)
+        return ResolvedInputs(vocab_size=6)
+
+    stub.answer("POST", "/api/v1/namespaces/ns/configmaps", (201, {}))
+    stub.answer("POST", "/apis/batch/v1/namespaces/ns/jobs", (201, {}))
+    stub.answer("POST", "/api/v1/namespaces/ns/services", (201, {}))
+    stub.answer("POST", "/api/v1/namespaces/ns/events", (201, {}))
+    stub.answer("PATCH", f"{BPJ}/{name}/status", (200, manifest))
+    cache = JobCache()
+    cache.put(manifest)
+    controller = Controller(_kube(stub), Settings(), cache=cache, resolver=resolver)
+    decision = controller.reconcile("ns", name)
+    assert decision is not None and decision.create, json.dumps(stub.seen)[:2000]
+    (patch,) = [s for s in stub.seen if s["method"] == "PATCH"]
+    assert patch["body"]["status"]["inputs"] == {"vocabSize": 6}
+    assert checked == [name]
+    # A job whose status holds them (a later stage; another operator) is not checked again.
+    manifest["status"] = {**patch["body"]["status"]}
+    job = BertPretrainJob.from_manifest(manifest)
+    fresh = Controller(_kube(stub), Settings(), resolver=resolver)
+    assert fresh._resolve(job) == ResolvedInputs(vocab_size=6)
+    assert checked == [name]
+
+
+def test_resolved_inputs_round_trip_through_the_status() -> None:
+    from bert_pretrain_operator.api import Dimensions
+    from bert_pretrain_operator.render.trainer_config import ResolvedInputs
+
+    resolved = ResolvedInputs(vocab_size=119547, dimensions=Dimensions.of(12, 768))
+    assert ResolvedInputs.from_status(resolved.to_status()) == resolved
+    assert ResolvedInputs.from_status(ResolvedInputs().to_status()) == ResolvedInputs()

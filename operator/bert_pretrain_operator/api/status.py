@@ -160,6 +160,28 @@ class PreparationStatus(_StatusModel):
     operator sums them into the fields above."""
 
 
+class ResolvedDimensions(_StatusModel):
+    """The encoder's dimensions, as an init checkpoint's bert_config.json gives them."""
+
+    hidden_size: int = Field(ge=1)
+    """hiddenSize is bert_config.json's hidden_size."""
+    num_layers: int = Field(ge=1)
+    """numLayers is its num_hidden_layers."""
+    num_heads: int = Field(ge=1)
+    """numHeads is its num_attention_heads."""
+    intermediate_size: int = Field(ge=1)
+    """intermediateSize is its intermediate_size."""
+
+
+class InputsStatus(_StatusModel):
+    """What the job's inputs were checked to hold, before its first stage started."""
+
+    vocab_size: int | None = Field(default=None, ge=1)
+    """vocabSize is the given vocab's (or the init checkpoint's) number of tokens."""
+    dimensions: ResolvedDimensions | None = None
+    """dimensions are the init checkpoint's, from its bert_config.json."""
+
+
 class BertPretrainJobStatus(_StatusModel):
     """BertPretrainJobStatus is the observed state of a BertPretrainJob."""
 
@@ -186,6 +208,10 @@ class BertPretrainJobStatus(_StatusModel):
     """progress is the trainer's latest report."""
     preparation: PreparationStatus | None = None
     """preparation is the corpus preparation's progress (with spec.data.corpus)."""
+    inputs: InputsStatus | None = None
+    """inputs is what the check of the job's inputs found, before the first stage: every
+    stage of every attempt, and an operator restarted meanwhile, render from it
+    instead of reading the inputs again."""
     stage_progress: str | None = Field(default=None, max_length=256)
     """stageProgress says in a few words how far the running stage is (kubectl get's
     Progress column): the preparation pass and its bytes or shards, or the

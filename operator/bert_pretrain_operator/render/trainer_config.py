@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass
 
 from bert_pretrain_operator.api import BertPretrainJob, Dimensions
+from bert_pretrain_operator.api.status import InputsStatus, ResolvedDimensions
 from bert_trainer import contract
 from bert_trainer.config import (
     BertModelConfig,
@@ -36,6 +37,36 @@ class ResolvedInputs:
 
     vocab_size: int | None = None
     dimensions: Dimensions | None = None
+
+    def to_status(self) -> InputsStatus:
+        """As the job's ``status.inputs`` keeps them."""
+        dims = self.dimensions
+        return InputsStatus(
+            vocab_size=self.vocab_size,
+            dimensions=None
+            if dims is None
+            else ResolvedDimensions(
+                hidden_size=dims.hidden_size,
+                num_layers=dims.num_layers,
+                num_heads=dims.num_heads,
+                intermediate_size=dims.intermediate_size,
+            ),
+        )
+
+    @classmethod
+    def from_status(cls, inputs: InputsStatus) -> ResolvedInputs:
+        dims = inputs.dimensions
+        return cls(
+            vocab_size=inputs.vocab_size,
+            dimensions=None
+            if dims is None
+            else Dimensions(
+                hidden_size=dims.hidden_size,
+                num_layers=dims.num_layers,
+                num_heads=dims.num_heads,
+                intermediate_size=dims.intermediate_size,
+            ),
+        )
 
 
 @dataclass(frozen=True)
