@@ -307,9 +307,10 @@ class _Http:
 def _retries() -> urllib3.Retry:
     """urllib3's retry policy: connection errors, and 429 for every verb after Retry-After.
 
-    A connect error is retried for any verb (nothing was sent); a read error or a 429 for
-    any verb too (``allowed_methods=None``): a POST that did land answers 409 when sent
-    again, a status patch names its resourceVersion, a DELETE answers 404. A 429 still
+    A connect error is retried for any verb (nothing was sent), as are other transport
+    errors (3 times each, as before); a read error or a 429 for any verb too
+    (``allowed_methods=None``): a POST that did land answers 409 when sent again, a
+    status patch names its resourceVersion, a DELETE answers 404. A 429 still
     there after ``THROTTLED_RETRIES`` is returned as it is (an ApiError, so the job's
     reconcile backs off).
     """
@@ -319,7 +320,7 @@ def _retries() -> urllib3.Retry:
         read=3,
         redirect=0,
         status=THROTTLED_RETRIES,
-        other=0,
+        other=3,
         allowed_methods=None,
         status_forcelist=(429,),
         respect_retry_after_header=True,
