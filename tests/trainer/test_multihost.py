@@ -298,7 +298,10 @@ def test_hosts_training_apart_would_not_match_the_single_process(
     expected = trained_weights(single_process)
     got = trained_weights(tmp_path)
     difference = max(float(np.abs(got[k] - expected[k]).max()) for k in expected)
-    assert difference > 100 * TOLERANCE
+    # 87x the tolerance of the test above, measured with Google's schedule (its rate after
+    # warm-up is lower than the T-W decay's was, so the runs move less; they were above
+    # 100x before). 30x still tells a run that missed half the batch from one that did not.
+    assert difference > 30 * TOLERANCE
 
 
 def start_endless_run(slices: list[Slice], records: Path, run: Path, hosts: int) -> Slice:
