@@ -281,12 +281,49 @@ def two_replica_difference(unequal_masks: bool = False) -> float:
     return max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored, strict=True))
 
 
+def replica_losses(dropout: float) -> list[float]:
+    """Each of two CPU replicas' loss on the same examples, through the train step's seeds.
+
+    Runs in a fresh process (logical devices). With dropout the two may differ only by
+    their masks: equal losses mean both replicas drew the same masks.
+    """
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    from bert_trainer.model import build_pretrainer, pretraining_loss
+    from bert_trainer.train import replica_seeds
+
+    rng = np.random.default_rng(5)
+    half = [make_instance(rng) for _ in range(4)]
+    features, labels = batch_of(half + half)  # each replica gets the same four examples
+    dataset = tf.data.Dataset.from_tensors((features, labels)).repeat()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    replica_seeds.install()  # as make_train_function does for several replicas
+    config = TINY.model_copy(update={"hidden_dropout": dropout, "attention_dropout": dropout})
+    with strategy.scope():
+        model = build_pretrainer(config)
+
+    @tf.function
+    def losses(iterator: Any) -> Any:
+        def replica(x: Any, y: Any) -> Any:
+            return pretraining_loss(model(x, training=True), y)[0]
+
+        return strategy.run(replica, args=next(iterator))
+
+    per_replica = losses(iter(strategy.experimental_distribute_dataset(dataset)))
+    return [float(v) for v in strategy.experimental_local_results(per_replica)]
+
+
 if __name__ == "__main__":
     import sys
 
     command, *arguments = sys.argv[1:]
     if command == "hf-logits":
         hf_pretraining_logits(*arguments)
+    elif command == "replica-losses":
+        print(f"losses {json.dumps(replica_losses(float(arguments[0])))}")
     elif command == "two-replicas":
         print(f"max difference {two_replica_difference(unequal_masks=arguments == ['unequal'])}")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -354,6 +355,26 @@ def test_two_replicas_train_as_one_on_the_global_batch(masks: str) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     difference = float(completed.stdout.split("max difference ")[1])
     assert difference < 1e-5
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_each_replica_draws_its_own_dropout_masks(dropout: float) -> None:
+    """Two replicas, the same examples: their losses differ by the masks alone."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.trainer.helpers", "replica-losses", str(dropout)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    first, second = json.loads(completed.stdout.split("losses ")[1])
+    if dropout:
+        assert first != second  # one mirrored seed state used to give both the same masks
+    else:
+        assert first == pytest.approx(second, abs=1e-6)
 
 
 @pytest.mark.tensorflow

@@ -23,6 +23,7 @@ from typing import Any
 import tensorflow as tf
 
 from bert_trainer.model import STATISTICS, pretraining_loss
+from bert_trainer.train import replica_seeds
 from bert_trainer.train.optimizer import clip_gradients
 
 TrainFunction = Callable[[Any, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -45,6 +46,8 @@ def make_train_function(
     the host clock.
     """
     replicas = strategy.num_replicas_in_sync
+    if replicas > 1:
+        replica_seeds.install()  # each replica its own dropout masks
 
     def global_totals(labels: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor] | None:
         if replicas == 1 and accumulation_steps == 1:
