@@ -166,6 +166,25 @@ def start_trainer_process(
         )
 
 
+def run_in_fresh_process(module: str, *arguments: str, env: dict[str, str] | None = None) -> str:
+    """``python -m module arguments`` from the repository root; its stdout, once it exited 0.
+
+    For what must start a process of its own: logical CPU devices, or another Keras
+    backend, are fixed before TensorFlow or Keras first initialise.
+    """
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
 def batch_of(instances: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Model inputs and labels for ``instances``, as the input pipeline yields them."""
 

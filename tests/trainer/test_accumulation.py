@@ -8,17 +8,13 @@ full batch's loss (normalised by the full batch's totals), not its own mean.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.trainer.helpers import PREDICTIONS, TINY, batch_of, make_instance
+from tests.trainer.helpers import PREDICTIONS, TINY, batch_of, make_instance, run_in_fresh_process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BATCH, MICRO_BATCHES = 8, 4
 
 
@@ -79,18 +75,8 @@ def test_tensorflow_accumulated_micro_batches_update_as_the_full_batch() -> None
 
 
 def _jax(command: str, tmp_path: Path) -> str:
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.trainer.accumulation_jax", command, str(tmp_path)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed.stdout
+    env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    return run_in_fresh_process("tests.trainer.accumulation_jax", command, str(tmp_path), env=env)
 
 
 @pytest.mark.tensorflow

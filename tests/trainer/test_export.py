@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.trainer.helpers import TINY, batch_of, make_instance, write_vocab
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.trainer.helpers import TINY, batch_of, make_instance, run_in_fresh_process, write_vocab
 
 
 def save_checkpoint(directory: Path, seed: int = 3):  # type: ignore[no-untyped-def]
@@ -71,23 +67,13 @@ def test_export_loads_in_transformers_with_matching_logits(tmp_path: Path) -> No
     expected = model(features, training=False)
     np.savez(tmp_path / "inputs.npz", **features)
 
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.trainer.helpers",
-            "hf-logits",
-            str(out),
-            str(tmp_path / "inputs.npz"),
-            str(tmp_path / "outputs.npz"),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    run_in_fresh_process(
+        "tests.trainer.helpers",
+        "hf-logits",
+        str(out),
+        str(tmp_path / "inputs.npz"),
+        str(tmp_path / "outputs.npz"),
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     hf = np.load(tmp_path / "outputs.npz")
 
     assert checkpoint == str(tmp_path / "checkpoints" / "ckpt-7")

@@ -25,6 +25,7 @@ from tests.trainer.helpers import (
     SEQ_LENGTH,
     TINY,
     config_json,
+    run_in_fresh_process,
     train_config,
     write_records,
 )
@@ -344,16 +345,8 @@ def test_a_run_in_order_resumed_reads_on_where_it_stopped(tmp_path: Path) -> Non
 @pytest.mark.parametrize("masks", ["equal", "unequal"])
 def test_two_replicas_train_as_one_on_the_global_batch(masks: str) -> None:
     """Gradients summed once; with unequal mask counts, the loss normalised globally."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.trainer.helpers", "two-replicas", masks],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    difference = float(completed.stdout.split("max difference ")[1])
+    out = run_in_fresh_process("tests.trainer.helpers", "two-replicas", masks)
+    difference = float(out.split("max difference ")[1])
     assert difference < 1e-5
 
 
@@ -361,16 +354,8 @@ def test_two_replicas_train_as_one_on_the_global_batch(masks: str) -> None:
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_each_replica_draws_its_own_dropout_masks(dropout: float) -> None:
     """Two replicas, the same examples: their losses differ by the masks alone."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.trainer.helpers", "replica-losses", str(dropout)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    first, second = json.loads(completed.stdout.split("losses ")[1])
+    out = run_in_fresh_process("tests.trainer.helpers", "replica-losses", str(dropout))
+    first, second = json.loads(out.split("losses ")[1])
     if dropout:
         assert first != second  # one mirrored seed state used to give both the same masks
     else:

@@ -7,6 +7,7 @@ gives (vocab, records, an init checkpoint) are read where they are.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from dataclasses import dataclass
 
@@ -39,18 +40,11 @@ class ResolvedInputs:
     dimensions: Dimensions | None = None
 
     def to_status(self) -> InputsStatus:
-        """As the job's ``status.inputs`` keeps them."""
+        """As the job's ``status.inputs`` keeps them (the same four dimension fields)."""
         dims = self.dimensions
         return InputsStatus(
             vocab_size=self.vocab_size,
-            dimensions=None
-            if dims is None
-            else ResolvedDimensions(
-                hidden_size=dims.hidden_size,
-                num_layers=dims.num_layers,
-                num_heads=dims.num_heads,
-                intermediate_size=dims.intermediate_size,
-            ),
+            dimensions=None if dims is None else ResolvedDimensions(**dataclasses.asdict(dims)),
         )
 
     @classmethod
@@ -58,14 +52,7 @@ class ResolvedInputs:
         dims = inputs.dimensions
         return cls(
             vocab_size=inputs.vocab_size,
-            dimensions=None
-            if dims is None
-            else Dimensions(
-                hidden_size=dims.hidden_size,
-                num_layers=dims.num_layers,
-                num_heads=dims.num_heads,
-                intermediate_size=dims.intermediate_size,
-            ),
+            dimensions=None if dims is None else Dimensions(**dims.model_dump()),
         )
 
 

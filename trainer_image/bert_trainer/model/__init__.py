@@ -11,7 +11,12 @@ from bert_trainer.model.google_names import (
     google_variables,
     google_weights,
 )
-from bert_trainer.model.losses import STATISTICS, PretrainingMetrics, pretraining_loss
+from bert_trainer.model.losses import (
+    STATISTICS,
+    PretrainingMetrics,
+    batch_totals,
+    pretraining_loss,
+)
 from bert_trainer.model.pretrainer import BertPretrainer, build_pretrainer
 
 __all__ = [
@@ -20,6 +25,7 @@ __all__ = [
     "GoogleVariable",
     "PretrainingMetrics",
     "assign_google_weights",
+    "batch_totals",
     "build_pretrainer",
     "google_variables",
     "google_weights",

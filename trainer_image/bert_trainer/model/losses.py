@@ -38,6 +38,16 @@ STATISTICS = (
 _EPSILON = 1e-5  # Google's: keeps a batch without predictions from dividing by 0.
 
 
+def batch_totals(labels: Mapping[str, Any]) -> tuple[Any, Any]:
+    """A batch's masked-LM weight sum and example count, the loss's two denominators.
+
+    A replica's or a micro-batch's, summed over the global batch, are the ``totals``
+    that ``pretraining_loss`` divides its share by.
+    """
+    weights = ops.cast(labels["masked_lm_weights"], "float32")
+    return ops.sum(weights), ops.cast(ops.size(labels["next_sentence_labels"]), "float32")
+
+
 def pretraining_loss(
     outputs: Mapping[str, Any],
     labels: Mapping[str, Any],
@@ -63,8 +73,7 @@ def pretraining_loss(
     nsp_labels = ops.reshape(ops.cast(labels["next_sentence_labels"], "int32"), [-1])
 
     mlm_nll = ops.sparse_categorical_crossentropy(mlm_ids, mlm_logits, from_logits=True)
-    weight_sum = ops.sum(weights)
-    count = ops.cast(ops.size(nsp_labels), "float32")
+    weight_sum, count = batch_totals(labels)
     weight_total, count_total = (weight_sum, count) if totals is None else totals
     mlm_loss = ops.sum(mlm_nll * weights) / (weight_total + _EPSILON)
     nsp_loss = ops.sum(

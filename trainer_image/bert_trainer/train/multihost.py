@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_trainer import retry
 from bert_trainer.config import TrainConfig, TrainerConfig
-from bert_trainer.model import STATISTICS, build_pretrainer, pretraining_loss
+from bert_trainer.model import STATISTICS, batch_totals, build_pretrainer, pretraining_loss
 from bert_trainer.storage import InputError
 from bert_trainer.train import array_checkpoint
 from bert_trainer.train.cluster import SliceHosts, without_proxy_to_peers
@@ -276,10 +276,7 @@ class SlicedTrainer:
         batch's loss (``totals``), so the sum is the whole batch's gradient.
         """
         k, chips = self._accumulation, self._devices
-        totals = (
-            jnp.sum(labels["masked_lm_weights"].astype("float32")),
-            jnp.asarray(labels["next_sentence_labels"].shape[0], "float32"),
-        )
+        totals = batch_totals(labels)
 
         def micro_batches(x: Any) -> Any:
             rows = x.shape[0]

@@ -22,7 +22,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from bert_trainer.model import STATISTICS, pretraining_loss
+from bert_trainer.model import STATISTICS, batch_totals, pretraining_loss
 from bert_trainer.train import replica_seeds
 from bert_trainer.train.optimizer import clip_gradients
 
@@ -52,12 +52,7 @@ def make_train_function(
     def global_totals(labels: dict[str, Any]) -> tuple[tf.Tensor, tf.Tensor] | None:
         if replicas == 1 and accumulation_steps == 1:
             return None  # the batch is the global batch: pretraining_loss's own sums
-        local = tf.stack(
-            [
-                tf.reduce_sum(tf.cast(labels["masked_lm_weights"], tf.float32)),
-                tf.cast(tf.size(labels["next_sentence_labels"]), tf.float32),
-            ]
-        )
+        local = tf.stack(batch_totals(labels))
         if replicas > 1:
             local = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, local
