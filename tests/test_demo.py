@@ -57,13 +57,19 @@ def test_demo_stages_ran_from_the_trainer_image_as_10001_on_read_only_roots(
     trainer = [r for r in ran if r["Image"] == "localhost/bert-trainer:dev"]
     stages = {r["Labels"]["io.kubernetes.pod.name"].rsplit("-", 1)[0] for r in trainer}
     passes = [f"quickstart-prep-{p}-0" for p in PREPARE_PASSES]
-    assert stages == {*passes, "quickstart-train-1-0", "quickstart-export"}, stages
+    assert stages == {
+        "quickstart-check",
+        *passes,
+        "quickstart-train-1-0",
+        "quickstart-export",
+    }, stages
     for record in ran:
         assert record["Spec"]["process"]["user"]["uid"] == 10001, record["Labels"]
         assert record["Spec"]["root"]["readonly"] is True, record["Labels"]
     # The TPU stage ran on the TPU-shaped node, the CPU stages on the CPU node.
     nodes = {r["Labels"]["io.kubernetes.pod.name"].rsplit("-", 1)[0]: r["node"] for r in trainer}
     assert nodes == {
+        "quickstart-check": "local-cpu-0",
         **dict.fromkeys(passes, "local-cpu-0"),
         "quickstart-train-1-0": "local-tpu-v4-2x2x1-0",
         "quickstart-export": "local-cpu-0",
@@ -74,7 +80,10 @@ def test_demo_stages_ran_from_the_trainer_image_as_10001_on_read_only_roots(
     for path in logs:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
         assert any(line.get("job") == "quickstart" for line in lines), path.read_text()[-2000:]
-    assert len(_demo_pods(demo_run)) == len(passes) + 2
+    pods = _demo_pods(demo_run)
+    assert len(pods) == len(passes) + 3
+    # Every pod, the input check's included, ran as the job's service account.
+    assert {p["spec"]["serviceAccountName"] for p in pods} == {"bpj-bert-pretrain-operator-trainer"}
 
 
 @pytest.mark.timeout(DEMO_TEST_TIMEOUT)
@@ -87,7 +96,11 @@ def test_demo_operator_runs_from_its_chart_with_its_in_cluster_token(demo_run: D
     [operator] = [r for r in records if r["Image"] == "localhost/bert-pretrain-operator:dev"]
     pod = operator["Labels"]["io.kubernetes.pod.name"]
     assert operator["Labels"]["io.kubernetes.pod.namespace"] == "bpj-system"
-    assert not any(e.startswith("KUBECONFIG=") for e in operator["Spec"]["process"]["env"])
+    env = operator["Spec"]["process"]["env"]
+    assert not any(e.startswith("KUBECONFIG=") for e in env)
+    # No GCS endpoint, project or credentials: the operator reads no bucket (the
+    # check pod, under the job's identity, read the corpus).
+    assert not [e for e in env if e.startswith(("STORAGE_EMULATOR_HOST=", "GOOGLE_"))], env
     # The API server's audit log: the operator's requests were authenticated as its
     # service account with a token bound to its pod, the one the kubelet mounted.
     events = [

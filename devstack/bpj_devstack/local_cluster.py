@@ -114,11 +114,8 @@ def chart_values(
             "prepare": {"cpu": "500m", "memory": "3Gi"},
             "trainerEnv": trainer_env(state),
             "trainerEnvSecret": TRAINER_SECRET,
-            # The operator checks jobs' GCS inputs before it requests a TPU slice.
-            "extraEnv": [
-                {"name": "STORAGE_EMULATOR_HOST", "value": state.gcs_endpoint},
-                {"name": "GOOGLE_CLOUD_PROJECT", "value": "bpj-devstack"},
-            ],
+            # No GCS endpoint or credentials for the operator: each job's check pod reads
+            # its inputs, under the job's service account.
             **operator,
         },
         "trainer": {"namespaces": namespaces},

@@ -18,13 +18,11 @@ from typing import Any, Final, TextIO
 
 import yaml
 
-from bert_pretrain_operator import inputs
 from bert_pretrain_operator.api.crd import crd_yaml
 from bert_pretrain_operator.api.job import API_GROUP, KIND, BertPretrainJob
 from bert_pretrain_operator.api.validation import validate_document
 from bert_pretrain_operator.render import render_all
 from bert_pretrain_operator.render.trainer_config import ResolvedInputs
-from bert_trainer import storage
 
 EXIT_OK: Final = 0
 EXIT_INVALID: Final = 1
@@ -125,13 +123,25 @@ def _render(args: argparse.Namespace) -> int:
     job = BertPretrainJob.from_manifest(jobs[0].body)
     resolved = ResolvedInputs()
     if job.spec.model.init_checkpoint:
-        # The dimensions live in the checkpoint's bert_config.json, as for the operator.
-        from google.api_core.exceptions import GoogleAPIError
-        from google.auth.exceptions import GoogleAuthError
-
+        # The dimensions live in the checkpoint's bert_config.json: read as the job's
+        # check reads it, but with the user's own credentials.
         try:
-            resolved = inputs.resolve(job)
-        except (inputs.InputProblem, storage.InputError) as error:
+            from google.api_core.exceptions import GoogleAPIError
+            from google.auth.exceptions import GoogleAuthError
+
+            from bert_trainer.check import check_checkpoint
+            from bert_trainer.storage import InputError
+        except ImportError as error:
+            _print(
+                sys.stderr,
+                f"{jobs[0].source}: rendering a job with spec.model.initCheckpoint reads its "
+                f"bert_config.json from GCS, which needs {error.name}: "
+                "pip install 'bert-pretrain-operator[gcs]'",
+            )
+            return EXIT_UNAVAILABLE
+        try:
+            report = check_checkpoint(job.spec.model.init_checkpoint, job.spec.data.vocab)
+        except InputError as error:
             _print(sys.stderr, f"{jobs[0].source}: {error}")
             return EXIT_INVALID
         except (GoogleAuthError, GoogleAPIError, OSError) as error:
@@ -143,6 +153,7 @@ def _render(args: argparse.Namespace) -> int:
                 "Default Credentials, or the emulator named by STORAGE_EMULATOR_HOST)",
             )
             return EXIT_UNAVAILABLE
+        resolved = ResolvedInputs.from_report(report)
     objects: Iterable[Any] = render_all(job, resolved=resolved)
     sys.stdout.write(yaml.safe_dump_all(list(objects), sort_keys=False))
     return EXIT_OK

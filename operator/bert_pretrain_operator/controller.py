@@ -21,24 +21,21 @@ trail the Jobs instead of delaying them.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
 from pydantic import ValidationError
 
-from bert_pretrain_operator import inputs, metrics
+from bert_pretrain_operator import metrics
 from bert_pretrain_operator.api import BertPretrainJob, BertPretrainJobStatus
 from bert_pretrain_operator.children import Children
 from bert_pretrain_operator.jobcache import JobCache
 from bert_pretrain_operator.kube import ApiError, Kube
 from bert_pretrain_operator.reconcile import preparation
-from bert_pretrain_operator.reconcile.decide import FINAL_PHASES, Decision, decide, fail_inputs
+from bert_pretrain_operator.reconcile.decide import FINAL_PHASES, Decision, decide
 from bert_pretrain_operator.reconcile.observe import observe
 from bert_pretrain_operator.render import render_stage, workloads
 from bert_pretrain_operator.render.trainer_config import ResolvedInputs, trainer_config
@@ -47,16 +44,10 @@ from bert_pretrain_operator.settings import Settings
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
-Resolver = Callable[[BertPretrainJob], ResolvedInputs]
 
 #: Status fields other writers own: the trainer (progress, the preparation pods'
 #: reports) and kopf. A merge patch leaves what it does not name as it is.
 _NOT_OURS: dict[str, Any] = {"progress": True, "kopf": True, "preparation": {"reports"}}
-#: Seconds an input check that passed is reused for another job of the same namespace
-#: that names the same inputs (a sweep submitted at once): its objects were just found,
-#: and the trainer still fails with BadInput if one disappears afterwards. Failed checks
-#: are not reused.
-RECENT_INPUTS_SECONDS = 30.0
 #: Reconcile passes on one job before giving up until the error backoff (each pass
 #: after the first follows a 409 Conflict, i.e. the job changed meanwhile).
 _PASSES = 3
@@ -114,7 +105,6 @@ class Controller:
         settings: Settings,
         *,
         clock: Clock = utcnow,
-        resolver: Resolver = inputs.resolve,
         cache: JobCache | None = None,
         events: Executor | None = None,
         children: Children | None = None,
@@ -122,7 +112,6 @@ class Controller:
         self.kube = kube
         self.settings = settings
         self.clock = clock
-        self.resolver = resolver
         self.cache = cache if cache is not None else JobCache()
         self._events = events
         self._children = children
@@ -130,8 +119,6 @@ class Controller:
             bytes_per_worker=settings.prepare_bytes_per_worker,
             max_workers=settings.prepare_max_workers,
         )
-        self._recent: dict[tuple[Any, ...], tuple[float, ResolvedInputs]] = {}
-        self._recent_lock = threading.Lock()
 
     def reconcile(self, namespace: str, name: str) -> Decision | None:
         """Bring one job one step closer to its spec; returns what was decided."""
@@ -178,16 +165,7 @@ class Controller:
         if not fresh and (decision.delete_jobs or decision.delete_self):
             raise _Stale  # deleting is decided on what is stored now, never on a copy
         if decision.create:
-            try:
-                resolved = self._resolve(job)
-            except inputs.InputProblem as problem:
-                decision = fail_inputs(job, str(problem), now)
-            else:
-                if decision.status.inputs is None:
-                    # Kept in the status: later stages, and a restarted operator, read it.
-                    status = decision.status.model_copy(update={"inputs": resolved.to_status()})
-                    decision = dataclasses.replace(decision, status=status)
-                self._create(job, decision, resolved)
+            self._create(job, decision)
         for job_name in decision.delete_jobs:
             log.info(
                 "deleting Job %s/%s", namespace, job_name, extra={"bpj": f"{namespace}/{name}"}
@@ -247,41 +225,13 @@ class Controller:
         """Drop what is kept about a deleted job."""
         self.cache.drop((namespace, name))
 
-    def _resolve(self, job: BertPretrainJob) -> ResolvedInputs:
-        """The job's inputs' facts: its status' (checked before its first stage), else checked.
-
-        The input fields cannot change once the first stage started (CEL transition
-        rules), so what the first check found holds for every later stage.
-        """
-        if job.status is not None and job.status.inputs is not None:
-            return ResolvedInputs.from_status(job.status.inputs)
-        data, model = job.spec.data, job.spec.model
-        # Per namespace: a check another namespace's job passed says nothing about what
-        # this one may read (and must not tell it what that job's inputs held).
-        inputs_key = (
-            job.metadata.namespace,
-            tuple(data.corpus or ()),
-            data.tfrecords,
-            data.vocab,
-            model.init_checkpoint,
-        )
-        now = time.monotonic()
-        recent = self._recent.get(inputs_key)
-        if recent is not None and now - recent[0] < RECENT_INPUTS_SECONDS:
-            resolved = recent[1]
-        else:
-            resolved = self.resolver(job)  # InputProblem propagates, and is not kept
-            with self._recent_lock:
-                for key in [
-                    k for k, (t, _) in self._recent.items() if now - t >= RECENT_INPUTS_SECONDS
-                ]:
-                    del self._recent[key]
-                self._recent[inputs_key] = (now, resolved)
-        return resolved
-
-    def _create(self, job: BertPretrainJob, decision: Decision, resolved: ResolvedInputs) -> None:
+    def _create(self, job: BertPretrainJob, decision: Decision) -> None:
+        # Until the check reported (status.inputs), the ConfigMap holds only its section.
+        inputs = decision.status.inputs
         config = trainer_config(
-            job, resolved, report_interval=self.settings.progress_report_seconds
+            job,
+            None if inputs is None else ResolvedInputs.from_status(inputs),
+            report_interval=self.settings.progress_report_seconds,
         )
         # The ConfigMap is rewritten before each new stage or attempt, so spec edits
         # that admission allows (trainSteps, learningRate, ...) apply from then on. It

@@ -311,18 +311,31 @@ async def job_event(
         rt.queue.add((namespace, name), urgent=new)
 
 
-def _child_changed(resource: str, namespace: str | None, labels: Mapping[str, str]) -> None:
+def _child_changed(
+    resource: str, namespace: str | None, labels: Mapping[str, str], *, finished: bool = False
+) -> None:
     job = labels.get(names.LABEL_JOB)
     # Counted, not filtered: the API server already filters by CHILD_SELECTOR, so an
     # unrelated object here means the selector was lost (docs/operator.md, "Watches").
     metrics.WATCH_EVENTS.labels(resource, "true" if job else "false").inc()
     if _runtime is not None and namespace and job:
-        _runtime.queue.add_after((namespace, job), CHILD_EVENT_DELAY_SECONDS)
+        # A finished Job is what the next stage waits for: nothing to coalesce it with.
+        delay = 0.0 if finished else CHILD_EVENT_DELAY_SECONDS
+        _runtime.queue.add_after((namespace, job), delay)
+
+
+def _finished(status: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
 
 
 @kopf.on.event(*CHILD_JOBS)
-async def child_job_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    _child_changed("jobs", namespace, labels)
+async def child_job_event(
+    namespace: str | None, labels: Mapping[str, str], status: Mapping[str, Any], **_: Any
+) -> None:
+    _child_changed("jobs", namespace, labels, finished=_finished(status))
 
 
 @kopf.on.event(*CHILD_PODS)

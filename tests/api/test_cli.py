@@ -93,7 +93,16 @@ def test_render_prints_the_children_the_operator_creates(
         for o in objects
         if o["kind"] == "Job"
     ]
-    assert stages[0] == "prepare" and "train" in stages
+    assert stages[:2] == ["check", "prepare"] and "train" in stages
+    check = next(o for o in objects if o["kind"] == "Job")
+    pod = check["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][0] == "check"
+    assert (
+        pod["serviceAccountName"]
+        == next(o for o in objects if o["kind"] == "Job" and o is not check)["spec"]["template"][
+            "spec"
+        ]["serviceAccountName"]
+    ), "the check reads as the stages do"
     train = next(
         o
         for o in objects

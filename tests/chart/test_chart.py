@@ -36,6 +36,7 @@ from bert_pretrain_operator.rbac import progress_policy, trainer_rbac
 from bert_pretrain_operator.render import names
 from bert_trainer import contract
 from bpj_devstack import plane, schemas
+from bpj_devstack.kwok_pods import PodAnnotator
 from tests.chart.helpers import (
     CHART,
     HERE,
@@ -422,8 +423,6 @@ def installed(
             f"metrics.port={ports['metrics']}",
             "operator.resyncSeconds=3",
             "operator.trainerImage=localhost/bert-trainer:test",
-            "operator.extraEnv[0].name=STORAGE_EMULATOR_HOST",
-            f"operator.extraEnv[0].value={devstack.gcs_endpoint}",
         ),
     )
     applied = [o for o in objects if o["kind"] != "Deployment"]
@@ -543,8 +542,12 @@ def records_bucket(devstack: plane.StackState, monkeypatch: pytest.MonkeyPatch) 
     name = f"bpj-chart-{uuid.uuid4().hex[:10]}"
     bucket = client.create_bucket(name)
     bucket.blob("records/part-00000-of-00001.tfrecord").upload_from_string(b"x")
-    bucket.blob("vocab.txt").upload_from_string("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+    bucket.blob("vocab.txt").upload_from_string("".join(f"{t}\n" for t in RECORDS_VOCAB))
     return name
+
+
+#: records_bucket's vocab.txt.
+RECORDS_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the")
 
 
 def _operator_kubeconfig(
@@ -626,6 +629,7 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
     devstack: plane.StackState,
     installed: Installed,
     records_bucket: str,
+    kube_api: Any,
     tmp_path: Path,
 ) -> None:
     (deployment,) = of_kind(installed.objects, "Deployment")
@@ -633,7 +637,8 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
     # The name the Deployment's pod would get; kopf's peering identity (POD_ID).
     pod_name = f"{deployment['metadata']['name']}-6d4cf56db6-x7k2q"
     env = _container_env(container, pod_name)
-    assert env["STORAGE_EMULATOR_HOST"] == devstack.gcs_endpoint  # the chart's extraEnv
+    # No GCS endpoint, project or credentials: the job's check pod reads its inputs.
+    assert not [k for k in env if k.startswith(("STORAGE_EMULATOR_HOST", "GOOGLE_"))], env
     # What the pod gets from its in-cluster service account, here as a kubeconfig.
     env["KUBECONFIG"] = str(_operator_kubeconfig(kubectl, devstack, installed, tmp_path / "kc"))
     # `python` on PATH is this virtualenv's, where the operator is installed.
@@ -651,6 +656,7 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    pods = PodAnnotator(kube_api)
     try:
         probe = container["readinessProbe"]["httpGet"]
         health = f"http://127.0.0.1:{_port(container, probe['port'])}{probe['path']}"
@@ -663,6 +669,8 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
         wait_for(ready, 60, "the readiness probe")
 
         doc = _job_manifest(records_bucket, "charted")
+        # A KWOK pod runs nothing: the check pod reports the vocab's size as the real one.
+        pods.report_check(installed.namespace, "charted", {"vocabSize": len(RECORDS_VOCAB)})
         kubectl("apply", "-n", installed.namespace, "-f", "-", stdin=json.dumps(doc))
 
         def phase() -> str:
@@ -683,12 +691,14 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
             kubectl, "get", "jobs", "-n", installed.namespace, "-l", f"{names.LABEL_JOB}=charted"
         )["items"]
         assert sorted(c["metadata"]["name"] for c in children) == [
+            "charted-check",
             "charted-export",
             "charted-train-1",
         ]
-        train = next(c for c in children if c["metadata"]["name"] == "charted-train-1")
-        pod_spec = train["spec"]["template"]["spec"]
-        assert pod_spec["serviceAccountName"] == env["BPJ_TRAINER_SERVICE_ACCOUNT"]
+        for child in children:
+            pod_spec = child["spec"]["template"]["spec"]
+            assert pod_spec["serviceAccountName"] == env["BPJ_TRAINER_SERVICE_ACCOUNT"]
+        assert job["status"]["inputs"] == {"vocabSize": len(RECORDS_VOCAB)}
 
         metrics = f"http://127.0.0.1:{_port(container, 'metrics')}/metrics"
         assert 'bpj_jobs{phase="Succeeded"} 1.0' in _get(metrics)
@@ -698,6 +708,7 @@ def test_operator_from_the_chart_runs_a_job_to_succeeded(
         )
         assert pod_name in (peering.get("status") or {}), peering
     finally:
+        pods.close()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=20)

@@ -8,6 +8,9 @@ coordinator by that name, through CoreDNS, and the two train as one (Keras on JA
 
 The same job's corpus is prepared by three worker pods per pass; one of them is
 killed in the middle of the records pass, and only its index runs again.
+
+Before any of that, a job's inputs are checked by a pod of its own, under its own
+service account, on a real node; the operator, given no GCS endpoint, reads none.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from bert_pretrain_operator.rbac import trainer_rbac
+from bert_pretrain_operator.render import names
 from bpj_devstack import demo, kwok_config, local_cluster, plane
 from tests.support import wait_for
 
@@ -154,6 +159,76 @@ def test_two_host_slice_prepared_by_three_workers_trains_with_hosts_found_by_dns
     for name, text in logs.items():
         assert '"train finished"' in text or "train finished" in text, f"{name}:\n{text[-3000:]}"
     _check_operator_in_cluster(state)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_inputs_are_checked_by_a_pod_under_the_jobs_own_service_account(
+    slice_stack: plane.StackState,
+) -> None:
+    """The check Job reads the inputs, not the operator: it has no GCS endpoint at all."""
+    state = slice_stack
+    operator_env = _operator_env(state)
+    assert not {"STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"} & operator_env, operator_env
+    assert not {e for e in operator_env if e.startswith("GOOGLE_")}, operator_env
+    own = "team-own-identity"
+    objects = trainer_rbac(NAMESPACE, own)
+    demo.kubectl(
+        state, "apply", "-f", "-",
+        stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+    )  # fmt: skip
+    bucket = f"check-{uuid.uuid4().hex[:8]}"
+    _upload_corpus(state, bucket)
+
+    def submit(name: str, corpus: str) -> None:
+        doc = _job(bucket)
+        doc["metadata"]["name"] = name
+        doc["spec"]["data"]["corpus"] = [corpus]
+        doc["spec"]["data"]["preparation"] = {"workers": 1}
+        doc["spec"]["serviceAccountName"] = own
+        doc["spec"]["output"] = f"gs://{bucket}/runs/{name}"
+        demo.kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(doc))
+
+    def status(name: str) -> dict[str, Any]:
+        job = _kubectl_json(state, "get", "bpj", name, "-n", NAMESPACE)
+        return dict(job.get("status") or {})
+
+    missing = f"gs://{bucket}/nothing-here/*.txt"
+    submit("no-corpus", missing)
+    submit("has-corpus", f"gs://{bucket}/corpus/*.txt")
+    wait_for(lambda: status("no-corpus").get("phase") == "Failed", 300, "no-corpus to fail")
+    wait_for(lambda: status("has-corpus").get("phase") == "Preparing", 300, "has-corpus to prepare")
+
+    failed = next(c for c in status("no-corpus")["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "BadInput", failed
+    assert "spec.data.corpus[0]" in failed["message"] and missing in failed["message"], failed
+    jobs = _kubectl_json(
+        state, "get", "jobs", "-n", NAMESPACE, "-l", f"{names.LABEL_JOB}=no-corpus"
+    )["items"]
+    assert [j["metadata"]["name"] for j in jobs] == ["no-corpus-check"], (
+        "no stage after a bad input"
+    )
+    good = status("has-corpus")
+    assert good["inputs"] == {}, "a trained vocab: nothing to resolve beyond the spec"
+    assert next(c for c in good["conditions"] if c["type"] == "InputsChecked")["status"] == "True"
+    for name, phase in (("no-corpus", "Failed"), ("has-corpus", "Succeeded")):
+        (pod,) = _pods_of(state, f"{name}-check")
+        # Ran by a real kubelet, as the job's own identity: its token, not the operator's.
+        assert pod["spec"]["serviceAccountName"] == own, pod["spec"]
+        assert pod["spec"]["nodeName"] in state.kubelet_nodes
+        assert pod["status"]["phase"] == phase, pod["status"]
+    demo.kubectl(state, "delete", "bpj", "has-corpus", "no-corpus", "-n", NAMESPACE, "--wait")
+
+
+def _operator_env(state: plane.StackState) -> set[str]:
+    """The names of the operator container's environment, as its pod spec gives them."""
+    (pod,) = _kubectl_json(
+        state, "get", "pods", "-n", local_cluster.OPERATOR_NAMESPACE,
+        "-l", "app.kubernetes.io/component=operator",
+    )["items"]  # fmt: skip
+    container = pod["spec"]["containers"][0]
+    assert not container.get("envFrom"), container
+    return {e["name"] for e in container.get("env", [])}
 
 
 def _check_operator_in_cluster(state: plane.StackState) -> None:

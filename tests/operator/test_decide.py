@@ -12,11 +12,12 @@ import yaml
 from bert_pretrain_operator.api import (
     BertPretrainJob,
     BertPretrainJobStatus,
+    InputsStatus,
     Phase,
     PreparationReport,
     PreparationStatus,
 )
-from bert_pretrain_operator.reconcile.decide import Decision, decide, fail_inputs
+from bert_pretrain_operator.reconcile.decide import CHECK_REPORT_GRACE_SECONDS, Decision, decide
 from bert_pretrain_operator.reconcile.observe import (
     Failure,
     FailureKind,
@@ -34,8 +35,11 @@ PREEMPTED = Failure(FailureKind.INFRASTRUCTURE, "Preempted", "pod x: node shutdo
 BAD_INPUT = Failure(FailureKind.BAD_INPUT, "BadInput", "corrupt record in part-00001")
 
 
-def make_job(**spec_updates: Any) -> BertPretrainJob:
+def make_job(*, checked: bool = True, **spec_updates: Any) -> BertPretrainJob:
+    """The quickstart job with ``spec_updates``; ``checked``: its input check reported."""
     manifest = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    if checked:
+        manifest["status"] = {"inputs": {}}
     manifest["metadata"].update(namespace="team-a", uid="uid-1", generation=1)
     for path, value in spec_updates.items():
         node = manifest["spec"]
@@ -220,7 +224,7 @@ def test_a_single_prepare_job_from_before_the_upgrade_is_finished_not_run_beside
     # An operator before the passes created one Job, <job>-prepare, without a pass label.
     job = make_job()
     job = apply(job, decide(job, Observed(), T0)).model_copy(
-        update={"status": BertPretrainJobStatus(phase=Phase.PREPARING)}
+        update={"status": BertPretrainJobStatus(phase=Phase.PREPARING, inputs=InputsStatus())}
     )
     single = ObservedJob("quickstart-prepare", JobState.RUNNING)
     d = decide(job, Observed(single_prepare=single), T0)
@@ -390,11 +394,131 @@ def test_kueue_queued_job_reports_waiting_for_admission() -> None:
     assert "team-a-tpu" in message
 
 
-def test_input_problem_fails_with_bad_input() -> None:
-    d = fail_inputs(make_job(), "spec.data.corpus[0]: no object matches gs://x/*.txt", T0)
+CHECKPOINT = {
+    "model": {"initCheckpoint": "gs://bkt/ckpt/bert_model.ckpt"},
+    "data": {"corpus": ["gs://bkt/corpus/*.txt"]},
+}
+CHECK_JOB = "quickstart-check"
+
+
+def checked(result: str | None, completed_at: dt.datetime = T0) -> Observed:
+    return Observed(
+        check=ObservedJob(CHECK_JOB, JobState.SUCCEEDED, result=result, completed_at=completed_at)
+    )
+
+
+def test_the_first_stage_is_the_input_check_and_nothing_else_starts_before_it() -> None:
+    job = make_job(checked=False)
+    d = decide(job, Observed(), T0)
+    assert d.create == (("check", 0),)
+    assert d.status.phase == Phase.PENDING
+    assert d.status.jobs is not None and d.status.jobs.check == CHECK_JOB
+    assert cond(d, "InputsChecked")[:2] == ("False", "Checking")
+    assert [e.reason for e in d.events] == ["Started", "CheckingInputs"]
+    job = apply(job, d)
+    for state in (JobState.PENDING, JobState.RUNNING):
+        d = decide(job, Observed(check=ObservedJob(CHECK_JOB, state)), T0)
+        assert d.create == ()
+        assert d.status.inputs is None
+        # The same condition throughout: no status write as its pod starts.
+        assert d.status == job.status, state
+    stuck = Trouble("Unschedulable", "0/3 nodes are available")
+    d = decide(job, Observed(check=ObservedJob(CHECK_JOB, JobState.PENDING, trouble=stuck)), T0)
+    assert cond(d, "InputsChecked")[:2] == ("False", "Unschedulable")
+    assert stuck.message in cond(d, "InputsChecked")[2]
+
+
+def test_a_checkpoints_report_is_kept_and_the_first_stage_starts_at_once() -> None:
+    job = apply(
+        make_job(checked=False, **CHECKPOINT),
+        decide(make_job(checked=False, **CHECKPOINT), Observed(), T0),
+    )
+    report = (
+        '{"vocabSize": 99, "dimensions": {"hiddenSize": 64, "numLayers": 2, "numHeads": 2, '
+        '"intermediateSize": 256}}'
+    )
+    d = decide(job, checked(report), T0)
+    assert d.status.inputs is not None and d.status.inputs.vocab_size == 99
+    assert d.status.inputs.dimensions is not None and d.status.inputs.dimensions.hidden_size == 64
+    assert cond(d, "InputsChecked")[0] == "True"
+    assert d.create == (("prepare", 0),)
+    assert d.status.phase == Phase.PREPARING
+    # Kept: the next reconcile no longer looks at the check.
+    later = decide(apply(job, d), Observed(), T0)
+    assert later.status.inputs == d.status.inputs
+
+
+@pytest.mark.parametrize(
+    ("model", "result", "words"),
+    [
+        ({}, "check: done", "is not a check report"),
+        ({}, '{"vocabSize": 0}', "is not a check report"),
+        (CHECKPOINT, "{}", "lacks spec.model.initCheckpoint's dimensions"),
+    ],
+)
+def test_a_missing_or_unusable_report_fails_the_job_instead_of_guessing(
+    model: dict[str, Any], result: str | None, words: str
+) -> None:
+    job = make_job(checked=False, **model)
+    d = decide(apply(job, decide(job, Observed(), T0)), checked(result), T0)
     assert d.status.phase == Phase.FAILED
-    assert cond(d, "Failed")[:2] == ("True", "BadInput")
+    status, reason, message = cond(d, "Failed")
+    assert (status, reason) == ("True", "InputCheckFailed")
+    assert words in message and CHECK_JOB in message
+    assert d.create == ()
+
+
+def test_a_report_that_lags_its_job_is_awaited_then_given_up_on() -> None:
+    job = make_job(checked=False)
+    job = apply(job, decide(job, Observed(), T0))
+    # Seen Complete before its pod's last status reached the pod watch: wait, not fail.
+    early = decide(job, checked(None), T0 + dt.timedelta(seconds=10))
+    assert early.status.phase == Phase.PENDING
+    assert cond(early, "InputsChecked")[:2] == ("False", "ReadingReport")
+    assert early.requeue_after == pytest.approx(CHECK_REPORT_GRACE_SECONDS - 10)
+    assert early.create == ()
+    job = apply(job, early)
+    late = T0 + dt.timedelta(seconds=CHECK_REPORT_GRACE_SECONDS)
+    d = decide(job, checked(None), late)
+    assert d.status.phase == Phase.FAILED
+    status, reason, message = cond(d, "Failed")
+    assert (status, reason) == ("True", "InputCheckFailed")
+    assert "report (the termination message) is gone" in message and CHECK_JOB in message
+
+
+def test_a_bad_input_found_by_the_check_fails_with_its_words_and_creates_nothing() -> None:
+    job = make_job(checked=False)
+    job = apply(job, decide(job, Observed(), T0))
+    found = Failure(
+        FailureKind.BAD_INPUT, "BadInput", "check: spec.data.corpus[0]: no object matches gs://x/*"
+    )
+    d = decide(job, Observed(check=ObservedJob(CHECK_JOB, JobState.FAILED, failure=found)), T0)
+    assert d.status.phase == Phase.FAILED
+    assert cond(d, "Failed") == ("True", "BadInput", found.message)
     assert [e.type for e in d.events] == ["Warning"]
+    assert d.create == ()
+    lost = Observed(check=ObservedJob(CHECK_JOB, JobState.FAILED, failure=PREEMPTED))
+    d = decide(job, lost, T0)
+    assert cond(d, "Failed")[1] == "InputCheckFailed"
+    assert PREEMPTED.message in cond(d, "Failed")[2]
+
+
+def test_suspending_during_the_check_stops_it_and_resuming_checks_again() -> None:
+    job = make_job(checked=False)
+    job = apply(job, decide(job, Observed(), T0))
+    running = Observed(check=ObservedJob(CHECK_JOB, JobState.RUNNING))
+    suspended = job.model_copy(
+        update={
+            "spec": job.spec.model_copy(
+                update={"run_policy": job.spec.run_policy.model_copy(update={"suspend": True})}
+            )
+        }
+    )
+    d = decide(suspended, running, T0)
+    assert d.delete_jobs == (CHECK_JOB,)
+    resumed = apply(job, d)
+    d = decide(resumed, Observed(), T0)
+    assert d.create == (("check", 0),)
 
 
 def test_condition_transition_time_moves_only_on_status_change() -> None:

@@ -432,6 +432,7 @@ def test_a_running_job_lists_its_children_when_the_watch_lags(stub: Stub) -> Non
         "startTime": "2026-12-01T00:00:00Z",
         "attempt": 1,
         "jobs": {"train": f"{name}-train-1"},
+        "inputs": {"vocabSize": 6},
     }
     from bert_pretrain_operator.render import names
 
@@ -449,15 +450,8 @@ def test_a_running_job_lists_its_children_when_the_watch_lags(stub: Stub) -> Non
     cache.put(manifest)
 
     # The watch has not delivered the training Job the status names.
-    def no_inputs(job: Any) -> Any:
-        raise AssertionError("nothing is to be created, so no input is to be resolved")
-
     controller = Controller(
-        _kube(stub),
-        Settings(),
-        cache=cache,
-        children=Children(lambda key: ([], [])),
-        resolver=no_inputs,
+        _kube(stub), Settings(), cache=cache, children=Children(lambda key: ([], []))
     )
     decision = controller.reconcile("ns", name)
     paths = [s["path"].split("?")[0] for s in stub.seen if s["method"] == "GET"]
@@ -467,72 +461,87 @@ def test_a_running_job_lists_its_children_when_the_watch_lags(stub: Stub) -> Non
     assert not [s for s in stub.seen if s["method"] == "POST"]
 
 
-def test_an_input_check_is_reused_within_a_namespace_only(stub: Stub) -> None:
+def test_the_check_job_comes_first_and_its_report_is_kept_in_the_status(stub: Stub) -> None:
+    """The check reads the inputs as the job; the operator keeps what its pod reported."""
     from bert_pretrain_operator.api import BertPretrainJob
     from bert_pretrain_operator.controller import Controller
-    from bert_pretrain_operator.render.trainer_config import ResolvedInputs
-    from bert_pretrain_operator.settings import Settings
-
-    checked: list[tuple[str | None, str | None]] = []
-
-    def resolver(job: BertPretrainJob) -> ResolvedInputs:
-        checked.append((job.metadata.namespace, job.metadata.name))
-        return ResolvedInputs(vocab_size=6)
-
-    def job(namespace: str, name: str) -> BertPretrainJob:
-        doc = yaml.safe_load((Path(__file__).parents[2] / "examples/quickstart.yaml").read_text())
-        doc["metadata"].update(namespace=namespace, name=name, uid=f"{namespace}-{name}")
-        return BertPretrainJob.from_manifest(doc)
-
-    controller = Controller(_kube(stub), Settings(), resolver=resolver)
-    for namespace, name in [("team-a", "one"), ("team-a", "two"), ("team-b", "three")]:
-        controller._resolve(job(namespace, name))
-    # team-a's second job reuses team-a's check; team-b's same inputs are checked anew.
-    assert checked == [("team-a", "one"), ("team-b", "three")]
-
-
-def test_the_first_stage_keeps_the_checked_inputs_in_the_status(stub: Stub) -> None:
-    """Checked once, before the first stage; later stages and operators read the status."""
-    from bert_pretrain_operator.api import BertPretrainJob
-    from bert_pretrain_operator.controller import Controller
-    from bert_pretrain_operator.render.trainer_config import ResolvedInputs
+    from bert_pretrain_operator.render import names
     from bert_pretrain_operator.settings import Settings
 
     manifest = yaml.safe_load((Path(__file__).parents[2] / "examples/quickstart.yaml").read_text())
     name = manifest["metadata"]["name"]
     manifest["metadata"].update(namespace="ns", resourceVersion="3", uid="u-7", generation=1)
     manifest["spec"]["data"] = {"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/vocab.txt"}
-    checked: list[str | None] = []
-
-    def resolver(job: BertPretrainJob) -> ResolvedInputs:
-        checked.append(job.metadata.name)
-        return ResolvedInputs(vocab_size=6)
-
     stub.answer("POST", "/api/v1/namespaces/ns/configmaps", (201, {}))
+    stub.answer("PATCH", f"/api/v1/namespaces/ns/configmaps/{name}-trainer-config", (200, {}))
     stub.answer("POST", "/apis/batch/v1/namespaces/ns/jobs", (201, {}))
-    stub.answer("POST", "/api/v1/namespaces/ns/services", (201, {}))
     stub.answer("POST", "/api/v1/namespaces/ns/events", (201, {}))
     stub.answer("PATCH", f"{BPJ}/{name}/status", (200, manifest))
     cache = JobCache()
     cache.put(manifest)
-    controller = Controller(_kube(stub), Settings(), cache=cache, resolver=resolver)
+    settings = Settings()
+    controller = Controller(_kube(stub), settings, cache=cache)
     decision = controller.reconcile("ns", name)
-    assert decision is not None and decision.create, json.dumps(stub.seen)[:2000]
+    assert decision is not None and decision.create == (("check", 0),)
+    (config_map,) = [s["body"] for s in stub.seen if s["path"].endswith("/configmaps")]
+    config = json.loads(config_map["data"]["config.json"])
+    assert set(config) == {"job", "check"}, "no model is rendered before the inputs are known"
+    assert config["check"] == {"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/vocab.txt"}
+    (check,) = [s["body"] for s in stub.seen if s["path"].endswith("/jobs")]
+    pod = check["spec"]["template"]["spec"]
+    assert check["metadata"]["name"] == f"{name}-check"
+    assert pod["serviceAccountName"] == settings.trainer_service_account
+    assert pod["containers"][0]["args"][:1] == ["check"]
     (patch,) = [s for s in stub.seen if s["method"] == "PATCH"]
+    assert "inputs" not in patch["body"]["status"]
+
+    # The check pod succeeded and reported; the next reconcile keeps what it found.
+    manifest["status"] = patch["body"]["status"]
+    manifest["metadata"]["resourceVersion"] = "4"
+    labels = {names.LABEL_JOB: name, names.LABEL_STAGE: names.STAGE_CHECK}
+    done = {
+        "metadata": {"name": f"{name}-check", "uid": "c", "labels": labels},
+        "spec": {"parallelism": 1},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    pod_status = {
+        "phase": "Succeeded",
+        "containerStatuses": [
+            {"state": {"terminated": {"exitCode": 0, "message": '{"vocabSize": 6}'}}}
+        ],
+    }
+    pod_doc = {
+        "metadata": {"name": f"{name}-check-x", "labels": {"job-name": f"{name}-check"}},
+        "status": pod_status,
+    }
+    stub.answer("GET", "/apis/batch/v1/namespaces/ns/jobs", (200, {"items": [done]}))
+    stub.answer("GET", "/api/v1/namespaces/ns/pods", (200, {"items": [pod_doc]}))
+    stub.answer("GET", "/api/v1/namespaces/ns/events", (200, {"items": []}))
+    stub.seen.clear()
+    cache.put(manifest)
+    decision = controller.reconcile("ns", name)
+    assert decision is not None and decision.create == (("train", 1),)
+    (patch,) = [s for s in stub.seen if s["method"] == "PATCH" and "/status" in s["path"]]
     assert patch["body"]["status"]["inputs"] == {"vocabSize": 6}
-    assert checked == [name]
-    # A job whose status holds them (a later stage; another operator) is not checked again.
-    manifest["status"] = {**patch["body"]["status"]}
-    job = BertPretrainJob.from_manifest(manifest)
-    fresh = Controller(_kube(stub), Settings(), resolver=resolver)
-    assert fresh._resolve(job) == ResolvedInputs(vocab_size=6)
-    assert checked == [name]
+    (rewritten,) = [
+        s["body"] for s in stub.seen if s["method"] == "PATCH" and "configmaps" in s["path"]
+    ]
+    config = json.loads(rewritten["data"]["config.json"])
+    assert config["train"]["model"]["vocabSize"] == 6
+    assert BertPretrainJob.from_manifest({**manifest, "status": patch["body"]["status"]})
 
 
-def test_resolved_inputs_round_trip_through_the_status() -> None:
+def test_a_check_report_gives_the_resolved_inputs() -> None:
     from bert_pretrain_operator.api import Dimensions
     from bert_pretrain_operator.render.trainer_config import ResolvedInputs
+    from bert_trainer.config import CheckedDimensions, CheckReport
 
+    report = CheckReport(
+        vocab_size=119547,
+        dimensions=CheckedDimensions(
+            hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072
+        ),
+    )
     resolved = ResolvedInputs(vocab_size=119547, dimensions=Dimensions.of(12, 768))
-    assert ResolvedInputs.from_status(resolved.to_status()) == resolved
-    assert ResolvedInputs.from_status(ResolvedInputs().to_status()) == ResolvedInputs()
+    assert ResolvedInputs.from_report(report) == resolved
+    assert ResolvedInputs.from_report(CheckReport()) == ResolvedInputs()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from bert_pretrain_operator.reconcile.observe import (
@@ -95,6 +96,26 @@ def test_stages_and_attempts_are_grouped_by_label() -> None:
     assert observed.train[1].failure.reason == "Preempted"
     assert observed.train[2].state is JobState.RUNNING
     assert observed.export is None
+
+
+def test_a_succeeded_check_carries_its_pods_termination_message() -> None:
+    report = '{"vocabSize": 6}'
+    observed = observe(
+        [job("bpj-check", "check", None, "Complete")],
+        [
+            # A retried pod that failed first, then the one that succeeded and reported.
+            pod("bpj-check", "Failed", exit_code=20, message="check: storage unavailable"),
+            pod("bpj-check", "Succeeded", exit_code=0, reason="Completed", message=report),
+        ],
+    )
+    assert observed.check is not None and observed.check.state is JobState.SUCCEEDED
+    assert observed.check.result == report
+    assert observed.check.completed_at is None  # no completionTime given
+    done = job("bpj-check", "check", None, "Complete")
+    done["status"]["completionTime"] = "2026-12-03T13:11:41Z"
+    unreported = observe([done], [])
+    assert unreported.check is not None and unreported.check.result is None
+    assert unreported.check.completed_at == dt.datetime(2026, 12, 3, 13, 11, 41, tzinfo=dt.UTC)
 
 
 def test_bad_input_exit_code_wins_over_disruption_of_another_pod() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +14,12 @@ import yaml
 
 from bert_pretrain_operator.render import names
 from bpj_devstack import kwok_config, plane
+from bpj_devstack.kwok_pods import PodAnnotator
 from tests.support import Kubectl, kubectl_exists, kubectl_json, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the")
+VOCAB_SIZE = len(VOCAB)
 
 pytestmark = pytest.mark.usefixtures("operator")
 
@@ -34,7 +36,7 @@ def bucket(devstack: plane.StackState, monkeypatch: pytest.MonkeyPatch) -> str:
     b = client.create_bucket(name)
     b.blob("corpus/a.txt").upload_from_string("One sentence.\nTwo sentences.\n\nNew doc.\n")
     b.blob("records/part-00000-of-00001.tfrecord").upload_from_string(b"x")
-    b.blob("vocab.txt").upload_from_string("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+    b.blob("vocab.txt").upload_from_string("".join(f"{t}\n" for t in VOCAB))
     return name
 
 
@@ -109,47 +111,51 @@ def wait_phase(
 
 
 @pytest.fixture
-def annotate_pods(kube_api: Any) -> Iterator[Callable[[str, str, dict[str, str]], None]]:
+def pod_annotator(kube_api: Any) -> Iterator[PodAnnotator]:
+    with PodAnnotator(kube_api) as annotator:
+        yield annotator
+
+
+@pytest.fixture
+def annotate_pods(pod_annotator: PodAnnotator) -> Callable[[str, str, dict[str, str]], None]:
     """Annotate pods matching a selector the moment they are created (chaos for KWOK)."""
-    from kubernetes import client, watch
+    return pod_annotator.annotate
 
-    core = client.CoreV1Api(kube_api)
-    watchers: list[tuple[watch.Watch, threading.Thread]] = []
 
-    def start(namespace: str, selector: str, annotations: dict[str, str]) -> None:
-        w = watch.Watch()
+Submit = Callable[[dict[str, Any]], None]
 
-        def run() -> None:
-            for event in w.stream(
-                core.list_namespaced_pod, namespace, label_selector=selector, timeout_seconds=120
-            ):
-                if event["type"] == "ADDED":
-                    core.patch_namespaced_pod(
-                        event["object"].metadata.name,
-                        namespace,
-                        {"metadata": {"annotations": annotations}},
-                    )
 
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        watchers.append((w, thread))
+@pytest.fixture
+def submit(kubectl: Kubectl, namespace: str, pod_annotator: PodAnnotator) -> Submit:
+    """Apply a BertPretrainJob into ``namespace``, its KWOK check pod reporting as the real one.
 
-    yield start
-    for w, _ in watchers:
-        w.stop()
+    The check reports what the spec alone cannot give: with a given vocab, its size
+    (that of ``bucket``'s vocab.txt); without one, nothing (``{}``, KWOK's default).
+    """
+
+    def run(doc: dict[str, Any]) -> None:
+        if doc["spec"]["data"].get("vocab"):
+            pod_annotator.report_check(
+                namespace, doc["metadata"]["name"], {"vocabSize": VOCAB_SIZE}
+            )
+        apply(kubectl, namespace, doc)
+
+    return run
 
 
 def test_corpus_job_runs_every_stage_to_succeeded(
-    kubectl: Kubectl, namespace: str, bucket: str
+    kubectl: Kubectl, namespace: str, bucket: str, submit: Submit
 ) -> None:
-    apply(kubectl, namespace, manifest(bucket, "pipeline"))
+    submit(manifest(bucket, "pipeline"))
     st = wait_phase(kubectl, namespace, "pipeline", "Succeeded")
     assert st["jobs"] == {
+        "check": "pipeline-check",
         "prepare": "pipeline-prep-shards",
         "train": "pipeline-train-1",
         "export": "pipeline-export",
     }
-    for kind in ("Prepared", "Trained", "Exported", "Succeeded"):
+    assert st["inputs"] == {}, "a KWOK check pod reports nothing beyond the spec"
+    for kind in ("InputsChecked", "Prepared", "Trained", "Exported", "Succeeded"):
         assert condition(st, kind)["status"] == "True", kind
     assert st["observedGeneration"] == 1
     assert st["startTime"] <= st["completionTime"]
@@ -158,6 +164,7 @@ def test_corpus_job_runs_every_stage_to_succeeded(
     )["items"]
     assert sorted(j["metadata"]["name"] for j in jobs) == sorted(
         [
+            "pipeline-check",
             "pipeline-export",
             *(f"pipeline-prep-{p}" for p in ("plan", "count", "vocab", "records", "shards")),
             "pipeline-train-1",
@@ -165,7 +172,17 @@ def test_corpus_job_runs_every_stage_to_succeeded(
     )
     count = next(j for j in jobs if j["metadata"]["name"] == "pipeline-prep-count")
     assert (count["spec"]["completions"], count["status"]["succeeded"]) == (2, 2)
-    expected = {"Started", "Preparing", "Prepared", "Training", "Trained", "Exporting", "Succeeded"}
+    expected = {
+        "Started",
+        "CheckingInputs",
+        "InputsChecked",
+        "Preparing",
+        "Prepared",
+        "Training",
+        "Trained",
+        "Exporting",
+        "Succeeded",
+    }
     reasons: set[str] = set()
 
     def recorded() -> bool:
@@ -199,11 +216,11 @@ def _api_requests(verb: str, resource: str) -> float:
 
 
 def test_the_api_request_counter_rises_as_the_operator_reconciles(
-    kubectl: Kubectl, namespace: str, bucket: str
+    kubectl: Kubectl, namespace: str, bucket: str, submit: Submit
 ) -> None:
     calls = [("create", "jobs"), ("create", "configmaps"), ("patch", "bertpretrainjobs/status")]
     before = {call: _api_requests(*call) for call in calls}
-    apply(kubectl, namespace, manifest(bucket, "counted", records=True))
+    submit(manifest(bucket, "counted", records=True))
     wait_job(kubectl, namespace, "counted-train-1")
     wait_for(
         lambda: status(kubectl, namespace, "counted").get("phase") is not None,
@@ -215,10 +232,10 @@ def test_the_api_request_counter_rises_as_the_operator_reconciles(
 
 
 def test_slice_without_node_pool_reports_unschedulable(
-    kubectl: Kubectl, namespace: str, bucket: str
+    kubectl: Kubectl, namespace: str, bucket: str, submit: Submit
 ) -> None:
     doc = stuck_manifest(bucket, "nowhere")
-    apply(kubectl, namespace, doc)
+    submit(doc)
 
     def unschedulable() -> bool:
         return (
@@ -236,6 +253,7 @@ def test_preemption_restarts_training_once_then_succeeds(
     kubectl: Kubectl,
     namespace: str,
     bucket: str,
+    submit: Submit,
     annotate_pods: Callable[[str, str, dict[str, str]], None],
 ) -> None:
     annotate_pods(
@@ -243,7 +261,7 @@ def test_preemption_restarts_training_once_then_succeeds(
         f"{names.LABEL_JOB}=preempt,{names.LABEL_ATTEMPT}=1",
         {kwok_config.PREEMPT: "true"},
     )
-    apply(kubectl, namespace, manifest(bucket, "preempt", records=True))
+    submit(manifest(bucket, "preempt", records=True))
     st = wait_phase(kubectl, namespace, "preempt", "Succeeded")
     assert st["restarts"] == 1
     assert st["attempt"] == 2
@@ -258,11 +276,16 @@ def test_exhausted_restarts_fail_the_job(
     kubectl: Kubectl,
     namespace: str,
     bucket: str,
+    submit: Submit,
     annotate_pods: Callable[[str, str, dict[str, str]], None],
 ) -> None:
-    annotate_pods(namespace, f"{names.LABEL_JOB}=flaky", {kwok_config.PREEMPT: "true"})
+    annotate_pods(
+        namespace,
+        f"{names.LABEL_JOB}=flaky,{names.LABEL_STAGE}={names.STAGE_TRAIN}",
+        {kwok_config.PREEMPT: "true"},
+    )
     doc = manifest(bucket, "flaky", records=True, runPolicy={"maxRestarts": 1})
-    apply(kubectl, namespace, doc)
+    submit(doc)
     st = wait_phase(kubectl, namespace, "flaky", "Failed")
     assert condition(st, "Failed")["reason"] == "MaxRestartsExceeded"
     assert st["restarts"] == 1
@@ -282,17 +305,18 @@ def test_application_failure_is_not_retried(
     kubectl: Kubectl,
     namespace: str,
     bucket: str,
+    submit: Submit,
     annotate_pods: Callable[[str, str, dict[str, str]], None],
 ) -> None:
     annotate_pods(
         namespace,
-        f"{names.LABEL_JOB}=badinput",
+        f"{names.LABEL_JOB}=badinput,{names.LABEL_STAGE}={names.STAGE_TRAIN}",
         {
             kwok_config.FAIL_EXIT_CODE: "10",
             kwok_config.FAIL_MESSAGE: "part-00000: not a TFRecord file",
         },
     )
-    apply(kubectl, namespace, manifest(bucket, "badinput", records=True))
+    submit(manifest(bucket, "badinput", records=True))
     st = wait_phase(kubectl, namespace, "badinput", "Failed")
     failed = condition(st, "Failed")
     assert failed["reason"] == "BadInput"
@@ -300,26 +324,42 @@ def test_application_failure_is_not_retried(
     assert st.get("restarts") in (None, 0)
 
 
-def test_missing_corpus_fails_before_any_job_is_created(
-    kubectl: Kubectl, namespace: str, bucket: str
+def test_a_bad_input_found_by_the_check_fails_the_job_before_any_stage(
+    kubectl: Kubectl,
+    namespace: str,
+    bucket: str,
+    submit: Submit,
+    annotate_pods: Callable[[str, str, dict[str, str]], None],
 ) -> None:
+    # A KWOK node runs no program: its check pod exits as the real one does on a missing
+    # corpus (tests/nodes runs the real check, under the job's service account).
+    found = f"check: spec.data.corpus[0]: no object matches gs://{bucket}/nothing-here/*.txt"
+    annotate_pods(
+        namespace,
+        f"{names.LABEL_JOB}=nocorpus,{names.LABEL_STAGE}={names.STAGE_CHECK}",
+        {kwok_config.FAIL_EXIT_CODE: "10", kwok_config.FAIL_MESSAGE: found},
+    )
     doc = manifest(bucket, "nocorpus")
     doc["spec"]["data"]["corpus"] = [f"gs://{bucket}/nothing-here/*.txt"]
-    apply(kubectl, namespace, doc)
+    submit(doc)
     st = wait_phase(kubectl, namespace, "nocorpus", "Failed")
     failed = condition(st, "Failed")
-    assert failed["reason"] == "BadInput"
-    assert "spec.data.corpus[0]" in failed["message"]
+    assert (failed["reason"], failed["message"]) == ("BadInput", found)
+    assert "inputs" not in st
     jobs = kubectl_json(kubectl, "get", "jobs", "-n", namespace)["items"]
-    assert jobs == []
+    assert [j["metadata"]["name"] for j in jobs] == ["nocorpus-check"]
+    (pod,) = kubectl_json(kubectl, "get", "pods", "-n", namespace, "-l", "job-name=nocorpus-check")[
+        "items"
+    ]
+    assert pod["status"]["phase"] == "Failed", "failed once: bad input is not retried"
 
 
 def test_suspend_stops_the_attempt_and_resume_starts_a_new_one(
-    kubectl: Kubectl, namespace: str, bucket: str
+    kubectl: Kubectl, namespace: str, bucket: str, submit: Submit
 ) -> None:
     # A slice no node pool offers keeps the attempt Pending for as long as we need.
     doc = stuck_manifest(bucket, "pausable")
-    apply(kubectl, namespace, doc)
+    submit(doc)
     wait_job(kubectl, namespace, "pausable-train-1")
     kubectl(
         "patch",
@@ -355,9 +395,9 @@ def test_suspend_stops_the_attempt_and_resume_starts_a_new_one(
 
 
 def test_kueue_queue_label_and_waiting_status(
-    kubectl: Kubectl, namespace: str, bucket: str
+    kubectl: Kubectl, namespace: str, bucket: str, submit: Submit
 ) -> None:
-    apply(kubectl, namespace, manifest(bucket, "queued", records=True, queueName="team-a"))
+    submit(manifest(bucket, "queued", records=True, queueName="team-a"))
     wait_for(
         lambda: (
             condition(status(kubectl, namespace, "queued"), "Admitted").get("reason")
@@ -385,10 +425,10 @@ def test_kueue_queue_label_and_waiting_status(
 
 
 def test_deleting_the_job_garbage_collects_its_children(
-    kubectl: Kubectl, namespace: str, bucket: str
+    kubectl: Kubectl, namespace: str, bucket: str, submit: Submit
 ) -> None:
     doc = stuck_manifest(bucket, "doomed")
-    apply(kubectl, namespace, doc)
+    submit(doc)
     wait_job(kubectl, namespace, "doomed-train-1")
     kubectl("delete", "bpj", "doomed", "-n", namespace)
 
@@ -450,7 +490,7 @@ def test_unrelated_pods_never_reach_the_operator(kubectl: Kubectl, namespace: st
 
 
 def test_reconciles_read_a_running_jobs_children_from_the_watches(
-    kubectl: Kubectl, namespace: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+    kubectl: Kubectl, namespace: str, bucket: str, submit: Submit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once the watches hold the Jobs its status names, a job's reconciles make no LIST."""
     from bert_pretrain_operator import handlers
@@ -474,7 +514,7 @@ def test_reconciles_read_a_running_jobs_children_from_the_watches(
 
     monkeypatch.setattr(controller.kube, "children", spy_list)
     monkeypatch.setattr(controller._children, "get", spy_watch)
-    apply(kubectl, namespace, stuck_manifest(bucket, "watched"))
+    submit(stuck_manifest(bucket, "watched"))
     # The pods' Unschedulable condition reached the status: it was read from the watch.
     wait_for(
         lambda: (

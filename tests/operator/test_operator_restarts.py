@@ -1,12 +1,13 @@
 """The operator as a process, as the chart runs it: killed often, it converges, no duplicates.
 
-The kills overlap the work. Each stage (Preparing, Training, Exporting) is held open:
-its pod keeps Running (``PodHold``) while operators are started and SIGKILLed, one
-at a time, at points defined by what each one did: as soon as the stage's Job is
-seen, right after its first reconcile, after it reconciled for a random while, and
-while it is still starting. Only then is the stage's pod let finish. With no operator
-running nothing advances the job, so the phase read after a kill is the phase that
-operator died in, and the test asserts that every stage saw its kills.
+The kills overlap the work. Each stage (the input check, Preparing, Training,
+Exporting) is held open: its pod keeps Running (``PodHold``) while operators are
+started and SIGKILLed, one at a time, at points defined by what each one did: as
+soon as the stage's Job is seen, right after its first reconcile, after it
+reconciled for a random while, and while it is still starting. Only then is the
+stage's pod let finish. With no operator running nothing advances the job, so the
+phase read after a kill is the phase that operator died in, and the test asserts
+that every stage saw its kills.
 
 It also serves /metrics and /healthz. The namespace starts with "k-" so that
 the suite's in-process operator (watching "t-*") leaves it to this one.
@@ -44,9 +45,11 @@ from tests.support import Kubectl, admission_webhook, kubectl_exists, kubectl_js
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 JOB = "quickstart"
 #: (phase, stage label, child Job, killed at every point): the stages' Jobs in order.
-#: Of the preparation's passes, records takes the whole series of kills; the others
-#: one each, when their Job is seen (pods never report: the spec sets its workers).
+#: The input check (its KWOK pod reports "{}": nothing beyond the spec, which names no
+#: vocab) and the preparation's passes but records are killed once, when their Job is
+#: seen; records takes the whole series (pods never report: the spec sets its workers).
 STAGES = (
+    ("Pending", names.STAGE_CHECK, names.check_job(JOB), False),
     *(
         ("Preparing", names.STAGE_PREPARE, names.prepare_job(JOB, p), p == "records")
         for p in PREPARE_PASSES

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bpj_devstack import pki, plane
-from tests.operator.test_operator_cluster import apply, stuck_manifest, wait_phase
+from tests.operator.test_operator_cluster import Submit, stuck_manifest, wait_phase
 from tests.support import Kubectl, WaitTimeout, kubectl_exists, kubectl_json, wait_for
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -83,9 +83,10 @@ def test_operator_watches_survive_an_apiserver_restart(
     kubectl: Kubectl,
     namespace: str,
     bucket: str,
+    submit: Submit,
     record_property: Callable[[str, object], None],
 ) -> None:
-    apply(kubectl, namespace, stuck_manifest(bucket, "through-restart"))
+    submit(stuck_manifest(bucket, "through-restart"))
     wait_for(
         lambda: kubectl_exists(kubectl, "job", "through-restart-train-1", namespace),
         60,

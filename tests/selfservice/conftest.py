@@ -288,6 +288,10 @@ def quota_operator(
             proc.wait(timeout=10)
 
 
+#: records_bucket's vocab.txt.
+RECORDS_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the")
+
+
 @pytest.fixture(scope="module")
 def records_bucket(devstack: plane.StackState) -> str:
     """A bucket with prepared records and a vocab: the jobs skip the prepare stage."""
@@ -301,7 +305,7 @@ def records_bucket(devstack: plane.StackState) -> str:
         name = f"bpj-quota-{uuid.uuid4().hex[:10]}"
         bucket = client.create_bucket(name)
         bucket.blob("records/part-00000-of-00001.tfrecord").upload_from_string(b"x")
-        bucket.blob("vocab.txt").upload_from_string("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")
+        bucket.blob("vocab.txt").upload_from_string("".join(f"{t}\n" for t in RECORDS_VOCAB))
     finally:
         if saved is None:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)

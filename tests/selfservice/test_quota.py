@@ -17,13 +17,15 @@ The operator runs as a process watching only this module's namespace (conftest.p
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from bert_pretrain_operator.render import names
-from tests.selfservice.conftest import bpj_status, condition
+from bpj_devstack.kwok_pods import PodAnnotator
+from tests.selfservice.conftest import RECORDS_VOCAB, bpj_status, condition
 from tests.support import Kubectl, kubectl_json, wait_for
 
 pytestmark = pytest.mark.usefixtures("quota_operator")
@@ -87,8 +89,18 @@ class QuotaScenario:
 
 
 @pytest.fixture(scope="module")
-def scenario(kubectl: Kubectl, quota_namespace: str, records_bucket: str) -> QuotaScenario:
+def scenario(
+    kubectl: Kubectl, kube_api: Any, quota_namespace: str, records_bucket: str
+) -> Iterator[QuotaScenario]:
     ns = quota_namespace
+    with PodAnnotator(kube_api) as pods:
+        # Each job's KWOK check pod reports the given vocab's size, as the real one would.
+        for job in ("first", "second", "queued"):
+            pods.report_check(ns, job, {"vocabSize": len(RECORDS_VOCAB)})
+        yield _scenario(kubectl, ns, records_bucket)
+
+
+def _scenario(kubectl: Kubectl, ns: str, records_bucket: str) -> QuotaScenario:
     _apply(kubectl, ns, QUOTA)
     # The quota admission plugin refuses every pod of a quota the controller has not
     # counted yet ("status unknown for quota"); wait for its first count.

@@ -1,14 +1,16 @@
-"""``python -m bert_trainer {prepare,train,export} [--config PATH]``: the trainer pod's entry point.
+"""``python -m bert_trainer COMMAND [--config PATH]``: the trainer pod's entry point.
 
-Loads the ``TrainerConfig`` JSON (``--config``, else ``$BERT_TRAINER_CONFIG``,
-else ``contract.CONFIG_PATH``), runs the command's stage, and turns failures
-into the exit codes of ``contract``: bad input (a missing corpus, an invalid
-config, a TPU slice whose pod sees no TPU: ``train/device.py``) exits with
-``EXIT_BAD_INPUT`` so the operator fails the job at once;
-anything else exits with ``EXIT_INFRASTRUCTURE`` so it retries. Either way one
-line saying why goes to the termination message file and to the log. A stage
-may also end with its own exit code by raising ``SystemExit`` (train's
-``Preempted`` exits with ``EXIT_PREEMPTED``); its message is written the same way.
+COMMAND is check, prepare, train or export. Loads the ``TrainerConfig`` JSON
+(``--config``, else ``$BERT_TRAINER_CONFIG``, else ``contract.CONFIG_PATH``),
+runs the command's stage, and turns failures into the exit codes of
+``contract``: bad input (a missing corpus, an invalid config, a TPU slice whose
+pod sees no TPU: ``train/device.py``) exits with ``EXIT_BAD_INPUT`` so the
+operator fails the job at once; anything else exits with
+``EXIT_INFRASTRUCTURE`` so it retries. Either way one line saying why goes to
+the termination message file and to the log. A stage may also end with its own
+exit code by raising ``SystemExit`` (train's ``Preempted`` exits with
+``EXIT_PREEMPTED``); its message is written the same way. ``check`` succeeds
+with its findings (``CheckReport`` JSON) as the termination message.
 
 Logs are JSON lines on stderr, each naming the job when the config has one.
 """
@@ -35,7 +37,7 @@ from bert_trainer.train.device import Device, DeviceProbe, train_device
 
 log = logging.getLogger("bert_trainer")
 
-COMMANDS = ("prepare", "train", "export")
+COMMANDS = ("check", "prepare", "train", "export")
 _T = TypeVar("_T")
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
@@ -161,6 +163,13 @@ def _load_config(path: str) -> TrainerConfig:
 def _command(
     name: str, device: Device = "cpu", prepare_pass: str | None = None, workers: int | None = None
 ) -> Callable[[TrainerConfig], None]:
+    def check(config: TrainerConfig) -> None:
+        from bert_trainer.check import check_inputs
+
+        report = check_inputs(_section(config.check, "check"))
+        log.info("the inputs are readable", extra={"found": report.model_dump(exclude_none=True)})
+        _write_termination_message(report.model_dump_json(by_alias=True, exclude_none=True))
+
     def prepare(config: TrainerConfig) -> None:
         section = _section(config.prepare, "prepare")
         if prepare_pass is None:
@@ -202,6 +211,7 @@ def _command(
         run_export(config)
 
     commands: dict[str, Callable[[TrainerConfig], None]] = {
+        "check": check,
         "prepare": prepare,
         "train": train,
         "export": export,
@@ -244,13 +254,17 @@ def _stage_exit_behind(error: BaseException) -> tuple[int, str] | None:
 
 def _fail(code: int, message: str) -> int:
     log.error(message, extra={"exit_code": code})
+    _write_termination_message(message + "\n")
+    return code
+
+
+def _write_termination_message(text: str) -> None:
     path = os.environ.get(contract.ENV_TERMINATION_MESSAGE_PATH, contract.TERMINATION_MESSAGE_PATH)
     try:
         with open(path, "w") as f:
-            f.write(message + "\n")
+            f.write(text)
     except OSError:
         pass  # Outside Kubernetes the default path may not be writable.
-    return code
 
 
 def _one_line(error: BaseException) -> str:

@@ -134,10 +134,50 @@ class JobRef(_Model):
     min_report_interval_seconds: float = Field(default=10.0, ge=0)
 
 
+class CheckConfig(_Model):
+    """The job's GCS inputs, as its spec names them, for the pre-flight check (``check``).
+
+    The check runs under the job's own service account, so it reads only what the
+    job's stages could read; its findings go back in the pod's termination message.
+    """
+
+    corpus: list[str] | None = None
+    tfrecords: str | None = None
+    vocab: str | None = None
+    init_checkpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _has_data(self) -> CheckConfig:
+        if not self.corpus and not self.tfrecords:
+            raise ValueError("the check needs corpus or tfrecords")
+        return self
+
+
+class CheckedDimensions(_Model):
+    """An init checkpoint's dimensions, from its bert_config.json."""
+
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+
+
+class CheckReport(_Model):
+    """What the check found: the facts the spec alone cannot give (None: from the spec).
+
+    The check pod writes it as JSON to its termination message (at most 4 KiB, which
+    this always fits); the operator keeps it in the job's ``status.inputs``.
+    """
+
+    vocab_size: int | None = Field(default=None, gt=0)
+    dimensions: CheckedDimensions | None = None
+
+
 class TrainerConfig(_Model):
     """Everything one trainer pod needs; the command picks its section."""
 
     job: JobRef | None = None
+    check: CheckConfig | None = None
     prepare: PrepareConfig | None = None
     train: TrainConfig | None = None
     export: ExportConfig | None = None

@@ -75,6 +75,8 @@ class Condition(_StatusModel):
 class StageJobs(_StatusModel):
     """The batch/v1 Jobs the operator created for each stage (names in this namespace)."""
 
+    check: str | None = Field(default=None, max_length=JOB_NAME_MAX_LENGTH)
+    """check is the pre-flight check of the job's GCS inputs (CPU, the job's identity)."""
     prepare: str | None = Field(default=None, max_length=JOB_NAME_MAX_LENGTH)
     """prepare is the vocabulary and TFRecord preparation Job (CPU)."""
     train: str | None = Field(default=None, max_length=JOB_NAME_MAX_LENGTH)

@@ -5,8 +5,12 @@ event woke the operator, so repeating it is harmless and a restarted operator
 picks up where the last one stopped. Stages run in order, each skipped when its
 output is given:
 
-    Pending -> [Preparing] -> Training (attempt 1, 2, ...) -> [Exporting] -> Succeeded
-                                  \\-> Failed                       Suspended <-> any
+    Pending (inputs checked) -> [Preparing] -> Training (attempt 1, 2, ...) -> [Exporting]
+        -> Succeeded;  any -> Failed;  Suspended <-> any
+
+Before any stage, a check Job reads the job's inputs under the job's own service
+account (``bert_trainer.check``); what it found is kept in ``status.inputs``, and a
+missing or inconsistent input fails the job (BadInput) before a TPU is requested.
 
 A failed training attempt is classified (``observe.Failure``): infrastructure
 failures (preemption, node loss) start a new attempt that resumes from the last
@@ -21,11 +25,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from pydantic import ValidationError
+
 from bert_pretrain_operator.api import (
     BertPretrainJob,
     BertPretrainJobStatus,
     Condition,
     ConditionStatus,
+    InputsStatus,
     Phase,
     PreparationStatus,
     StageJobs,
@@ -33,6 +40,7 @@ from bert_pretrain_operator.api import (
 from bert_pretrain_operator.reconcile import preparation
 from bert_pretrain_operator.reconcile.observe import (
     Failure,
+    FailureKind,
     JobState,
     Observed,
     ObservedJob,
@@ -40,8 +48,11 @@ from bert_pretrain_operator.reconcile.observe import (
 from bert_pretrain_operator.render import names
 from bert_pretrain_operator.render.trainer_config import needs_prepare
 from bert_trainer import contract
+from bert_trainer.config import CheckReport
 
 # Condition types (positive polarity, as Kubernetes conventions ask).
+INPUTS_CHECKED: Final = "InputsChecked"
+CHECKING: Final = "Checking"
 PREPARED: Final = "Prepared"
 TRAINED: Final = "Trained"
 EXPORTED: Final = "Exported"
@@ -51,8 +62,11 @@ SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 
 FINAL_PHASES: Final = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+#: Seconds a succeeded check Job's pod report may lag behind the Job (two watches); a
+#: report still missing after that is gone (its pod deleted), and fails the job.
+CHECK_REPORT_GRACE_SECONDS: Final = 60.0
 
-Stage = Literal["prepare", "train", "export"]
+Stage = Literal["check", "prepare", "train", "export"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ class Decision:
     status: BertPretrainJobStatus
     create: tuple[tuple[Stage, int], ...] = ()
     """Stages to create: (stage, n); n is the training attempt, the index of the
-    preparation pass in ``contract.PREPARE_PASSES``, or 0 for export. The objects are
+    preparation pass in ``contract.PREPARE_PASSES``, or 0 for check and export. The objects are
     rendered from the job with this decision's status (it holds the worker count)."""
     delete_jobs: tuple[str, ...] = ()
     delete_self: bool = False
@@ -128,6 +142,11 @@ class _Builder:
         self.set(completion_time=self.now)
         self.event("Warning", reason, message)
 
+    def requeue(self, seconds: float) -> None:
+        """Look again within ``seconds`` (the soonest of every rule's)."""
+        if self.requeue_after is None or seconds < self.requeue_after:
+            self.requeue_after = seconds
+
     def build(self) -> Decision:
         return Decision(
             status=self.status,
@@ -144,7 +163,7 @@ def _seconds(delta: dt.timedelta) -> float:
 
 
 def _active_jobs(observed: Observed) -> list[str]:
-    jobs = [*observed.prepare.values(), observed.export, *observed.train.values()]
+    jobs = [observed.check, *observed.prepare.values(), observed.export, *observed.train.values()]
     return [
         j.name
         for j in jobs
@@ -196,8 +215,10 @@ def decide(
             )
             _finished(b)
             return b.build()
-        b.requeue_after = policy.active_deadline_seconds - elapsed
+        b.requeue(policy.active_deadline_seconds - elapsed)
 
+    if not _check(b, observed.check):
+        return b.build()
     if needs_prepare(job) and not _prepare(b, observed, scale):
         return b.build()
     if not _train(b, observed):
@@ -226,7 +247,7 @@ def _finished(b: _Builder) -> None:
     if left <= 0:
         b.delete_self = True
     else:
-        b.requeue_after = left
+        b.requeue(left)
 
 
 def _suspend(b: _Builder, observed: Observed) -> None:
@@ -258,6 +279,82 @@ def _failed_stage(b: _Builder, failure: Failure | None, stage: str, job: str) ->
         b.fail(f"{stage.capitalize()}Failed", f"the {stage} Job {job} failed: {failure.message}")
     else:
         b.fail(failure.reason, failure.message)
+
+
+def _check(b: _Builder, child: ObservedJob | None) -> bool:
+    """Check the inputs under the job's identity, once; True once ``status.inputs`` holds
+    what the check found."""
+    if b.status.inputs is not None:
+        return True
+    name = names.check_job(_name(b))
+    if child is None:
+        b.create.append(("check", 0))
+        b.jobs(check=name)
+        b.set(stage_progress="checking the inputs")
+        b.condition(INPUTS_CHECKED, False, CHECKING, _checking(name))
+        b.event("Normal", "CheckingInputs", f"created the input check Job {name}")
+        return False
+    if child.state is JobState.FAILED:
+        failure = child.failure
+        if failure is not None and failure.kind is FailureKind.BAD_INPUT:
+            b.fail("BadInput", failure.message)
+        else:
+            why = f": {failure.message}" if failure is not None else ""
+            b.fail("InputCheckFailed", f"the input check Job {name} failed{why}")
+        return False
+    if child.state is not JobState.SUCCEEDED:
+        if child.trouble is not None:
+            _stage_in_progress(b, child, INPUTS_CHECKED, f"the input check Job {name} is")
+        else:
+            # Pending or running alike: the check takes seconds, and each change of the
+            # condition would be one more status write per job.
+            b.condition(INPUTS_CHECKED, False, CHECKING, _checking(name))
+        return False
+    waited = _seconds(b.now - (child.completed_at or b.now))
+    if child.result is None and waited < CHECK_REPORT_GRACE_SECONDS:
+        # The pod's final status comes on the pod watch, the Job's on the Job watch: the
+        # Job may be seen Complete first. Its pod's next event, or this timer, comes back.
+        b.condition(
+            INPUTS_CHECKED,
+            False,
+            "ReadingReport",
+            f"the input check Job {name} succeeded; waiting for its pod's report",
+        )
+        b.requeue(CHECK_REPORT_GRACE_SECONDS - waited)
+        return False
+    found = _check_report(b.job, child.result)
+    if isinstance(found, str):
+        b.fail("InputCheckFailed", f"the input check Job {name} succeeded, but {found}")
+        return False
+    b.set(inputs=found)
+    b.condition(
+        INPUTS_CHECKED,
+        True,
+        INPUTS_CHECKED,
+        f"the input check Job {name} read every input with the job's service account",
+    )
+    b.event("Normal", INPUTS_CHECKED, f"the input check Job {name} succeeded")
+    return True
+
+
+def _checking(name: str) -> str:
+    return f"the input check Job {name} is reading the inputs with the job's service account"
+
+
+def _check_report(job: BertPretrainJob, result: str | None) -> InputsStatus | str:
+    """The check pod's report as ``status.inputs``, or what is wrong with it."""
+    if result is None:
+        return "its pod's report (the termination message) is gone"
+    try:
+        report = CheckReport.model_validate_json(result)
+    except ValidationError:
+        return "its pod's report (the termination message) is not a check report"
+    model, data = job.spec.model, job.spec.data
+    if model.init_checkpoint and (report.dimensions is None or report.vocab_size is None):
+        return "its report lacks spec.model.initCheckpoint's dimensions and vocabulary size"
+    if data.vocab and report.vocab_size is None:
+        return "its report lacks spec.data.vocab's size"
+    return InputsStatus.model_validate(report.model_dump())
 
 
 @dataclass(frozen=True)
@@ -548,13 +645,3 @@ def _name(b: _Builder) -> str:
     name = b.job.metadata.name
     assert name
     return name
-
-
-def fail_inputs(job: BertPretrainJob, message: str, now: dt.datetime) -> Decision:
-    """The decision when the job's GCS inputs are missing or inconsistent (BadInput)."""
-    b = _Builder(job, now, job.status or BertPretrainJobStatus())
-    b.set(observed_generation=job.metadata.generation)
-    if b.status.start_time is None:
-        b.set(start_time=now)
-    b.fail("BadInput", message)
-    return b.build()

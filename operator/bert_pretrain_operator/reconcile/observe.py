@@ -8,6 +8,7 @@ the whole BertPretrainJob (bad input, out of memory).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -73,12 +74,17 @@ class ObservedJob:
     state: JobState
     failure: Failure | None = None
     trouble: Trouble | None = None
+    result: str | None = None
+    """A succeeded Job's report: its succeeded pod's termination message (the check's)."""
+    completed_at: dt.datetime | None = None
+    """A succeeded Job's ``status.completionTime``."""
 
 
 @dataclass(frozen=True)
 class Observed:
     """Everything the operator read about a job's children in one reconcile."""
 
+    check: ObservedJob | None = None
     prepare: Mapping[str, ObservedJob] = field(default_factory=dict)
     """The preparation's Jobs by pass (``contract.PREPARE_PASSES``)."""
     train: Mapping[int, ObservedJob] = field(default_factory=dict)
@@ -239,12 +245,35 @@ def creation_trouble(events: Iterable[Obj]) -> Trouble | None:
     return Trouble(reason, message)
 
 
+def _time(value: object) -> dt.datetime | None:
+    """An API timestamp (RFC 3339, ``Z``), or None when there is none or it is not one."""
+    try:
+        return dt.datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _succeeded_message(pods: Iterable[Obj]) -> str | None:
+    for pod in pods:
+        if pod.get("status", {}).get("phase") != "Succeeded":
+            continue
+        for term in _terminated(pod):
+            if term.get("exitCode") == 0 and term.get("message"):
+                return str(term["message"])
+    return None
+
+
 def observe_job(job: Obj, pods: Iterable[Obj], events: Iterable[Obj] = ()) -> ObservedJob:
     """One child Job; ``events`` are the Job's own Events (pod-creation failures)."""
     pods = list(pods)
     name = job.get("metadata", {}).get("name", "")
     if _condition_true(job, "Complete"):
-        return ObservedJob(name, JobState.SUCCEEDED)
+        return ObservedJob(
+            name,
+            JobState.SUCCEEDED,
+            result=_succeeded_message(pods),
+            completed_at=_time(job.get("status", {}).get("completionTime")),
+        )
     if _condition_true(job, "Failed") or _condition_true(job, "FailureTarget"):
         return ObservedJob(name, JobState.FAILED, failure=classify_job_failure(job, pods))
     if job.get("spec", {}).get("suspend"):
@@ -274,7 +303,7 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
         job_name = pod.get("metadata", {}).get("labels", {}).get("job-name")
         if job_name:
             pods_by_job.setdefault(job_name, []).append(pod)
-    export = single_prepare = None
+    check = export = single_prepare = None
     prepare: dict[str, ObservedJob] = {}
     train: dict[int, ObservedJob] = {}
     for job in jobs:
@@ -291,6 +320,8 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
                 prepare[labels[names.LABEL_PASS]] = observed
             elif names.LABEL_PASS not in labels:
                 single_prepare = observed
+        elif stage == names.STAGE_CHECK:
+            check = observed
         elif stage == names.STAGE_EXPORT:
             export = observed
         elif stage == names.STAGE_TRAIN:
@@ -298,4 +329,6 @@ def observe(jobs: Iterable[Obj], pods: Iterable[Obj], events: Iterable[Obj] = ()
                 train[int(labels.get(names.LABEL_ATTEMPT, ""))] = observed
             except ValueError:
                 continue
-    return Observed(prepare=prepare, train=train, export=export, single_prepare=single_prepare)
+    return Observed(
+        check=check, prepare=prepare, train=train, export=export, single_prepare=single_prepare
+    )

@@ -34,6 +34,8 @@ def render_stage(
     ``attempt`` is the training attempt, or for prepare the pass' index in
     ``contract.PREPARE_PASSES``.
     """
+    if stage == "check":
+        return [workloads.check_job(job, settings)]
     if stage == "prepare":
         return [workloads.prepare_job(job, settings, contract.PREPARE_PASSES[attempt])]
     if stage == "export":
@@ -62,7 +64,7 @@ def render_all(
     config = trainer_config(
         job, resolved or ResolvedInputs(), report_interval=settings.progress_report_seconds
     )
-    objects = [workloads.config_map(job, config)]
+    objects = [workloads.config_map(job, config), *render_stage(job, settings, "check", 0)]
     if needs_prepare(job):
         for prepare_pass in preparation_passes(job):
             objects += render_stage(

@@ -16,7 +16,7 @@ LABEL_PREFIX: Final = contract.API_GROUP + "/"
 LABEL_JOB: Final = LABEL_PREFIX + "job"
 """Value: the owning BertPretrainJob's name. Children are listed by it."""
 LABEL_STAGE: Final = LABEL_PREFIX + "stage"
-"""Value: prepare, train or export."""
+"""Value: check, prepare, train or export."""
 LABEL_ATTEMPT: Final = LABEL_PREFIX + "attempt"
 """Value: the training attempt (1, 2, ...) of a train Job and its pods."""
 LABEL_PASS: Final = LABEL_PREFIX + "pass"
@@ -25,6 +25,7 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "bert-pretrain-operator"
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 
+STAGE_CHECK: Final = "check"
 STAGE_PREPARE: Final = "prepare"
 STAGE_TRAIN: Final = "train"
 STAGE_EXPORT: Final = "export"
@@ -32,6 +33,11 @@ STAGE_EXPORT: Final = "export"
 
 def config_map(job: str) -> str:
     return f"{job}-trainer-config"
+
+
+def check_job(job: str) -> str:
+    """The pre-flight check of the job's inputs, run before any stage."""
+    return f"{job}-check"
 
 
 def prepare_job(job: str, prepare_pass: str) -> str:

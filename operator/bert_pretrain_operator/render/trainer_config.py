@@ -7,15 +7,16 @@ gives (vocab, records, an init checkpoint) are read where they are.
 
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 from dataclasses import dataclass
 
 from bert_pretrain_operator.api import BertPretrainJob, Dimensions
-from bert_pretrain_operator.api.status import InputsStatus, ResolvedDimensions
+from bert_pretrain_operator.api.status import InputsStatus
 from bert_trainer import contract
 from bert_trainer.config import (
     BertModelConfig,
+    CheckConfig,
+    CheckReport,
     ExportConfig,
     JobRef,
     PrepareConfig,
@@ -39,13 +40,10 @@ class ResolvedInputs:
     vocab_size: int | None = None
     dimensions: Dimensions | None = None
 
-    def to_status(self) -> InputsStatus:
-        """As the job's ``status.inputs`` keeps them (the same four dimension fields)."""
-        dims = self.dimensions
-        return InputsStatus(
-            vocab_size=self.vocab_size,
-            dimensions=None if dims is None else ResolvedDimensions(**dataclasses.asdict(dims)),
-        )
+    @classmethod
+    def from_report(cls, report: CheckReport) -> ResolvedInputs:
+        """What ``bpj render`` read from an init checkpoint itself."""
+        return cls.from_status(InputsStatus.model_validate(report.model_dump()))
 
     @classmethod
     def from_status(cls, inputs: InputsStatus) -> ResolvedInputs:
@@ -127,10 +125,25 @@ def model_config(job: BertPretrainJob, resolved: ResolvedInputs) -> BertModelCon
     )
 
 
+def check_config(job: BertPretrainJob) -> CheckConfig:
+    """The inputs the pre-flight check reads, as the spec names them."""
+    data = job.spec.data
+    return CheckConfig(
+        corpus=list(data.corpus) if data.corpus else None,
+        tfrecords=data.tfrecords,
+        vocab=data.vocab,
+        init_checkpoint=job.spec.model.init_checkpoint,
+    )
+
+
 def trainer_config(
-    job: BertPretrainJob, resolved: ResolvedInputs, *, report_interval: float
+    job: BertPretrainJob, resolved: ResolvedInputs | None, *, report_interval: float
 ) -> TrainerConfig:
-    """The whole TrainerConfig for ``job``; each stage's pod reads its own section."""
+    """The whole TrainerConfig for ``job``; each stage's pod reads its own section.
+
+    ``resolved`` None: the inputs are not checked yet, so only the check's section
+    (with an init checkpoint the model's dimensions are still unknown).
+    """
     spec = job.spec
     paths = layout(job)
     meta = job.metadata
@@ -141,6 +154,9 @@ def trainer_config(
         uid=meta.uid,
         min_report_interval_seconds=report_interval,
     )
+    check = check_config(job)
+    if resolved is None:
+        return TrainerConfig(job=ref, check=check)
     prepare = None
     if needs_prepare(job) and paths.tfrecords_dir is not None:
         data = spec.data
@@ -202,4 +218,4 @@ def trainer_config(
             lowercase=spec.data.lowercase,
             output_dir=paths.export,
         )
-    return TrainerConfig(job=ref, prepare=prepare, train=train, export=export)
+    return TrainerConfig(job=ref, check=check, prepare=prepare, train=train, export=export)

@@ -1,5 +1,7 @@
 """The Kubernetes objects of a job's stages, as plain dicts (pure functions).
 
+- check: a batch/v1 Job on CPU nodes, before any stage: ``check`` reads the job's
+  inputs under the job's service account and reports in its termination message.
 - prepare: one Indexed Job per pass (``reconcile.preparation``) on CPU nodes, each
   pod ``prepare --pass P --workers N`` on its index's share. A failed pod is
   retried on its own index (backoffLimitPerIndex): the other indexes' work stands.
@@ -264,6 +266,26 @@ def prepare_job(job: BertPretrainJob, settings: Settings, prepare_pass: str) -> 
         labels=names.child_labels(owner, names.STAGE_PREPARE, prepare_pass=prepare_pass),
         args=["--pass", prepare_pass, "--workers", str(workers)],
         pods=pass_pods(prepare_pass, workers),
+    )
+
+
+#: The check lists the inputs and reads at most a vocab and a bert_config.json: one
+#: Python process with the GCS client (70 MB peak resident for its imports and client,
+#: measured with /usr/bin/time).
+CHECK_RESOURCES: Final = {"cpu": "100m", "memory": "256Mi"}
+
+
+def check_job(job: BertPretrainJob, settings: Settings) -> Manifest:
+    """The pre-flight check: the job's own pod, under its service account, reads its inputs."""
+    owner = job.metadata.name
+    assert owner
+    return _cpu_stage_job(
+        job,
+        settings,
+        names.STAGE_CHECK,
+        names.check_job(owner),
+        resources=_host_resources(CHECK_RESOURCES["cpu"], CHECK_RESOURCES["memory"]),
+        labels=names.child_labels(owner, names.STAGE_CHECK),
     )
 
 
