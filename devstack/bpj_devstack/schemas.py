@@ -223,19 +223,26 @@ def fetch_openapi_v3(
     publishes a new CRD's schema a little after the CRD is Established, so this polls
     until they appear or ``timeout`` seconds pass.
     """
-    from kubernetes import config
+    from kubernetes import client, config
 
-    api = config.new_client_from_config(config_file=kubeconfig)
+    # The client's credentials and pool, as the operator's kube.py uses them: the
+    # generated ApiClient.call_api changes its signature between client releases.
+    settings = client.Configuration()
+    config.load_kube_config(
+        config_file=kubeconfig, client_configuration=settings, persist_config=False
+    )
+    pool = client.rest.RESTClientObject(settings).pool_manager
+    headers = {"Accept": "application/json"}
+    token = settings.get_api_key_with_prefix("BearerToken") or settings.get_api_key_with_prefix(
+        "authorization"
+    )
+    if token:
+        headers["Authorization"] = token.strip()
 
     def get(path: str) -> Schema:
-        response = api.call_api(
-            path,
-            "GET",
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _return_http_data_only=True,
-        )
+        response = pool.request("GET", settings.host + path, headers=headers, timeout=30.0)
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status} {response.data[:200]!r}")
         document: Schema = json.loads(response.data)
         return document
 
@@ -258,7 +265,7 @@ def fetch_openapi_v3(
                 documents[path] = get(entry["serverRelativeURL"])
         return documents
     finally:
-        api.close()
+        pool.clear()
 
 
 def write(out_dir: Path, schemas: Mapping[str, Schema]) -> list[Path]:

@@ -192,9 +192,9 @@ class _NoDiffBase(kopf.DiffBaseStorage):
 def login(**_: Any) -> kopf.ConnectionInfo:
     """$KUBECONFIG as it is now, else in-cluster: the same credentials ``Kube`` uses.
 
-    kopf's own client login reads the kubeconfig path the kubernetes library
-    captured at import time; reading it here honours a KUBECONFIG set later
-    (the local stack and the tests set it per run).
+    kopf's own ``login_via_client`` loads the same way but reads the kubeconfig path
+    the kubernetes library captured at import time, and tries in-cluster first; this
+    honours a KUBECONFIG set later (the local stack and the tests set it per run).
     """
     return connection_info()
 

@@ -1,16 +1,25 @@
 """The one module that talks to the Kubernetes API.
 
 Everything above it (``controller``) passes plain dicts and pydantic models in and
-out. Below it is a thin JSON-over-HTTPS client (urllib3), not the official
-``kubernetes`` package: that package's model classes cost about 50 MB of memory to
-import and most of the operator's CPU time to build (docs/benchmarks.md, section 3),
-and the operator needs none of them. Creation is idempotent (409 Conflict means an
-earlier reconcile, maybe by a previous operator process, already created the
-object), deletion tolerates 404, and the operator writes only the status fields it
-owns (never ``spec``, never ``status.progress``, which belongs to the trainer).
+out. Connections and credentials come from the official ``kubernetes`` client: its
+config loaders read every kubeconfig variant (merged paths, files and data, tokens and
+tokenFiles, exec plugins such as GKE's gke-gcloud-auth-plugin, ``proxy-url``,
+``tls-server-name``) and the in-cluster service account, whose rotated token they read
+again each minute; its ``RESTClientObject`` builds the urllib3 pool (CA, client
+certificates, proxy, server name) with our retry policy. The generated API classes and
+models are not used: building them took most of the operator's CPU time
+(docs/benchmarks.md, section 3), so requests go through that pool as plain JSON.
+Importing the client costs 18.5 MB over kopf alone (kopf 1.45, kubernetes 37, measured
+with VmRSS), and kopf imports it anyway when it is installed; the operator's peak at
+1,000 jobs stays under the 150 MB target (135 MB, docs/benchmarks.md). The lighter
+libraries kopf can log in through cost less (lightkube 1.0.1 6 MB, pykube-ng 23.6
+8 MB) but read less: neither takes kubeconfig's proxy-url, lightkube has no
+tls-server-name and refuses exec plugins of client.authentication.k8s.io/v1.
 
-``connection_info`` reads the cluster address and credentials once for both users
-of the API in this process: kopf's watches (its login handler) and ``Kube``.
+Creation is idempotent (409 Conflict means an earlier reconcile, maybe by a previous
+operator process, already created the object), deletion tolerates 404, and the operator
+writes only the status fields it owns (never ``spec``, never ``status.progress``, which
+belongs to the trainer).
 """
 
 from __future__ import annotations
@@ -19,9 +28,7 @@ import datetime as dt
 import json
 import logging
 import os
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,8 +36,10 @@ from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 import kopf
+import kubernetes.config
 import urllib3
-import yaml
+from kubernetes.client import Configuration
+from kubernetes.client.rest import RESTClientObject, should_bypass_proxies
 
 from bert_pretrain_operator import metrics
 from bert_pretrain_operator.render import names
@@ -41,9 +50,6 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-#: Seconds between re-reads of the credentials: a pod's projected service-account
-#: token is rotated by the kubelet, and a kubeconfig's tokenFile may be too.
-CREDENTIALS_TTL_SECONDS: Final = 60.0
 _TIMEOUT: Final = urllib3.Timeout(connect=10.0, read=60.0)
 #: Times a request answered 429 Too Many Requests is sent again, each after the answer's
 #: Retry-After (API Priority and Fairness sends one). Every verb is retried, creates
@@ -79,7 +85,7 @@ class ConfigError(Exception):
 
 
 def credentials_source(kubeconfig: str | None = None) -> str:
-    """Where ``connection_info`` takes the credentials from: said once in the startup log."""
+    """Where ``configuration`` takes the credentials from: said once in the startup log."""
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path:
         return f"kubeconfig {path}"
@@ -89,135 +95,68 @@ def credentials_source(kubeconfig: str | None = None) -> str:
 
 
 def _in_cluster() -> bool:
-    env = os.environ
-    token = SERVICE_ACCOUNT_DIR / "token"
-    return token.exists() and bool(
-        env.get("KUBERNETES_SERVICE_HOST") and env.get("KUBERNETES_SERVICE_PORT")
+    return (SERVICE_ACCOUNT_DIR / "token").exists() and bool(
+        os.environ.get("KUBERNETES_SERVICE_HOST") and os.environ.get("KUBERNETES_SERVICE_PORT")
     )
+
+
+def configuration(kubeconfig: str | None = None) -> Configuration:
+    """The API server and credentials: ``kubeconfig`` or $KUBECONFIG, else in-cluster.
+
+    Without either, ``~/.kube/config``. $KUBECONFIG is read on each call, not when the
+    client was imported (the local stack and the tests set it per run). Several paths
+    separated by ``os.pathsep`` are merged, the first value winning, as kubectl does.
+    """
+    config = Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    try:
+        if not path and _in_cluster():
+            kubernetes.config.load_incluster_config(client_configuration=config)
+        else:
+            kubernetes.config.load_kube_config(
+                config_file=path or str(Path("~/.kube/config").expanduser()),
+                client_configuration=config,
+                persist_config=False,
+            )
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        raise ConfigError(f"{credentials_source(kubeconfig)}: {exc}") from exc
+    return config
+
+
+def authorization(config: Configuration) -> str | None:
+    """The Authorization header's value, refreshed by the loader's hook when it is due.
+
+    kubernetes 36.0.1 moved the bearer token from the ``authorization`` key to
+    ``BearerToken``; both are read, as kopf's own client login does. The loader keeps a
+    tokenFile's trailing newline, which client-go trims; so is it here.
+    """
+    value = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
+        "authorization"
+    )
+    return value.strip() if value else None
 
 
 def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
-    """The API server and credentials: ``kubeconfig`` or $KUBECONFIG, else in-cluster.
+    """``configuration`` for kopf's watches (its login handler).
 
-    Without either, ``~/.kube/config``. Kubeconfig users may authenticate with client
-    certificates, a token, a tokenFile, basic auth or an exec plugin (such as GKE's
-    gke-gcloud-auth-plugin).
+    kopf logs in again after a 401, which runs this again: an exec plugin runs anew and a
+    token file is read anew. kopf's connections have no ``tls-server-name``; ``Kube``'s do.
     """
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if not path:
-        if _in_cluster():
-            host, port = (
-                os.environ["KUBERNETES_SERVICE_HOST"],
-                os.environ["KUBERNETES_SERVICE_PORT"],
-            )
-            host = f"[{host}]" if ":" in host else host
-            ca = SERVICE_ACCOUNT_DIR / "ca.crt"
-            namespace = SERVICE_ACCOUNT_DIR / "namespace"
-            return kopf.ConnectionInfo(
-                server=f"https://{host}:{port}",
-                ca_path=str(ca) if ca.exists() else None,
-                token=(SERVICE_ACCOUNT_DIR / "token").read_text().strip() or None,
-                default_namespace=namespace.read_text().strip() if namespace.exists() else None,
-            )
-        path = str(Path("~/.kube/config").expanduser())
-        if not Path(path).exists():
-            raise ConfigError("no $KUBECONFIG, no in-cluster service account, no ~/.kube/config")
-    return _from_kubeconfig([p for p in path.split(os.pathsep) if p])
-
-
-def _from_kubeconfig(paths: list[str]) -> kopf.ConnectionInfo:
-    """The current context of one or more merged kubeconfig files (the first value wins)."""
-    current: str | None = None
-    sections: dict[str, dict[str, tuple[Obj, Path]]] = {"contexts": {}, "clusters": {}, "users": {}}
-    singular = {"contexts": "context", "clusters": "cluster", "users": "user"}
-    for raw in paths:
-        path = Path(raw).expanduser()
-        doc = yaml.safe_load(path.read_text()) or {}
-        current = current or doc.get("current-context")
-        for section, found in sections.items():
-            for item in doc.get(section) or []:
-                found.setdefault(item["name"], (item.get(singular[section]) or {}, path.parent))
-    if not current or current not in sections["contexts"]:
-        raise ConfigError(f"kubeconfig {os.pathsep.join(paths)}: no usable current-context")
-    context, _ = sections["contexts"][current]
-    cluster, cluster_dir = sections["clusters"].get(context.get("cluster", ""), ({}, Path()))
-    user, user_dir = sections["users"].get(context.get("user", ""), ({}, Path()))
-    if not cluster.get("server"):
-        raise ConfigError(f"kubeconfig context {current}: its cluster has no server")
-
-    def file(value: str | None, base: Path) -> str | None:
-        return str(base / Path(value).expanduser()) if value else None
-
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = Path(file(user["tokenFile"], user_dir) or "").read_text().strip()
-    if not token:
-        token = ((user.get("auth-provider") or {}).get("config") or {}).get("access-token")
-    certificate, key = (
-        file(user.get("client-certificate"), user_dir),
-        file(user.get("client-key"), user_dir),
-    )
-    certificate_data, key_data = user.get("client-certificate-data"), user.get("client-key-data")
-    expiration = None
-    if user.get("exec"):
-        status, expiration = _exec_credential(user["exec"], user_dir)
-        token = status.get("token") or token
-        if status.get("clientCertificateData"):
-            certificate, certificate_data = None, status["clientCertificateData"]
-            key, key_data = None, status.get("clientKeyData")
+    config = configuration(kubeconfig)
+    # "Bearer <token>", or "Basic <base64>" for a kubeconfig's username and password.
+    scheme, _, token = (authorization(config) or "").partition(" ")
+    proxy = config.proxy or None
     return kopf.ConnectionInfo(
-        server=cluster["server"],
-        ca_path=file(cluster.get("certificate-authority"), cluster_dir),
-        ca_data=cluster.get("certificate-authority-data"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")) or None,
-        certificate_path=certificate,
-        certificate_data=certificate_data,
-        private_key_path=key,
-        private_key_data=key_data,
-        username=user.get("username"),
-        password=user.get("password"),
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl or None,
+        scheme=scheme or None,
         token=token or None,
-        default_namespace=context.get("namespace"),
-        expiration=expiration,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        # A proxy from $HTTPS_PROXY is the client's too; kopf knows no $NO_PROXY.
+        proxy_url=None if should_bypass_proxies(config.host, config.no_proxy or "") else proxy,
     )
-
-
-_exec_cache: dict[str, tuple[Obj, dt.datetime | None]] = {}
-
-
-def _exec_credential(spec: Mapping[str, Any], base: Path) -> tuple[Obj, dt.datetime | None]:
-    """Run a client-go credential plugin; its ExecCredential status and expiry (cached)."""
-    key = json.dumps(spec, sort_keys=True)
-    cached = _exec_cache.get(key)
-    now = dt.datetime.now(dt.UTC)
-    if cached is not None and (cached[1] is None or cached[1] - now > dt.timedelta(seconds=30)):
-        return cached
-    command = str(spec["command"])
-    if "/" in command and not os.path.isabs(command):
-        command = str(base / command)  # as client-go: relative to the kubeconfig
-    env = dict(os.environ, **{e["name"]: e["value"] for e in spec.get("env") or []})
-    env["KUBERNETES_EXEC_INFO"] = json.dumps(
-        {
-            "apiVersion": spec.get("apiVersion", "client.authentication.k8s.io/v1"),
-            "kind": "ExecCredential",
-            "spec": {"interactive": False},
-        }
-    )
-    done = subprocess.run(
-        [command, *(spec.get("args") or [])],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ConfigError(f"credential plugin {command} failed: {done.stderr.strip()[-500:]}")
-    status: Obj = json.loads(done.stdout).get("status") or {}
-    expires = status.get("expirationTimestamp")
-    expiration = dt.datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires else None
-    _exec_cache[key] = (status, expiration)
-    return status, expiration
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -226,55 +165,29 @@ def _exec_credential(spec: Mapping[str, Any], base: Path) -> tuple[Obj, dt.datet
 class _Http:
     """A connection pool to one API server with current credentials (thread-safe)."""
 
-    def __init__(self, credentials: Callable[[], kopf.ConnectionInfo], pool_size: int) -> None:
+    def __init__(self, credentials: Callable[[], Configuration], pool_size: int) -> None:
         self._credentials = credentials
         self._pool_size = pool_size
         self._lock = threading.Lock()
-        self._pool: urllib3.PoolManager | None = None
-        self._tls: tuple[Any, ...] = ()
-        self._server = ""
-        self._headers: dict[str, str] = {}
-        self._refresh_at = 0.0
-        self._refresh(force=True)
+        self._connect()
 
-    def _refresh(self, *, force: bool = False) -> None:
+    def _connect(self) -> None:
+        config = self._credentials()
+        config.retries = _retries()
+        config.connection_pool_maxsize = self._pool_size
+        pool = RESTClientObject(config).pool_manager
         with self._lock:
-            if not force and time.monotonic() < self._refresh_at:
-                return
-            info = self._credentials()
-            tls = (
-                info.server,
-                info.ca_path,
-                info.ca_data,
-                info.insecure,
-                info.certificate_path,
-                info.certificate_data,
-                info.private_key_path,
-                info.private_key_data,
-            )
-            if self._pool is None or tls != self._tls:
-                self._pool = urllib3.PoolManager(
-                    num_pools=2,
-                    maxsize=self._pool_size,
-                    ssl_context=info.as_ssl_context() if info.server.startswith("https:") else None,
-                    timeout=_TIMEOUT,
-                    retries=_retries(),
-                )
-                self._tls = tls
-            self._server = info.server.rstrip("/")
-            self._headers = {
-                "Accept": "application/json",
-                "User-Agent": names.MANAGED_BY,
-                **info.as_http_headers(),
-            }
-            ttl = CREDENTIALS_TTL_SECONDS
-            if info.expiration is not None:
-                expiration = info.expiration
-                if expiration.tzinfo is None:
-                    expiration = expiration.replace(tzinfo=dt.UTC)
-                left = (expiration - dt.datetime.now(dt.UTC)).total_seconds() - 30
-                ttl = max(1.0, min(ttl, left))
-            self._refresh_at = time.monotonic() + ttl
+            self._config, self._pool = config, pool
+            self._server = str(config.host).rstrip("/")
+
+    def _headers(self) -> dict[str, str]:
+        with self._lock:
+            config = self._config
+        headers = {"Accept": "application/json", "User-Agent": names.MANAGED_BY}
+        value = authorization(config)
+        if value:
+            headers["Authorization"] = value
+        return headers
 
     def request(
         self,
@@ -285,21 +198,20 @@ class _Http:
         content_type: str = "application/json",
     ) -> tuple[int, bytes, int]:
         """The answer's status and body, and how many 429 answers came before it."""
-        self._refresh()
         url = self._server + path + (f"?{urlencode(query)}" if query else "")
-        headers = dict(self._headers)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = content_type
-        assert self._pool is not None
-        response = self._pool.request(method, url, body=data, headers=headers)
+        data = None if body is None else json.dumps(body).encode()
+        extra = {} if body is None else {"Content-Type": content_type}
+        response = self._pool.request(
+            method, url, body=data, headers={**self._headers(), **extra}, timeout=_TIMEOUT
+        )
         throttled = _throttled(response)
         if response.status == 401:
-            # Expired credentials (a rotated token): read them again, once.
-            self._refresh(force=True)
-            headers.update(self._headers)
-            response = self._pool.request(method, url, body=data, headers=headers)
+            # Expired credentials (a rotated token, an exec plugin's expired one): load
+            # them again, once.
+            self._connect()
+            response = self._pool.request(
+                method, url, body=data, headers={**self._headers(), **extra}, timeout=_TIMEOUT
+            )
             throttled += _throttled(response)
         return response.status, response.data, throttled
 
@@ -361,7 +273,7 @@ class Kube:
 
     def __init__(
         self,
-        credentials: Callable[[], kopf.ConnectionInfo] = connection_info,
+        credentials: Callable[[], Configuration] = configuration,
         *,
         pool_size: int = 16,
     ) -> None:

@@ -19,14 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
 import yaml
+from kubernetes.client import Configuration
 from prometheus_client import REGISTRY
 
 from bert_pretrain_operator import kube as kube_module
 from bert_pretrain_operator.jobcache import JobCache
-from bert_pretrain_operator.kube import ApiError, Kube, connection_info
+from bert_pretrain_operator.kube import ApiError, Kube, configuration, connection_info
 from bert_pretrain_operator.workqueue import WorkQueue
 from bert_trainer import contract
 
@@ -92,8 +92,12 @@ def stub() -> Iterator[Stub]:
         server.server_close()
 
 
+def _config(url: str, token: str) -> Configuration:
+    return Configuration(host=url, api_key={"BearerToken": f"Bearer {token}"})
+
+
 def _kube(stub: Stub, token: str = "t0k3n") -> Kube:
-    return Kube(lambda: kopf.ConnectionInfo(server=stub.url, token=token))
+    return Kube(lambda: _config(stub.url, token))
 
 
 def _count(verb: str, resource: str) -> float:
@@ -201,13 +205,18 @@ def test_throttling_that_lasts_is_an_api_error_after_the_retries(
 def test_expired_credentials_are_read_again_once(stub: Stub) -> None:
     tokens = iter(["old", "new", "new"])
     stub.answer("GET", f"{BPJ}/a", (401, {}), (200, {"metadata": {"name": "a"}}))
-    kube = Kube(lambda: kopf.ConnectionInfo(server=stub.url, token=next(tokens)))
+    kube = Kube(lambda: _config(stub.url, next(tokens)))
     assert kube.read_job("ns", "a") == {"metadata": {"name": "a"}}
     assert [s["authorization"] for s in stub.seen] == ["Bearer old", "Bearer new"]
 
 
-def test_kubeconfig_paths_data_token_file_and_exec_plugin(tmp_path: Path) -> None:
+def test_kubeconfig_paths_data_token_file_and_exec_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The official client's loaders, as kube.py calls them: one case per variant."""
     (tmp_path / "pki").mkdir()
+    for name in ("ca", "a.crt", "a.key"):  # the loader checks that the files exist
+        (tmp_path / "pki" / name).write_text("-----BEGIN PLACEHOLDER-----\n")
     (tmp_path / "token").write_text("from-file\n")
     plugin = tmp_path / "plugin.sh"
     credential = {
@@ -217,20 +226,31 @@ def test_kubeconfig_paths_data_token_file_and_exec_plugin(tmp_path: Path) -> Non
     }
     plugin.write_text(f"#!/bin/sh\necho '{json.dumps(credential)}'\n")
     plugin.chmod(plugin.stat().st_mode | stat.S_IEXEC)
-    ca = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    ca_pem = b"-----BEGIN CERTIFICATE-----\n"
+    ca = base64.b64encode(ca_pem).decode()
+    exec_user = {"apiVersion": "client.authentication.k8s.io/v1", "command": "./plugin.sh"}
     config = {
         "current-context": "files",
         "contexts": [
-            {"name": "files", "context": {"cluster": "c", "user": "files", "namespace": "x"}},
+            {"name": "files", "context": {"cluster": "c", "user": "files"}},
             {"name": "token-file", "context": {"cluster": "d", "user": "token-file"}},
             {"name": "exec", "context": {"cluster": "d", "user": "exec"}},
+            {"name": "basic", "context": {"cluster": "d", "user": "basic"}},
         ],
         "clusters": [
             {
                 "name": "c",
                 "cluster": {"server": "https://c:6443", "certificate-authority": "pki/ca"},
             },
-            {"name": "d", "cluster": {"server": "https://d", "certificate-authority-data": ca}},
+            {
+                "name": "d",
+                "cluster": {
+                    "server": "https://d",
+                    "certificate-authority-data": ca,
+                    "proxy-url": "http://proxy:3128",
+                    "tls-server-name": "kubernetes.default",
+                },
+            },
         ],
         "users": [
             {
@@ -238,24 +258,43 @@ def test_kubeconfig_paths_data_token_file_and_exec_plugin(tmp_path: Path) -> Non
                 "user": {"client-certificate": "pki/a.crt", "client-key": "pki/a.key"},
             },
             {"name": "token-file", "user": {"tokenFile": "token"}},
-            {"name": "exec", "user": {"exec": {"command": "./plugin.sh"}}},
+            {"name": "exec", "user": {"exec": exec_user}},
+            {"name": "basic", "user": {"username": "u", "password": "p"}},
         ],
     }
-    path = tmp_path / "config"
-    path.write_text(yaml.safe_dump(config))
+    # The first of several paths wins; the second only adds an unused context.
+    first, second = tmp_path / "config", tmp_path / "other"
+    second.write_text(yaml.safe_dump({"contexts": [], "clusters": [], "users": []}))
+    first.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{second}")
 
-    info = connection_info(str(path))
+    info = connection_info()
     assert info.server == "https://c:6443"
     assert info.ca_path == str(tmp_path / "pki" / "ca")  # relative to the kubeconfig
     assert info.certificate_path == str(tmp_path / "pki" / "a.crt")
     assert info.private_key_path == str(tmp_path / "pki" / "a.key")
-    assert info.default_namespace == "x"
+    assert info.token is None
 
     for context, token in [("token-file", "from-file"), ("exec", "from-plugin")]:
-        path.write_text(yaml.safe_dump({**config, "current-context": context}))
-        info = connection_info(str(path))
-        assert (info.server, info.ca_data, info.token) == ("https://d", ca, token)
-    assert info.expiration is not None and info.expiration.year == 2099
+        first.write_text(yaml.safe_dump({**config, "current-context": context}))
+        info = connection_info()
+        assert (info.server, info.scheme, info.token) == ("https://d", "Bearer", token)
+        assert info.ca_path is not None and Path(info.ca_path).read_bytes() == ca_pem
+        assert info.proxy_url == "http://proxy:3128"
+        assert configuration().tls_server_name == "kubernetes.default"
+
+    monkeypatch.setenv("NO_PROXY", "d")  # as the client's own pool does
+    assert connection_info().proxy_url is None
+
+    first.write_text(yaml.safe_dump({**config, "current-context": "basic"}))
+    info = connection_info()
+    assert (info.scheme, info.token) == ("Basic", base64.b64encode(b"u:p").decode())
+
+
+def test_no_usable_credentials_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "absent"
+    with pytest.raises(kube_module.ConfigError, match=str(missing)):
+        configuration(str(missing))
 
 
 def _body(name: str, version: str, phase: str | None = None) -> dict[str, Any]:

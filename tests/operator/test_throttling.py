@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kopf
 import pytest
+from kubernetes.client import Configuration
 from prometheus_client import REGISTRY
 
 from bert_pretrain_operator.kube import Kube
@@ -202,8 +202,15 @@ def test_a_throttled_create_completes_once_a_seat_is_free(
     seat_holder: SeatHolder,
 ) -> None:
     token, flow_schema = throttled_account
-    info = kopf.ConnectionInfo(server=devstack.apiserver_url, ca_path=devstack.ca_cert, token=token)
-    holding = Kube(lambda: info)
+
+    def info() -> Configuration:
+        return Configuration(
+            host=devstack.apiserver_url,
+            ssl_ca_cert=str(devstack.ca_cert),
+            api_key={"BearerToken": f"Bearer {token}"},
+        )
+
+    holding = Kube(info)
     held = threading.Thread(
         target=holding.create,
         args=(_config_map(namespace, "holder", {HOLD_LABEL: seat_holder.tag}),),
@@ -212,7 +219,7 @@ def test_a_throttled_create_completes_once_a_seat_is_free(
     held.start()
     assert seat_holder.holding.wait(30), "the account's first request never reached admission"
 
-    kube, before = Kube(lambda: info), _throttled()
+    kube, before = Kube(info), _throttled()
     outcome: dict[str, Any] = {}
 
     def create() -> None:
