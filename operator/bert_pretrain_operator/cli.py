@@ -122,25 +122,31 @@ def _render(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     job = BertPretrainJob.from_manifest(jobs[0].body)
     resolved = ResolvedInputs()
-    if job.spec.model.init_checkpoint:
+    model = job.spec.model
+    if model.starts_from:
+        field = "initCheckpoint" if model.init_checkpoint else "initFromOutput"
         # The dimensions live in the checkpoint's bert_config.json: read as the job's
         # check reads it, but with the user's own credentials.
         try:
             from google.api_core.exceptions import GoogleAPIError
             from google.auth.exceptions import GoogleAuthError
 
-            from bert_trainer.check import check_checkpoint
+            from bert_trainer.check import check_checkpoint, check_output
             from bert_trainer.storage import InputError
         except ImportError as error:
             _print(
                 sys.stderr,
-                f"{jobs[0].source}: rendering a job with spec.model.initCheckpoint reads its "
+                f"{jobs[0].source}: rendering a job with spec.model.{field} reads its "
                 f"bert_config.json from GCS, which needs {error.name}: "
                 "pip install 'bert-pretrain-operator[gcs]'",
             )
             return EXIT_UNAVAILABLE
         try:
-            report = check_checkpoint(job.spec.model.init_checkpoint, job.spec.data.vocab)
+            report = (
+                check_checkpoint(model.init_checkpoint, job.spec.data.vocab)
+                if model.init_checkpoint
+                else check_output(model.starts_from)
+            )
         except InputError as error:
             _print(sys.stderr, f"{jobs[0].source}: {error}")
             return EXIT_INVALID
@@ -148,7 +154,7 @@ def _render(args: argparse.Namespace) -> int:
             first_line = (str(error).splitlines() or [type(error).__name__])[0]
             _print(
                 sys.stderr,
-                f"{jobs[0].source}: cannot read spec.model.initCheckpoint's bert_config.json, "
+                f"{jobs[0].source}: cannot read spec.model.{field}'s bert_config.json, "
                 f"which sizes the model: {first_line} (bpj render reads GCS with Application "
                 "Default Credentials, or the emulator named by STORAGE_EMULATOR_HOST)",
             )

@@ -59,6 +59,19 @@ BASES: dict[str, dict[str, Any]] = {
             "output": "gs://bpj-test/runs/case",
         },
     },
+    # Continued pretraining from another job's output, on prepared records.
+    "continued": {
+        "apiVersion": "pretraining.bert.dev/v1alpha1",
+        "kind": "BertPretrainJob",
+        "metadata": {"name": "case"},
+        "spec": {
+            "data": {"tfrecords": "gs://bpj-test/records-512/*.tfrecord"},
+            "model": {"initFromOutput": "gs://bpj-test/runs/phase1"},
+            "training": {"globalBatchSize": 32, "trainSteps": 1000},
+            "tpu": {"accelerator": "tpu-v5p-slice", "topology": "2x2x2"},
+            "output": "gs://bpj-test/runs/case",
+        },
+    },
 }
 
 
@@ -570,6 +583,25 @@ CASES: tuple[Case, ...] = (
         "spec.data.vocabSize",
         {"spec.data.vocabSize": 30000},
         base="checkpoint",
+    ),
+    Case("continued-with-size", "spec.model.size", {"spec.model.size": "base"}, base="continued"),
+    Case(
+        "continued-and-checkpoint",
+        "spec.model.initFromOutput",
+        {"spec.model.initCheckpoint": _CKPT},
+        base="continued",
+    ),
+    Case(
+        "continued-with-vocab",
+        "spec.data.vocab",
+        {"spec.data.vocab": "gs://bpj-test/vocab.txt"},
+        base="continued",
+    ),
+    Case(
+        "continued-from-its-own-output",
+        "spec.model.initFromOutput",
+        {"spec.model.initFromOutput": "gs://bpj-test/runs/case"},
+        base="continued",
     ),
     Case(
         "checkpoint-index-file",

@@ -11,6 +11,8 @@ killed in the middle of the records pass, and only its index runs again.
 
 Before any of that, a job's inputs are checked by a pod of its own, under its own
 service account, on a real node; the operator, given no GCS endpoint, reads none.
+After it, a second job starts on the same slice from the first job's checkpoints
+(``spec.model.initFromOutput``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,25 +107,38 @@ def _kubectl_json(state: plane.StackState, *args: str) -> Any:
     return json.loads(demo.kubectl(state, *args, "-o", "json"))
 
 
-@pytest.mark.slow
-@pytest.mark.tensorflow
-@pytest.mark.timeout(1200)  # the stack's start, five preparation passes, then the slice
-def test_two_host_slice_prepared_by_three_workers_trains_with_hosts_found_by_dns(
-    slice_stack: plane.StackState,
-) -> None:
+@dataclass(frozen=True)
+class TwoHosts:
+    """The 2-host job's run: its bucket and the records pod that was lost."""
+
+    bucket: str
+    victim: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def two_hosts(slice_stack: plane.StackState) -> TwoHosts:
+    """The 2-host job, run to its end (the test using it first carries the timeout)."""
     state = slice_stack
     bucket = f"slice-{uuid.uuid4().hex[:8]}"
     _upload_corpus(state, bucket)
     demo.kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(_job(bucket)))
     victim = _lose_a_records_pod(state, "two-hosts")
+    wait_for(lambda: _finished(state, "two-hosts"), 900, "the 2-host job to finish")
+    return TwoHosts(bucket, victim)
 
-    def finished() -> bool:
-        status = (
-            _kubectl_json(state, "get", "bpj", "two-hosts", "-n", NAMESPACE).get("status") or {}
-        )
-        return status.get("phase") in ("Succeeded", "Failed")
 
-    wait_for(finished, 900, "the 2-host job to finish")
+def _finished(state: plane.StackState, name: str) -> bool:
+    status = _kubectl_json(state, "get", "bpj", name, "-n", NAMESPACE).get("status") or {}
+    return status.get("phase") in ("Succeeded", "Failed")
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+@pytest.mark.timeout(1200)  # the stack's start, five preparation passes, then the slice
+def test_two_host_slice_prepared_by_three_workers_trains_with_hosts_found_by_dns(
+    slice_stack: plane.StackState, two_hosts: TwoHosts
+) -> None:
+    state, victim = slice_stack, two_hosts.victim
     job = _kubectl_json(state, "get", "bpj", "two-hosts", "-n", NAMESPACE)
     pods = _kubectl_json(
         state, "get", "pods", "-n", NAMESPACE, "-l", "batch.kubernetes.io/job-name"
@@ -218,6 +234,44 @@ def test_inputs_are_checked_by_a_pod_under_the_jobs_own_service_account(
         assert pod["spec"]["nodeName"] in state.kubelet_nodes
         assert pod["status"]["phase"] == phase, pod["status"]
     demo.kubectl(state, "delete", "bpj", "has-corpus", "no-corpus", "-n", NAMESPACE, "--wait")
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow
+@pytest.mark.timeout(1200)
+def test_a_job_continues_on_the_slice_from_the_first_jobs_checkpoints(
+    slice_stack: plane.StackState, two_hosts: TwoHosts
+) -> None:
+    """spec.model.initFromOutput: the 2-host job's .npz weights, its config and vocab."""
+    state, bucket = slice_stack, two_hosts.bucket
+    source = f"gs://{bucket}/runs/two-hosts"
+    doc = _job(bucket)
+    doc["metadata"]["name"] = "continued"
+    doc["spec"]["data"] = {
+        "tfrecords": f"{source}/tfrecords/*.tfrecord",
+        "maxSeqLength": 64,
+        "maxPredictionsPerSeq": 10,
+    }
+    doc["spec"]["model"] = {"initFromOutput": source}
+    doc["spec"]["training"].update(trainSteps=2, checkpointEverySteps=2)
+    doc["spec"]["output"] = f"gs://{bucket}/runs/continued"
+    demo.kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(doc))
+    wait_for(lambda: _finished(state, "continued"), 900, "the continued job to finish")
+
+    status = _kubectl_json(state, "get", "bpj", "continued", "-n", NAMESPACE)["status"]
+    host0 = next(
+        p["metadata"]["name"]
+        for p in _pods_of(state, "continued-train-1")
+        if p["metadata"]["annotations"].get(INDEX) == "0"
+    )
+    log = demo.kubectl(state, "logs", "-n", NAMESPACE, host0)
+    assert status["phase"] == "Succeeded", f"{status}\n{log[-3000:]}"
+    # The check read the tiny model's config beside the first job's checkpoints.
+    dims = {"hiddenSize": 128, "numLayers": 2, "numHeads": 2, "intermediateSize": 512}
+    assert status["inputs"]["dimensions"] == dims, status["inputs"]
+    # Its newest checkpoint (step 6), weights only: this job counts from step 0 to 2.
+    assert f"starting from the weights of {source}/checkpoints/ckpt-6.npz" in log, log[-3000:]
+    assert status["progress"]["step"] == 2
 
 
 def _operator_env(state: plane.StackState) -> set[str]:

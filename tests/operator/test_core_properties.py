@@ -117,9 +117,9 @@ def observations(draw: st.DrawFn) -> Observed:
 def test_the_core_never_raises_and_stays_consistent(
     job: BertPretrainJob, observed: Observed, minutes: int, steps: int
 ) -> None:
-    # The controller resolves an init checkpoint's dimensions from GCS before rendering.
+    # The check resolves an init checkpoint's (or output's) dimensions before rendering.
     resolved = ResolvedInputs()
-    if job.spec.model.init_checkpoint:
+    if job.spec.model.starts_from:
         resolved = ResolvedInputs(vocab_size=119547, dimensions=SIZES[ModelSize.BASE])
     objects = render_all(job, Settings(), resolved)
     assert objects[0]["kind"] == "ConfigMap"

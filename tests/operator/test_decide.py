@@ -454,6 +454,11 @@ def test_a_checkpoints_report_is_kept_and_the_first_stage_starts_at_once() -> No
         ({}, "check: done", "is not a check report"),
         ({}, '{"vocabSize": 0}', "is not a check report"),
         (CHECKPOINT, "{}", "lacks spec.model.initCheckpoint's dimensions"),
+        (
+            {"model": {"initFromOutput": "gs://bkt/runs/a"}, "data": CHECKPOINT["data"]},
+            '{"vocabSize": 99}',
+            "lacks spec.model.initFromOutput's dimensions",
+        ),
     ],
 )
 def test_a_missing_or_unusable_report_fails_the_job_instead_of_guessing(

@@ -308,6 +308,26 @@ def test_gradient_accumulation_reaches_the_trainer() -> None:
     assert config.train is not None and config.train.gradient_accumulation_steps == 2
 
 
+def test_a_job_continued_from_another_jobs_output_reads_its_checkpoints() -> None:
+    job = load("bert-base-phase2-from-phase1.yaml")
+    source = "gs://bpj-examples/runs/bert-base-scratch/checkpoints"
+    with pytest.raises(ValueError, match="init checkpoint"):
+        trainer_config(job, ResolvedInputs(), report_interval=5)
+    check = trainer_config(job, None, report_interval=5).check
+    assert check is not None and check.init_from_output == job.spec.model.init_from_output
+    from bert_pretrain_operator.api import Dimensions
+
+    resolved = ResolvedInputs(vocab_size=30522, dimensions=Dimensions(768, 12, 12, 3072))
+    config = trainer_config(job, resolved, report_interval=5)
+    assert config.train is not None and config.prepare is not None
+    assert config.train.init_checkpoints == source
+    assert config.train.init_checkpoint is None
+    # The source's vocab tokenizes the corpus (none is trained) and sizes the model.
+    assert config.prepare.vocab == config.train.vocab == source + "/vocab.txt"
+    assert config.train.model.vocab_size == 30522
+    assert config.train.checkpoint_dir == "gs://bpj-examples/runs/bert-base-phase2/checkpoints"
+
+
 def test_init_checkpoint_dimensions_come_from_its_config() -> None:
     job = load("continued-pretraining-multilingual.yaml")
     with pytest.raises(ValueError, match="init checkpoint"):

@@ -151,8 +151,8 @@ def test_ordinary_text_about_credentials_is_not_a_finding(run_dir: Path) -> None
 
 
 def _render(example: Path) -> str | None:
-    """``bpj render`` of an example; None when it needs GCS (an initCheckpoint to resolve)."""
-    if "initCheckpoint" in example.read_text():
+    """``bpj render`` of an example; None when it needs GCS (a checkpoint's config to read)."""
+    if any(field in example.read_text() for field in ("initCheckpoint", "initFromOutput")):
         return None
     result = subprocess.run(
         [sys.executable, "-m", "bert_pretrain_operator.cli", "render", str(example)],

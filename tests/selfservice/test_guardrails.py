@@ -59,9 +59,9 @@ def _corpus(*uris: str) -> Callable[[Spec], None]:
     return change
 
 
-def _checkpoint(uri: str) -> Callable[[Spec], None]:
+def _checkpoint(uri: str, field: str = "initCheckpoint") -> Callable[[Spec], None]:
     def change(spec: Spec) -> None:
-        spec["model"] = {"initCheckpoint": uri}
+        spec["model"] = {field: uri}
         del spec["data"]["vocab"]  # the checkpoint's own is used
 
     return change
@@ -125,6 +125,11 @@ VIOLATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
     "checkpoint of another team": (
         _checkpoint("gs://team-b-bucket/ckpt/bert_model.ckpt"),
         "spec.model.initCheckpoint: gs://team-b-bucket/ckpt/bert_model.ckpt is not under this "
+        "namespace's allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
+    ),
+    "output of another team's job": (
+        _checkpoint("gs://team-b-bucket/runs/base", "initFromOutput"),
+        "spec.model.initFromOutput: gs://team-b-bucket/runs/base is not under this "
         "namespace's allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
     ),
     "image": (

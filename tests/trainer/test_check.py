@@ -87,6 +87,43 @@ def test_a_bad_checkpoint_is_named_without_quoting_it(
     assert SECRET not in message and "30522" not in message and " 3 " not in message
 
 
+def _continued_job(bucket: str) -> BertPretrainJob:
+    doc = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    doc["metadata"].update(namespace="team-a", uid="u", generation=1)
+    doc["spec"]["data"] = {"tfrecords": f"gs://{bucket}/records/*.tfrecord"}
+    doc["spec"]["model"] = {"initFromOutput": f"gs://{bucket}/runs/phase1"}
+    return BertPretrainJob.from_manifest(doc)
+
+
+@pytest.mark.parametrize("checkpoint", ["ckpt-40.index", "ckpt-40.npz"])
+def test_another_jobs_output_resolves_to_the_config_beside_its_checkpoints(
+    bucket: Any, checkpoint: str
+) -> None:
+    bucket.blob("records/part-0.tfrecord").upload_from_string(b"r")
+    bucket.blob(f"runs/phase1/checkpoints/{checkpoint}").upload_from_string(b"c")
+    bucket.blob("runs/phase1/checkpoints/bert_config.json").upload_from_string(_config(6))
+    # A trained vocab may stop short of the vocabSize the model embeds: 5 tokens of 6.
+    bucket.blob("runs/phase1/checkpoints/vocab.txt").upload_from_string("a\nb\nc\nd\ne\n")
+    report = check_inputs(check_config(_continued_job(bucket.name)))
+    assert report.vocab_size == 6  # the model's, from the config
+    assert report.dimensions is not None and report.dimensions.num_layers == 2
+    bucket.blob("runs/phase1/checkpoints/vocab.txt").upload_from_string("t\n" * 7)
+    with pytest.raises(InputError, match="disagree on the vocabulary's size"):
+        check_inputs(check_config(_continued_job(bucket.name)))
+
+
+def test_an_output_without_checkpoints_is_bad_input_naming_the_field(bucket: Any) -> None:
+    bucket.blob("records/part-0.tfrecord").upload_from_string(b"r")
+    # The config and vocab are there, as after a train stage that saved nothing yet.
+    bucket.blob("runs/phase1/checkpoints/bert_config.json").upload_from_string(_config(6))
+    with pytest.raises(InputError) as problem:
+        check_inputs(check_config(_continued_job(bucket.name)))
+    assert str(problem.value).startswith(
+        f"spec.model.initFromOutput: no checkpoint (ckpt-N) in gs://{bucket.name}/runs/phase1/"
+        "checkpoints"
+    )
+
+
 def _run_check(check: CheckConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     config = tmp_path / "config.json"
     config.write_text(

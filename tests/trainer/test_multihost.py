@@ -261,8 +261,10 @@ def test_hosts_train_as_one_process_on_the_global_batch(
     assert sorted(f for files in read for f in files) == every_file
     assert all(len(files) == 4 // hosts for files in read)
 
-    # One set of checkpoints, written by host 0 alone.
+    # One set of checkpoints, written by host 0 alone, with the config beside them
+    # (no vocab.txt: this run names none).
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "bert_config.json",
         f"ckpt-{CHECKPOINT_EVERY}.npz",
         f"ckpt-{STEPS}.npz",
     ]

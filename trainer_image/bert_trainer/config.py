@@ -102,6 +102,9 @@ class TrainConfig(_Model):
     """A Google TF1 BERT checkpoint prefix (e.g. .../bert_model.ckpt) to start from."""
     init_checkpoint_config: str | None = None
     """The checkpoint's bert_config.json; its dimensions must equal ``model``."""
+    init_checkpoints: str | None = None
+    """Another run's checkpoint directory to start from: the newest readable checkpoint,
+    weights only (the step, the optimizer state and the schedule start over)."""
     vocab: str | None = None
     """The vocab the records were made with; checked against the init checkpoint's."""
     shuffle: bool = True
@@ -145,6 +148,8 @@ class CheckConfig(_Model):
     tfrecords: str | None = None
     vocab: str | None = None
     init_checkpoint: str | None = None
+    init_from_output: str | None = None
+    """Another job's spec.output, whose checkpoints the job starts from."""
 
     @model_validator(mode="after")
     def _has_data(self) -> CheckConfig:

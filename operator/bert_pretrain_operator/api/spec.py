@@ -16,7 +16,9 @@ Design choices worth knowing:
   ``model.size``/explicit dimensions and ``data.vocab``/``vocabSize``/
   ``minFrequency`` are rejected at admission. The checkpoint's bert_config.json
   and vocab.txt, which must sit beside it, are read at run time (a missing or
-  malformed one fails the job with a BadInput condition).
+  malformed one fails the job with a BadInput condition). ``model.initFromOutput``
+  (another job's output, whose train stage wrote those two files beside its
+  checkpoints) follows the same rules.
 """
 
 from __future__ import annotations
@@ -225,6 +227,9 @@ class DataSpec(RuledModel):
 _EXPLICIT_DIMENSIONS: Final = ("hiddenSize", "numLayers", "numHeads", "intermediateSize")
 _REQUIRED_DIMENSIONS: Final = _EXPLICIT_DIMENSIONS[:3]
 _ANY_DIMENSION_CEL: Final = " || ".join(f"has(self.{field})" for field in _EXPLICIT_DIMENSIONS)
+#: The fields that start the model from trained weights, which fix its dimensions.
+_STARTS_FROM: Final = ("initCheckpoint", "initFromOutput")
+_STARTS_FROM_CEL: Final = " || ".join(f"has(self.{field})" for field in _STARTS_FROM)
 # A checkpoint prefix names no file of the checkpoint itself (TF writes
 # PREFIX.index, PREFIX.meta and PREFIX.data-00000-of-00001).
 _CHECKPOINT_FILE_SUFFIX_RE: Final = r"[.](index|meta|data-[0-9]+-of-[0-9]+)$"
@@ -235,11 +240,11 @@ def _dimension_required(field: str) -> Rule[Any]:
     """``field`` is required once any explicit dimension is given (no size, no checkpoint)."""
 
     def holds(model: ModelSpec) -> bool:
-        explicit = model.size is None and model.init_checkpoint is None
+        explicit = model.size is None and model.starts_from is None
         return not (explicit and model.explicit_dimensions_given) or present(model, field)
 
     return Rule(
-        rule=f"has(self.size) || has(self.initCheckpoint) || !({_ANY_DIMENSION_CEL}) "
+        rule=f"has(self.size) || {_STARTS_FROM_CEL} || !({_ANY_DIMENSION_CEL}) "
         f"|| has(self.{field})",
         message=f"spec.model.{field}: required with explicit dimensions "
         "(hiddenSize, numLayers, numHeads); or use spec.model.size",
@@ -276,14 +281,25 @@ class ModelSpec(RuledModel):
     and vocab.txt must be in the same directory: they fix the dimensions and the
     vocabulary, so size, explicit dimensions and data.vocab/vocabSize/minFrequency
     are not allowed with it. Checked when the job runs."""
+    init_from_output: GcsObject | None = None
+    """initFromOutput continues pretraining from another BertPretrainJob's weights: its
+    spec.output, e.g. gs://bucket/runs/base-phase1. Training starts from the newest
+    readable checkpoint under its checkpoints/ (either runtime's format: ckpt-N written
+    by TensorFlow, ckpt-N.npz by a TPU slice's JAX runtime; a JAX slice reads only the
+    latter), with the bert_config.json and vocab.txt the train stage writes beside them,
+    which fix the dimensions and the vocabulary as with initCheckpoint. Weights only: the
+    step, the optimizer's moments and the learning-rate schedule start over, as with
+    Google's init_checkpoint. Must not be spec.output itself (a job resumes from its own
+    checkpoints without it). Checked when the job runs."""
 
     rules: ClassVar[tuple[Rule[ModelSpec], ...]] = (
         Rule(
-            rule=f"has(self.size) || has(self.initCheckpoint) || {_ANY_DIMENSION_CEL}",
+            rule=f"has(self.size) || {_STARTS_FROM_CEL} || {_ANY_DIMENSION_CEL}",
             message="spec.model.size: one of spec.model.size, explicit dimensions "
-            "(hiddenSize, numLayers, numHeads) or spec.model.initCheckpoint is required",
+            "(hiddenSize, numLayers, numHeads), spec.model.initCheckpoint or "
+            "spec.model.initFromOutput is required",
             holds=lambda m: (
-                m.size is not None or m.init_checkpoint is not None or m.explicit_dimensions_given
+                m.size is not None or m.starts_from is not None or m.explicit_dimensions_given
             ),
             field_path=".size",
             reason=Reason.REQUIRED,
@@ -299,12 +315,19 @@ class ModelSpec(RuledModel):
         ),
         *(
             not_together(
-                "initCheckpoint",
+                start,
                 field,
-                message=f"spec.model.{field}: must not be set with spec.model.initCheckpoint "
+                message=f"spec.model.{field}: must not be set with spec.model.{start} "
                 "(the checkpoint's bert_config.json fixes the dimensions)",
             )
+            for start in _STARTS_FROM
             for field in ("size", *_EXPLICIT_DIMENSIONS)
+        ),
+        not_together(
+            "initCheckpoint",
+            "initFromOutput",
+            message="spec.model.initFromOutput: must not be set with spec.model.initCheckpoint "
+            "(the model starts from one of them)",
         ),
         *(_dimension_required(field) for field in _REQUIRED_DIMENSIONS),
         Rule(
@@ -330,6 +353,11 @@ class ModelSpec(RuledModel):
             field_path=".initCheckpoint",
         ),
     )
+
+    @property
+    def starts_from(self) -> str | None:
+        """initCheckpoint or initFromOutput: the trained weights the model starts from."""
+        return self.init_checkpoint or self.init_from_output
 
     @property
     def explicit_dimensions_given(self) -> bool:
@@ -685,27 +713,46 @@ class BertPretrainJobSpec(RuledModel):
         ),
         *(
             not_together(
-                "model.initCheckpoint",
+                f"model.{start}",
                 f"data.{field}",
-                message=f"spec.data.{field}: must not be set with spec.model.initCheckpoint "
+                message=f"spec.data.{field}: must not be set with spec.model.{start} "
                 "(the checkpoint's own vocab.txt is used)",
             )
+            for start in _STARTS_FROM
             for field in ("vocab", *_VOCAB_TRAINING_FIELDS)
         ),
         Rule(
             rule="!has(self.data.tfrecords) || has(self.data.vocab) "
-            "|| has(self.model.initCheckpoint)",
+            "|| has(self.model.initCheckpoint) || has(self.model.initFromOutput)",
             message="spec.data.vocab: required with spec.data.tfrecords (the vocab.txt the "
-            "records were made with), unless spec.model.initCheckpoint provides it",
+            "records were made with), unless spec.model.initCheckpoint or "
+            "spec.model.initFromOutput provides it",
             holds=lambda s: (
                 s.data.tfrecords is None
                 or s.data.vocab is not None
-                or s.model.init_checkpoint is not None
+                or s.model.starts_from is not None
             ),
             field_path=".data.vocab",
             reason=Reason.REQUIRED,
         ),
+        Rule(
+            rule="!has(self.model.initFromOutput) || "
+            "self.model.initFromOutput.split('/').filter(p, p != '') "
+            "!= self.output.split('/').filter(p, p != '')",
+            message="spec.model.initFromOutput: must not be spec.output itself (a job resumes "
+            "from its own checkpoints without it)",
+            holds=lambda s: (
+                s.model.init_from_output is None
+                or _path_parts(s.model.init_from_output) != _path_parts(s.output)
+            ),
+            field_path=".model.initFromOutput",
+        ),
     )
+
+
+def _path_parts(uri: str) -> list[str]:
+    """A gs:// URI's parts, so that a trailing or doubled slash makes no other prefix."""
+    return [part for part in uri.split("/") if part]
 
 
 def _chips(spec: BertPretrainJobSpec) -> int:

@@ -79,6 +79,8 @@ def layout(job: BertPretrainJob) -> OutputLayout:
         vocab = spec.data.vocab
     elif init_dir:
         vocab = init_dir + "/vocab.txt"
+    elif spec.model.init_from_output:
+        vocab = output_checkpoints(spec.model.init_from_output) + "/vocab.txt"
     else:
         vocab = out + "/vocab.txt"
     records_dir = None if spec.data.tfrecords else out + "/tfrecords"
@@ -87,11 +89,17 @@ def layout(job: BertPretrainJob) -> OutputLayout:
         tfrecords_glob=spec.data.tfrecords or f"{records_dir}/*.tfrecord",
         tfrecords_dir=records_dir,
         prepare_work=out + "/prepare",
-        checkpoints=out + "/checkpoints",
+        checkpoints=output_checkpoints(out),
         summaries=out + "/summaries",
         export=out + "/export/huggingface",
         init_checkpoint_config=init_dir + "/bert_config.json" if init_dir else None,
     )
+
+
+def output_checkpoints(output: str) -> str:
+    """Where a job whose spec.output is ``output`` keeps its checkpoints (and, beside
+    them, the bert_config.json and vocab.txt that ``initFromOutput`` reads)."""
+    return output.rstrip("/") + "/checkpoints"
 
 
 def needs_prepare(job: BertPretrainJob) -> bool:
@@ -100,7 +108,7 @@ def needs_prepare(job: BertPretrainJob) -> bool:
 
 
 def vocab_is_trained(job: BertPretrainJob) -> bool:
-    return needs_prepare(job) and not job.spec.data.vocab and not job.spec.model.init_checkpoint
+    return needs_prepare(job) and not job.spec.data.vocab and not job.spec.model.starts_from
 
 
 def preparation_passes(job: BertPretrainJob) -> tuple[str, ...]:
@@ -133,6 +141,7 @@ def check_config(job: BertPretrainJob) -> CheckConfig:
         tfrecords=data.tfrecords,
         vocab=data.vocab,
         init_checkpoint=job.spec.model.init_checkpoint,
+        init_from_output=job.spec.model.init_from_output,
     )
 
 
@@ -207,6 +216,9 @@ def trainer_config(
         summary_dir=paths.summaries,
         init_checkpoint=spec.model.init_checkpoint,
         init_checkpoint_config=paths.init_checkpoint_config,
+        init_checkpoints=(
+            output_checkpoints(spec.model.init_from_output) if spec.model.init_from_output else None
+        ),
         vocab=paths.vocab,
     )
     export = None

@@ -12,13 +12,16 @@ short GCS outage delays the run instead of ending the attempt.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
 
+import keras
 import tensorflow as tf
 
-from bert_trainer import retry
+from bert_trainer import retry, storage
+from bert_trainer.config import BertModelConfig
 from bert_trainer.contract import CHECKPOINT_NAME
 from bert_trainer.storage import InputError
 
@@ -95,21 +98,33 @@ class Checkpointer:
 def restore_model(directory: str, model: Any) -> str:
     """Restore only ``model`` from the newest readable checkpoint in ``directory``.
 
-    For the export, which has no optimizer. Reads both formats: TensorFlow's
-    (single-host training) and ``array_checkpoint``'s (multi-host training on
-    JAX). Returns the checkpoint's path; raises InputError when there is none
-    or none can be restored.
+    For the export, which has no optimizer, and for a run that starts from another
+    run's weights (``TrainConfig.init_checkpoints``). Reads both formats: TensorFlow's
+    (single-host training) and ``array_checkpoint``'s (training on JAX); a model on
+    the JAX backend reads only the latter. Returns the checkpoint's path; raises
+    InputError when there is none or none can be restored.
     """
     from bert_trainer.train import array_checkpoint
 
     arrays = array_checkpoint.list_checkpoints(directory)
     tf_format = _candidates(directory, [])
-    if arrays and (not tf_format or array_checkpoint.step_of(arrays[0]) > _number(tf_format[0])):
+    on_jax = keras.backend.backend() == "jax"
+    newest_are_arrays = not tf_format or (
+        bool(arrays) and array_checkpoint.step_of(arrays[0]) > _number(tf_format[0])
+    )
+    if arrays and (newest_are_arrays or on_jax):
         restored = array_checkpoint.restore_newest(
-            directory, lambda found: array_checkpoint.assign(model.weights, found, "model/")
+            directory,
+            lambda found: array_checkpoint.assign(model.trainable_variables, found, "model/"),
         )
         if restored is not None:
             return restored[0]
+    if on_jax and tf_format:
+        raise InputError(
+            f"{directory} holds only TensorFlow checkpoints ({CHECKPOINT_NAME}-N), which "
+            f"training on JAX cannot read; start from {CHECKPOINT_NAME}-N.npz checkpoints "
+            "(written by JAX runs, as on TPU slices)"
+        )
     checkpoint = tf.train.Checkpoint(model=model)
     path = retry.retry_transient(
         lambda: _restore_newest(checkpoint, directory, [], partial=True),
@@ -161,3 +176,44 @@ def _candidates(directory: str, listed: list[str]) -> list[str]:
 def _number(prefix: str) -> int:
     match = _NUMBERED.search(prefix + ".index")
     return int(match.group(1)) if match else -1
+
+
+def write_companions(directory: str, model: BertModelConfig, vocab: str | None) -> None:
+    """bert_config.json and vocab.txt beside the checkpoints, as Google's releases have.
+
+    So that another job can start from this one's output (``spec.model.initFromOutput``):
+    its pre-flight check reads the dimensions and the vocabulary from them. Written
+    whole at every start (the same bytes), retried while storage is unavailable.
+    """
+    config = {
+        "vocab_size": model.vocab_size,
+        "hidden_size": model.hidden_size,
+        "num_hidden_layers": model.num_layers,
+        "num_attention_heads": model.num_heads,
+        "intermediate_size": model.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": model.hidden_dropout,
+        "attention_probs_dropout_prob": model.attention_dropout,
+        "max_position_embeddings": model.max_position_embeddings,
+        "type_vocab_size": model.type_vocab_size,
+        "initializer_range": model.initializer_range,
+    }
+    files = {"bert_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}
+    target = storage.join(directory, "vocab.txt")
+    if vocab and vocab != target:
+        try:
+            files["vocab.txt"] = retry.retry_transient(
+                lambda: storage.read_text(vocab),
+                what=f"reading {vocab}",
+                budget_seconds=retry.budget_seconds(),
+            )
+        except InputError as error:
+            # Training does not need it; a job started from this output will be told.
+            log.warning("vocab.txt not written beside the checkpoints: %s", error)
+    for name, text in files.items():
+        path = storage.join(directory, name)
+        retry.retry_transient(
+            lambda: storage.write_text(path, text),  # noqa: B023  (called at once)
+            what=f"writing {path}",
+            budget_seconds=retry.budget_seconds(),
+        )

@@ -37,6 +37,7 @@ from bert_trainer.config import TrainConfig, TrainerConfig
 from bert_trainer.model import STATISTICS, batch_totals, build_pretrainer, pretraining_loss
 from bert_trainer.storage import InputError
 from bert_trainer.train import array_checkpoint
+from bert_trainer.train.checkpoint import write_companions
 from bert_trainer.train.cluster import SliceHosts, without_proxy_to_peers
 from bert_trainer.train.data import RecordShape, list_records, make_dataset, pipeline_files
 from bert_trainer.train.loop import LoopSettings, TrainLoop, TrainResult
@@ -140,6 +141,8 @@ def _train(
 
     start = _restore(settings, model, optimizer, hosts)
     start = start_step(start, model, settings)
+    if hosts.is_chief:
+        write_companions(settings.checkpoint_dir, settings.model, settings.vocab)
     state = SlicedTrainer(
         model, optimizer, start, distribution, settings.gradient_accumulation_steps
     )

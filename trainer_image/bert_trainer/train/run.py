@@ -17,7 +17,7 @@ import tensorflow as tf
 from bert_trainer.config import TrainConfig, TrainerConfig
 from bert_trainer.model import build_pretrainer
 from bert_trainer.storage import InputError
-from bert_trainer.train.checkpoint import Checkpointer
+from bert_trainer.train.checkpoint import Checkpointer, restore_model, write_companions
 from bert_trainer.train.data import RecordShape, list_records, make_dataset
 from bert_trainer.train.loop import LoopSettings, TrainLoop, TrainResult
 from bert_trainer.train.optimizer import make_optimizer
@@ -88,6 +88,8 @@ def train(
         )
     start = checkpointer.restore_latest()
     start = start_step(start, model, settings)
+    if placement.is_chief:
+        write_companions(settings.checkpoint_dir, settings.model, settings.vocab)
 
     # A resumed run reshuffles differently, rather than replaying the examples
     # it saw first in the attempt before; one reading in order goes on where it was.
@@ -152,8 +154,8 @@ def run_loop(
 def start_step(restored: int | None, model: Any, settings: TrainConfig) -> int:
     """The step training starts at: the restored checkpoint's, else 0.
 
-    Only a run with no checkpoint of its own starts from Google's weights: a
-    resumed run must not start over from them.
+    Only a run with no checkpoint of its own starts from Google's weights or another
+    run's: a resumed run must not start over from them.
     """
     if restored is None and settings.init_checkpoint:
         init_from_tf1_checkpoint(
@@ -163,6 +165,9 @@ def start_step(restored: int | None, model: Any, settings: TrainConfig) -> int:
             bert_config=settings.init_checkpoint_config,
             vocab=settings.vocab,
         )
+    elif restored is None and settings.init_checkpoints:
+        path = restore_model(settings.init_checkpoints, model)
+        log.info("starting from the weights of %s (step 0, a new optimizer state)", path)
     return restored or 0
 
 
@@ -179,6 +184,8 @@ def check_settings(settings: TrainConfig) -> None:
         )
     if settings.init_checkpoint_config and not settings.init_checkpoint:
         raise InputError("initCheckpointConfig is given without initCheckpoint")
+    if settings.init_checkpoint and settings.init_checkpoints:
+        raise InputError("initCheckpoint and initCheckpoints are given: start from one")
 
 
 def dtype_policy(settings: TrainConfig) -> str:
