@@ -223,21 +223,18 @@ def fetch_openapi_v3(
     publishes a new CRD's schema a little after the CRD is Established, so this polls
     until they appear or ``timeout`` seconds pass.
     """
-    from kubernetes import client, config
+    from kubernetes.client.rest import RESTClientObject
 
-    # The client's credentials and pool, as the operator's kube.py uses them: the
-    # generated ApiClient.call_api changes its signature between client releases.
-    settings = client.Configuration()
-    config.load_kube_config(
-        config_file=kubeconfig, client_configuration=settings, persist_config=False
-    )
-    pool = client.rest.RESTClientObject(settings).pool_manager
+    from bert_pretrain_operator import kube
+
+    # The operator's credentials and the client's pool (the generated ApiClient.call_api
+    # changes its signature between client releases).
+    settings = kube.configuration(kubeconfig)
+    pool = RESTClientObject(settings).pool_manager
     headers = {"Accept": "application/json"}
-    token = settings.get_api_key_with_prefix("BearerToken") or settings.get_api_key_with_prefix(
-        "authorization"
-    )
+    token = kube.authorization(settings)
     if token:
-        headers["Authorization"] = token.strip()
+        headers["Authorization"] = token
 
     def get(path: str) -> Schema:
         response = pool.request("GET", settings.host + path, headers=headers, timeout=30.0)

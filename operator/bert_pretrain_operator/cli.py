@@ -22,7 +22,7 @@ from bert_pretrain_operator.api.crd import crd_yaml
 from bert_pretrain_operator.api.job import API_GROUP, KIND, BertPretrainJob
 from bert_pretrain_operator.api.validation import validate_document
 from bert_pretrain_operator.render import render_all
-from bert_pretrain_operator.render.trainer_config import ResolvedInputs
+from bert_pretrain_operator.render.trainer_config import ResolvedInputs, check_config
 
 EXIT_OK: Final = 0
 EXIT_INVALID: Final = 1
@@ -124,14 +124,14 @@ def _render(args: argparse.Namespace) -> int:
     resolved = ResolvedInputs()
     model = job.spec.model
     if model.starts_from:
-        field = "initCheckpoint" if model.init_checkpoint else "initFromOutput"
+        field = model.starts_from_field
         # The dimensions live in the checkpoint's bert_config.json: read as the job's
         # check reads it, but with the user's own credentials.
         try:
             from google.api_core.exceptions import GoogleAPIError
             from google.auth.exceptions import GoogleAuthError
 
-            from bert_trainer.check import check_checkpoint, check_output
+            from bert_trainer.check import check_starting_weights
             from bert_trainer.storage import InputError
         except ImportError as error:
             _print(
@@ -142,11 +142,7 @@ def _render(args: argparse.Namespace) -> int:
             )
             return EXIT_UNAVAILABLE
         try:
-            report = (
-                check_checkpoint(model.init_checkpoint, job.spec.data.vocab)
-                if model.init_checkpoint
-                else check_output(model.starts_from)
-            )
+            report = check_starting_weights(check_config(job))
         except InputError as error:
             _print(sys.stderr, f"{jobs[0].source}: {error}")
             return EXIT_INVALID
@@ -159,6 +155,7 @@ def _render(args: argparse.Namespace) -> int:
                 "Default Credentials, or the emulator named by STORAGE_EMULATOR_HOST)",
             )
             return EXIT_UNAVAILABLE
+        assert report is not None, "the model starts from weights"
         resolved = ResolvedInputs.from_report(report)
     objects: Iterable[Any] = render_all(job, resolved=resolved)
     sys.stdout.write(yaml.safe_dump_all(list(objects), sort_keys=False))

@@ -53,17 +53,28 @@ def check_inputs(config: CheckConfig) -> CheckReport:
         _require_matches(pattern, f"spec.data.corpus[{i}]")
     if config.tfrecords:
         _require_matches(config.tfrecords, "spec.data.tfrecords")
-    if config.init_checkpoint:
-        return check_checkpoint(config.init_checkpoint, config.vocab)
-    if config.init_from_output:
-        return check_output(config.init_from_output)
+    weights = check_starting_weights(config)
+    if weights is not None:
+        return weights
     if config.vocab:
         return CheckReport(vocab_size=_count_vocab(config.vocab, "spec.data.vocab"))
     return CheckReport()
 
 
+def check_starting_weights(config: CheckConfig) -> CheckReport | None:
+    """The dimensions and vocabulary size of the weights the model starts from, if any.
+
+    What ``bpj render`` reads too (with the user's credentials), to size the model.
+    """
+    if config.init_checkpoint:
+        return check_checkpoint(config.init_checkpoint, config.vocab)
+    if config.init_from_output:
+        return check_output(config.init_from_output)
+    return None
+
+
 def check_checkpoint(prefix: str, given_vocab: str | None) -> CheckReport:
-    """An init checkpoint's dimensions and vocabulary size (``bpj render`` reads them too)."""
+    """An init checkpoint's dimensions and vocabulary size."""
     field = "spec.model.initCheckpoint"
     if not storage.exists(prefix + ".index"):
         raise InputError(

@@ -33,6 +33,25 @@ class BertModelConfig(_Model):
     attention_dropout: float = Field(default=0.1, ge=0, lt=1)
     initializer_range: float = Field(default=0.02, gt=0)
 
+    def google_config(self) -> dict[str, object]:
+        """google-research/bert's bert_config.json for these dimensions.
+
+        HuggingFace's BertConfig uses the same keys; its export overrides hidden_act.
+        """
+        return {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": self.hidden_dropout,
+            "attention_probs_dropout_prob": self.attention_dropout,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "initializer_range": self.initializer_range,
+        }
+
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> BertModelConfig:
         if self.hidden_size % self.num_heads:

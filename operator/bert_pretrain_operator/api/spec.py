@@ -360,6 +360,11 @@ class ModelSpec(RuledModel):
         return self.init_checkpoint or self.init_from_output
 
     @property
+    def starts_from_field(self) -> str:
+        """The name of the field ``starts_from`` comes from, for messages."""
+        return "initCheckpoint" if self.init_checkpoint else "initFromOutput"
+
+    @property
     def explicit_dimensions_given(self) -> bool:
         """True when any of hiddenSize, numLayers, numHeads, intermediateSize is set."""
         return any(present(self, field) for field in _EXPLICIT_DIMENSIONS)

@@ -351,8 +351,10 @@ def _check_report(job: BertPretrainJob, result: str | None) -> InputsStatus | st
         return "its pod's report (the termination message) is not a check report"
     model, data = job.spec.model, job.spec.data
     if model.starts_from and (report.dimensions is None or report.vocab_size is None):
-        field = "initCheckpoint" if model.init_checkpoint else "initFromOutput"
-        return f"its report lacks spec.model.{field}'s dimensions and vocabulary size"
+        return (
+            f"its report lacks spec.model.{model.starts_from_field}'s dimensions and "
+            "vocabulary size"
+        )
     if data.vocab and report.vocab_size is None:
         return "its report lacks spec.data.vocab's size"
     return InputsStatus.model_validate(report.model_dump())

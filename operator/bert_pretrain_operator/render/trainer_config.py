@@ -68,6 +68,8 @@ class OutputLayout:
     summaries: str
     export: str
     init_checkpoint_config: str | None
+    init_checkpoints: str | None
+    """Another job's checkpoints, with spec.model.initFromOutput."""
 
 
 def layout(job: BertPretrainJob) -> OutputLayout:
@@ -75,12 +77,14 @@ def layout(job: BertPretrainJob) -> OutputLayout:
     out = spec.output.rstrip("/")
     init = spec.model.init_checkpoint
     init_dir = posixpath.dirname(init) if init else None
+    source = spec.model.init_from_output
+    init_checkpoints = output_checkpoints(source) if source else None
     if spec.data.vocab:
         vocab = spec.data.vocab
     elif init_dir:
         vocab = init_dir + "/vocab.txt"
-    elif spec.model.init_from_output:
-        vocab = output_checkpoints(spec.model.init_from_output) + "/vocab.txt"
+    elif init_checkpoints:
+        vocab = init_checkpoints + "/vocab.txt"
     else:
         vocab = out + "/vocab.txt"
     records_dir = None if spec.data.tfrecords else out + "/tfrecords"
@@ -93,6 +97,7 @@ def layout(job: BertPretrainJob) -> OutputLayout:
         summaries=out + "/summaries",
         export=out + "/export/huggingface",
         init_checkpoint_config=init_dir + "/bert_config.json" if init_dir else None,
+        init_checkpoints=init_checkpoints,
     )
 
 
@@ -216,9 +221,7 @@ def trainer_config(
         summary_dir=paths.summaries,
         init_checkpoint=spec.model.init_checkpoint,
         init_checkpoint_config=paths.init_checkpoint_config,
-        init_checkpoints=(
-            output_checkpoints(spec.model.init_from_output) if spec.model.init_from_output else None
-        ),
+        init_checkpoints=paths.init_checkpoints,
         vocab=paths.vocab,
     )
     export = None

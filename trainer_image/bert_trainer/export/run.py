@@ -32,6 +32,8 @@ SPECIAL_TOKENS = {
     "cls_token": "[CLS]",
     "mask_token": "[MASK]",
 }
+#: transformers' name for the tanh-approximated GELU that Google's bert_config.json
+#: calls "gelu" (transformers' "gelu" is the exact one).
 HIDDEN_ACT = "gelu_new"
 """The tanh approximation of gelu, which Google's BERT and keras-hub compute;
 HuggingFace's "gelu" is the exact erf form and would shift every logit slightly."""
@@ -70,17 +72,8 @@ def hf_config(model: BertModelConfig, pad_token_id: int = 0) -> dict[str, Any]:
     return {
         "architectures": ["BertForPreTraining"],
         "model_type": "bert",
-        "vocab_size": model.vocab_size,
-        "hidden_size": model.hidden_size,
-        "num_hidden_layers": model.num_layers,
-        "num_attention_heads": model.num_heads,
-        "intermediate_size": model.intermediate_size,
+        **model.google_config(),
         "hidden_act": HIDDEN_ACT,
-        "hidden_dropout_prob": model.hidden_dropout,
-        "attention_probs_dropout_prob": model.attention_dropout,
-        "max_position_embeddings": model.max_position_embeddings,
-        "type_vocab_size": model.type_vocab_size,
-        "initializer_range": model.initializer_range,
         "layer_norm_eps": 1e-12,
         "pad_token_id": pad_token_id,
         "position_embedding_type": "absolute",

@@ -185,20 +185,8 @@ def write_companions(directory: str, model: BertModelConfig, vocab: str | None) 
     its pre-flight check reads the dimensions and the vocabulary from them. Written
     whole at every start (the same bytes), retried while storage is unavailable.
     """
-    config = {
-        "vocab_size": model.vocab_size,
-        "hidden_size": model.hidden_size,
-        "num_hidden_layers": model.num_layers,
-        "num_attention_heads": model.num_heads,
-        "intermediate_size": model.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": model.hidden_dropout,
-        "attention_probs_dropout_prob": model.attention_dropout,
-        "max_position_embeddings": model.max_position_embeddings,
-        "type_vocab_size": model.type_vocab_size,
-        "initializer_range": model.initializer_range,
-    }
-    files = {"bert_config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}
+    config = json.dumps(model.google_config(), indent=2, sort_keys=True) + "\n"
+    files = {"bert_config.json": config}
     target = storage.join(directory, "vocab.txt")
     if vocab and vocab != target:
         try:
