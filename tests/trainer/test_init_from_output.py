@@ -128,3 +128,21 @@ def test_both_init_checkpoint_kinds_at_once_is_an_input_error(tmp_path: Path) ->
     assert settings is not None
     with pytest.raises(InputError, match="start from one"):
         check_settings(settings)
+
+
+@pytest.mark.tensorflow
+def test_the_companions_are_the_models_config_and_a_copy_of_a_readable_vocab(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bert_trainer.train.checkpoint import write_companions
+
+    vocab = write_vocab(tmp_path / "vocab.txt")
+    write_companions(str(tmp_path / "a"), TINY, str(vocab))
+    assert json.loads((tmp_path / "a" / "bert_config.json").read_text()) == TINY.google_config()
+    assert (tmp_path / "a" / "vocab.txt").read_bytes() == vocab.read_bytes()
+
+    # A vocab that cannot be read does not stop training: the config alone is written.
+    write_companions(str(tmp_path / "b"), TINY, str(tmp_path / "missing.txt"))
+    assert (tmp_path / "b" / "bert_config.json").exists()
+    assert not (tmp_path / "b" / "vocab.txt").exists()
+    assert "vocab.txt not written beside the checkpoints" in caplog.text
