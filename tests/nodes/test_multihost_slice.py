@@ -324,31 +324,40 @@ def _pods_of(state: plane.StackState, job: str) -> list[dict[str, Any]]:
 
 
 def _lose_a_records_pod(state: plane.StackState, name: str) -> dict[str, Any]:
-    """Kill index 1 of the records pass while it runs, before it reported done."""
+    """Kill index 1 of the records pass as its container starts, before it reported done.
+
+    Its share takes milliseconds once Python has started, and the kubelet may post the
+    pod's Running phase later than that: waiting for Running lost the race once. The
+    container's processes show on this host the moment it starts, so they are watched
+    there and killed at once, while the trainer is still importing.
+    """
     records_job = f"{name}-prep-records"
     victim: dict[str, Any] = {}
 
-    def victim_running() -> bool:
+    def victim_created() -> bool:
         for pod in _pods_of(state, records_job):
-            index = pod["metadata"]["annotations"].get(INDEX)
-            if index == "1" and pod["status"].get("phase") == "Running":
+            if pod["metadata"]["annotations"].get(INDEX) == "1":
                 victim.update(pod)
                 return True
         return False
 
-    wait_for(victim_running, 600, "the records pass' index-1 pod to run")
+    wait_for(victim_created, 600, "the records pass' index-1 pod to be created")
+    # A lost pod, as an OOM kill or a crash loses it: its processes die at once (from
+    # the host; the container's PID 1 would ignore a SIGTERM). Its real kubelet reports
+    # it Failed, and the Job controller must rerun index 1 only.
+    killed: list[int] = []
+
+    def killed_at_start() -> bool:
+        killed.extend(_kill_pod_processes(victim["metadata"]["name"]))
+        return bool(killed)
+
+    wait_for(killed_at_start, 300, "the index-1 pod's processes to start", interval=0.05)
     reports = (
         _kubectl_json(state, "get", "bpj", name, "-n", NAMESPACE)["status"]
         .get("preparation", {})
         .get("reports", {})
     )
     assert not reports.get("records-1", {}).get("done"), "index 1 finished before it was killed"
-    # A lost pod, as an OOM kill or a crash loses it: its processes die at once (from
-    # the host; the container's PID 1 would ignore a SIGTERM). Its real kubelet reports
-    # it Failed, and the Job controller must rerun index 1 only.
-    killed = _kill_pod_processes(victim["metadata"]["name"])
-    assert killed, f"no process of {victim['metadata']['name']} on the host: it had ended"
-
     return victim
 
 
