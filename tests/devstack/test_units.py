@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import types
 
 import pytest
 
@@ -90,3 +91,67 @@ def test_pod_success_delay_is_configurable() -> None:
     assert stage["spec"]["delay"]["durationMilliseconds"] == 1500
     with pytest.raises(ValueError, match="duration"):
         kwok_config.stages("soon")
+
+
+# --- Importing images into a node's containerd --------------------------------------------
+
+NODE = types.SimpleNamespace(name="local-cpu-0")
+"""What import_image reads of a node, besides what the fake ctr answers."""
+LOST_SNAPSHOT = (
+    'ctr: failed to prepare extraction snapshot "extract-1 sha256:aa": parent snapshot '
+    "sha256:bb does not exist: not found"
+)
+
+
+def _fake_ctr(monkeypatch: pytest.MonkeyPatch, import_errors: list[str]) -> list[tuple[str, ...]]:
+    """containerd.ctr answering ``images import`` with ``import_errors`` in turn, then success."""
+    from bpj_devstack.nodes import containerd
+
+    calls: list[tuple[str, ...]] = []
+    held: dict[str, str] = {}
+
+    def ctr(node: object, *args: str) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        if args[:2] == ("images", "import"):
+            if import_errors:
+                return subprocess.CompletedProcess(args, 1, "", import_errors.pop(0))
+            held["localhost/x:dev"] = "sha256:new"
+            return subprocess.CompletedProcess(args, 0, "", "")
+        rows = "".join(f"{name} application/json {digest}\n" for name, digest in held.items())
+        return subprocess.CompletedProcess(args, 0, "REF TYPE DIGEST\n" + rows, "")
+
+    monkeypatch.setattr(containerd, "ctr", ctr)
+    monkeypatch.setattr(
+        containerd, "archive_manifest", lambda archive: ("localhost/x:dev", "sha256:new")
+    )
+    return calls
+
+
+def test_an_import_that_lost_a_snapshot_to_containerds_gc_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pathlib import Path
+
+    from bpj_devstack.nodes import containerd
+
+    calls = _fake_ctr(monkeypatch, [LOST_SNAPSHOT])
+    assert containerd.import_image(NODE, Path("x.tar"))  # type: ignore[arg-type]
+    assert [c[:2] for c in calls].count(("images", "import")) == 2
+
+
+def test_an_import_that_keeps_losing_snapshots_or_fails_otherwise_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pathlib import Path
+
+    from bpj_devstack.nodes import containerd
+
+    calls = _fake_ctr(monkeypatch, [LOST_SNAPSHOT] * containerd.IMPORT_ATTEMPTS)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        containerd.import_image(NODE, Path("x.tar"))  # type: ignore[arg-type]
+    assert [c[:2] for c in calls].count(("images", "import")) == containerd.IMPORT_ATTEMPTS
+
+    calls = _fake_ctr(monkeypatch, ["ctr: unexpected EOF"])
+    with pytest.raises(RuntimeError, match="unexpected EOF"):
+        containerd.import_image(NODE, Path("x.tar"))  # type: ignore[arg-type]
+    assert [c[:2] for c in calls].count(("images", "import")) == 1

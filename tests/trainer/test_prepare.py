@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,7 @@ def small_corpus(corpus_dir: Path) -> SmallCorpus:
         corpus_words.distinct, corpus_words.counts().tolist(), vocab_size=800, min_frequency=2
     )
     corpus = documents.tokenize_corpus(sentences, corpus_words, tokens)
-    layout = instances.Layout(corpus.sentence_starts.tolist(), corpus.document_starts.tolist())
+    layout = instances.Layout(corpus.sentence_starts, corpus.document_starts)
     return SmallCorpus(corpus, tokens, special_ids(tokens), layout)
 
 
@@ -260,7 +259,7 @@ def test_pairs_follow_googles_chunking(small_corpus: SmallCorpus) -> None:
         small_corpus.layout.num_documents,
         max_seq_length=max_seq,
         short_seq_prob=0.1,
-        rng=random.Random(3),
+        rng=np.random.default_rng(3),
     )
     doc_token_starts = small_corpus.corpus.sentence_starts[small_corpus.corpus.document_starts]
 
@@ -302,7 +301,7 @@ def test_short_seq_prob_shortens_pairs(small_corpus: SmallCorpus) -> None:
             small_corpus.layout.num_documents,
             max_seq_length=128,
             short_seq_prob=short_seq_prob,
-            rng=random.Random(5),
+            rng=np.random.default_rng(5),
         )
         return float((pairs.a_length + pairs.b_length).mean())
 
@@ -319,7 +318,7 @@ def _mask(small_corpus: SmallCorpus, whole_word_masking: bool) -> masking.Instan
         small_corpus.layout.num_documents,
         max_seq_length=MAX_SEQ,
         short_seq_prob=0.1,
-        rng=random.Random(11),
+        rng=np.random.default_rng(11),
     )
     return masking.make_instances(
         small_corpus.corpus.token_ids,
@@ -429,6 +428,22 @@ def test_split_words_of_a_batch_are_each_lines_words(lines: list[str], lowercase
     expected = [bert_pipeline_words(line, lowercase) for line in lines]
     assert found.per_sentence.tolist() == [len(w) for w in expected]
     assert [found.distinct[c] for c in found.codes] == [w for ws in expected for w in ws]
+
+
+def test_interning_keeps_first_appearance_order_past_the_tables_growth() -> None:
+    # The compiled interning table starts at 4,096 slots and doubles at half full:
+    # 20,000 distinct words (accented ones too) grow it several times.
+    rng = np.random.default_rng(7)
+    letters = list("abcdefghijklmnopqrstuvwxyzé0123456789")
+    vocabulary = ["".join(rng.choice(letters, size=rng.integers(1, 9))) for _ in range(20_000)]
+    lines = [" ".join(rng.choice(vocabulary, size=12)) + "." for _ in range(4_000)]
+    found = words.split_words(lines, lowercase=False)
+    expected = [bert_pipeline_words(line, False) for line in lines]
+    flat = [w for ws in expected for w in ws]
+    assert len(found.distinct) > 2_048
+    assert found.distinct == list(dict.fromkeys(flat))
+    assert [found.distinct[c] for c in found.codes] == flat
+    assert found.per_sentence.tolist() == [len(w) for w in expected]
 
 
 def test_non_ascii_lines_holding_every_separator_split_like_tokenizers() -> None:
@@ -738,3 +753,43 @@ def test_cli_maps_other_failures_to_their_exit_codes(
 
     assert main(["prepare", "--config", str(config_path)]) == code
     assert message_path.read_text().startswith("prepare: ")
+
+
+# --- Compiled kernels --------------------------------------------------------------------
+
+_SIGNATURES_AFTER_PREPARE = """
+import json, sys
+from pathlib import Path
+from bert_trainer.prepare import kernels, run_prepare
+from tests.trainer.conftest import small_prepare_config
+
+corpus_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
+for whole_word_masking in (False, True):
+    config = small_prepare_config(
+        corpus_dir, out_dir / str(whole_word_masking), workers=1,
+        whole_word_masking=whole_word_masking,
+    )
+    run_prepare(config)
+print(json.dumps({k.__name__: [str(s) for s in k.signatures] for k in kernels._KERNELS}))
+"""
+
+
+def test_kernels_load_compiles_exactly_what_prepare_calls(corpus_dir: Path, tmp_path: Path) -> None:
+    # kernels.load() compiles every kernel once, before a pass forks its pool. A call
+    # of other argument types (a strided array, another dtype) would compile a second
+    # signature in every worker, seconds each, unseen: this counts them in a fresh
+    # process that prepared with and without whole-word masking.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNATURES_AFTER_PREPARE, str(corpus_dir), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    signatures = json.loads(done.stdout.splitlines()[-1])
+    assert set(signatures) == {"_intern_words", "_pairs", "_mask_rows", "_encode"}
+    assert all(len(s) == 1 for s in signatures.values()), signatures

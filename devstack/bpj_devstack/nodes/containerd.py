@@ -148,6 +148,9 @@ def images(node: layout.KubeletNode) -> dict[str, str]:
     return found
 
 
+IMPORT_ATTEMPTS = 3
+
+
 def import_image(node: layout.KubeletNode, archive: Path) -> bool:
     """Import ``archive`` unless the node already holds that exact manifest under its name.
 
@@ -160,9 +163,25 @@ def import_image(node: layout.KubeletNode, archive: Path) -> bool:
     if images(node).get(name) == digest:
         return False
     log.info("importing %s into %s's containerd", name, node.name)
-    result = ctr(node, "images", "import", str(archive))
-    if result.returncode != 0:
-        raise RuntimeError(f"ctr images import {archive} into {node.name}: {result.stderr.strip()}")
+    for attempt in range(1, IMPORT_ATTEMPTS + 1):
+        result = ctr(node, "images", "import", str(archive))
+        if result.returncode == 0:
+            break
+        # Re-importing a name whose old image shares base layers with the new one
+        # races containerd's garbage collector: it may remove a parent snapshot that
+        # the unpack is about to stack onto ("parent snapshot ... does not exist",
+        # containerd/containerd#3787; it failed a CI run's demo on 7 December 2026).
+        # A second import unpacks the missing layers again.
+        transient = "does not exist: not found" in result.stderr
+        if not transient or attempt == IMPORT_ATTEMPTS:
+            raise RuntimeError(
+                f"ctr images import {archive} into {node.name}: {result.stderr.strip()}"
+            )
+        log.warning(
+            "import of %s into %s lost a snapshot to containerd's GC; importing again",
+            name,
+            node.name,
+        )
     if images(node).get(name) != digest:
         raise RuntimeError(f"{node.name}'s containerd has no {name}@{digest} after the import")
     return True

@@ -11,17 +11,18 @@ truncated to ``max_seq_length - 3`` tokens, one token at a time from the longer
 segment, at its front or back with even odds.
 
 Segments are ``[start, start + length)`` ranges of ``Corpus.token_ids``, which
-is what makes this loop cheap: it only does arithmetic on sentence offsets.
+is what makes this loop cheap: it only does arithmetic on sentence offsets. It
+is compiled (``compiled``), with scalar draws from the task's generator.
 """
 
 from __future__ import annotations
 
-import random
-from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from bert_trainer.prepare import compiled
 
 IntArray = npt.NDArray[np.int64]
 
@@ -51,16 +52,19 @@ class Pairs:
 
 @dataclass(frozen=True)
 class Layout:
-    """The corpus offsets as Python lists: indexing them is ~10x faster than numpy scalars."""
+    """The corpus offsets: where each sentence and each document starts (one past the end last)."""
 
-    sentence_starts: list[int]
-    document_starts: list[int]
+    sentence_starts: IntArray
+    """Token offset of each sentence in ``Corpus.token_ids``."""
+    document_starts: IntArray
+    """Sentence index of each document."""
 
     @property
     def num_documents(self) -> int:
         return len(self.document_starts) - 1
 
 
+@compiled.inline
 def truncation_counts(a_length: int, b_length: int, max_tokens: int) -> tuple[int, int]:
     """Tokens google-research/bert's ``truncate_seq_pair`` removes from A and from B.
 
@@ -93,72 +97,94 @@ def build_pairs(
     *,
     max_seq_length: int,
     short_seq_prob: float,
-    rng: random.Random,
+    rng: np.random.Generator,
 ) -> Pairs:
     """The pairs of documents ``[first_document, end_document)``, in document order."""
-    # The hottest Python loop of prepare: locals only, and integer draws as
-    # low + int(random() * span), ~5x cheaper than randint (bias below 2**-50).
-    starts = layout.sentence_starts
-    documents = layout.document_starts
-    num_documents = layout.num_documents
-    max_tokens = max_seq_length - 3
-    draw = rng.random
-    rows: list[tuple[int, int, int, int, bool]] = []
-    append = rows.append
+    table, is_random_next = _pairs(
+        np.ascontiguousarray(layout.sentence_starts, dtype=np.int64),
+        np.ascontiguousarray(layout.document_starts, dtype=np.int64),
+        first_document,
+        end_document,
+        max_seq_length - 3,
+        short_seq_prob,
+        rng,
+    )
+    # One contiguous row per column: the masking kernel is compiled for contiguous arrays.
+    a_start, a_length, b_start, b_length = table
+    return Pairs(a_start, a_length, b_start, b_length, is_random_next)
 
+
+@compiled.kernel
+def _pairs(
+    starts: IntArray,
+    documents: IntArray,
+    first_document: int,
+    end_document: int,
+    max_tokens: int,
+    short_seq_prob: float,
+    rng: np.random.Generator,
+) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+    num_documents = len(documents) - 1
+    # Every pair uses up at least one sentence of its document.
+    capacity = documents[end_document] - documents[first_document]
+    table = np.empty((4, capacity), dtype=np.int64)
+    is_random_next = np.empty(capacity, dtype=np.bool_)
+    rows = 0
     for document in range(first_document, end_document):
         first, end = documents[document], documents[document + 1]
         target = max_tokens
-        if draw() < short_seq_prob:
-            target = 2 + int(draw() * (max_tokens - 1))
+        if rng.random() < short_seq_prob:
+            target = 2 + int(rng.random() * (max_tokens - 1))
 
         chunk_first = first
         i = first
         while i < end:
             if i == end - 1 or starts[i + 1] - starts[chunk_first] >= target:
                 chunk_size = i - chunk_first + 1
-                a_end = chunk_first + (1 + int(draw() * (chunk_size - 1)) if chunk_size > 1 else 1)
+                a_end = chunk_first + 1
+                if chunk_size > 1:
+                    a_end += int(rng.random() * (chunk_size - 1))
                 a_start = starts[chunk_first]
                 a_length = starts[a_end] - a_start
-                if chunk_size == 1 or draw() < 0.5:
-                    is_random_next = True
+                random_next = chunk_size == 1 or rng.random() < 0.5
+                if random_next:
                     # Tried 10 times, as the original does, so one document still works.
+                    other = document
                     for _ in range(10):
-                        other = int(draw() * num_documents)
+                        other = int(rng.random() * num_documents)
                         if other != document:
                             break
                     other_first, other_end = documents[other], documents[other + 1]
-                    b_first = other_first + int(draw() * (other_end - other_first))
+                    b_first = other_first + int(rng.random() * (other_end - other_first))
                     b_start = starts[b_first]
-                    b_end = bisect_left(starts, b_start + target - a_length, b_first + 1, other_end)
+                    # The first sentence end at or past the wanted length (bisect_left).
+                    b_end = (
+                        b_first
+                        + 1
+                        + np.searchsorted(
+                            starts[b_first + 1 : other_end], b_start + target - a_length
+                        )
+                    )
                     b_length = starts[b_end] - b_start
                     i = a_end - 1  # put the unused sentences back
                 else:
-                    is_random_next = False
                     b_start = starts[a_end]
                     b_length = starts[i + 1] - b_start
                 if a_length + b_length > max_tokens:
                     cut_a, cut_b = truncation_counts(a_length, b_length, max_tokens)
+                    # Each token is cut from the front or the back with even odds.
                     if cut_a:
-                        a_start += _heads(rng, cut_a)
+                        a_start += rng.binomial(cut_a, 0.5)
                         a_length -= cut_a
                     if cut_b:
-                        b_start += _heads(rng, cut_b)
+                        b_start += rng.binomial(cut_b, 0.5)
                         b_length -= cut_b
-                append((a_start, a_length, b_start, b_length, is_random_next))
+                table[0, rows] = a_start
+                table[1, rows] = a_length
+                table[2, rows] = b_start
+                table[3, rows] = b_length
+                is_random_next[rows] = random_next
+                rows += 1
                 chunk_first = i + 1
             i += 1
-
-    table = np.array(rows, dtype=np.int64).reshape(-1, 5)
-    return Pairs(
-        a_start=table[:, 0],
-        a_length=table[:, 1],
-        b_start=table[:, 2],
-        b_length=table[:, 3],
-        is_random_next=table[:, 4].astype(bool),
-    )
-
-
-def _heads(rng: random.Random, flips: int) -> int:
-    """How many of ``flips`` fair coins land heads: a Binomial(flips, 1/2) draw."""
-    return rng.getrandbits(flips).bit_count()
+    return table[:, :rows].copy(), is_random_next[:rows].copy()

@@ -12,23 +12,22 @@ The masking follows google-research/bert's ``create_masked_lm_predictions``:
   10 % of the time and becomes a uniformly random vocab id 10 % of the time;
 - positions are reported in ascending order, padded with zeros (weight 0).
 
-Every step is a numpy operation over the ``(instances, max_seq_length)``
-matrix; the only loop runs over group ranks and stops once every row is full.
+It runs as one compiled loop over the rows (``compiled``), drawing from the
+task's generator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from bert_trainer.prepare import compiled
 from bert_trainer.prepare.instances import Pairs
 
 IntArray = npt.NDArray[np.int32]
 BoolArray = npt.NDArray[np.bool_]
-_A = TypeVar("_A", npt.NDArray[np.int32], npt.NDArray[np.float32])
 
 
 @dataclass(frozen=True)
@@ -85,131 +84,143 @@ def make_instances(
     rng: np.random.Generator,
 ) -> Instances:
     n, width = len(pairs), max_seq_length
-    col = np.arange(width, dtype=np.int32)[None, :]
-    a_len = pairs.a_length.astype(np.int32)[:, None]
-    length = a_len + pairs.b_length.astype(np.int32)[:, None] + 3
-    first_sep = a_len + 1
-    in_a = (col >= 1) & (col < first_sep)
-    candidate = in_a | ((col > first_sep) & (col < length - 1))
-    # Offsets into the corpus may pass 2**31, so the gather index stays int64.
-    source = np.where(
-        in_a, pairs.a_start[:, None] - 1 + col, pairs.b_start[:, None] - first_sep - 1 + col
+    input_ids = np.zeros((n, width), dtype=np.int32)
+    input_mask = np.zeros((n, width), dtype=np.int32)
+    segment_ids = np.zeros((n, width), dtype=np.int32)
+    positions = np.zeros((n, max_predictions_per_seq), dtype=np.int32)
+    labels = np.zeros((n, max_predictions_per_seq), dtype=np.int32)
+    weights = np.zeros((n, max_predictions_per_seq), dtype=np.float32)
+    _mask_rows(
+        # Contiguous arrays of fixed dtypes: one compiled signature (see ``kernels``).
+        np.ascontiguousarray(token_ids, dtype=np.int32),
+        np.ascontiguousarray(pairs.a_start, dtype=np.int64),
+        np.ascontiguousarray(pairs.a_length, dtype=np.int64),
+        np.ascontiguousarray(pairs.b_start, dtype=np.int64),
+        np.ascontiguousarray(pairs.b_length, dtype=np.int64),
+        special.cls,
+        special.sep,
+        special.mask,
+        special.vocab_size,
+        np.ascontiguousarray(special.is_continuation, dtype=np.bool_)
+        if whole_word_masking
+        else np.zeros(0, dtype=np.bool_),
+        whole_word_masking,
+        masked_lm_prob,
+        rng,
+        input_ids,
+        input_mask,
+        segment_ids,
+        positions,
+        labels,
+        weights,
     )
-    source[~candidate] = 0
-    ids = token_ids[source]
-    ids[~candidate] = 0
-    rows = np.arange(n)
-    ids[:, 0] = special.cls
-    ids[rows, first_sep[:, 0]] = special.sep
-    ids[rows, length[:, 0] - 1] = special.sep
-    input_mask = (col < length).astype(np.int32)
-    segment_ids = ((col > first_sep) & (col < length)).astype(np.int32)
-
-    num_to_predict = np.minimum(
-        max_predictions_per_seq, np.maximum(1, np.rint(length[:, 0] * masked_lm_prob))
-    ).astype(np.int32)
-    slots = min(max_predictions_per_seq, width)
-    if whole_word_masking:
-        positions = _choose_words(candidate, ids, special, num_to_predict, slots, rng)
-    else:
-        positions = _choose_tokens(candidate, num_to_predict, slots, rng)
-    valid = positions < width
-    positions[~valid] = 0
-    labels = np.take_along_axis(ids, positions, axis=1)
-    labels[~valid] = 0
-
-    draw = rng.random((n, slots))
-    keep = rng.random((n, slots)) < 0.5
-    random_ids = rng.integers(0, special.vocab_size, size=(n, slots), dtype=np.int32)
-    replacement = np.where(draw < 0.8, special.mask, np.where(keep, labels, random_ids))
-    masked_rows, masked_slots = np.nonzero(valid)
-    ids[masked_rows, positions[masked_rows, masked_slots]] = replacement[masked_rows, masked_slots]
-
-    pad = max_predictions_per_seq - slots
     return Instances(
-        input_ids=ids,
+        input_ids=input_ids,
         input_mask=input_mask,
         segment_ids=segment_ids,
-        masked_lm_positions=_pad(positions.astype(np.int32), pad),
-        masked_lm_ids=_pad(labels, pad),
-        masked_lm_weights=_pad(valid.astype(np.float32), pad),
+        masked_lm_positions=positions,
+        masked_lm_ids=labels,
+        masked_lm_weights=weights,
         next_sentence_labels=pairs.is_random_next.astype(np.int32)[:, None],
     )
 
 
-def _choose_tokens(
-    candidate: BoolArray, num_to_predict: IntArray, slots: int, rng: np.random.Generator
-) -> IntArray:
-    """Per row, ``num_to_predict`` uniformly random candidates, ascending, padded with width.
-
-    The candidates with the smallest random keys: the first ones after a shuffle.
-    """
-    n, width = candidate.shape
-    keys = rng.random((n, width))
-    keys[~candidate] = 2.0
-    if slots < width:
-        smallest = np.argpartition(keys, slots - 1, axis=1)[:, :slots]
-    else:
-        smallest = np.broadcast_to(np.arange(width), (n, width))
-    smallest_keys = np.take_along_axis(keys, smallest, axis=1)
-    order = np.argsort(smallest_keys, axis=1)
-    ranked = np.take_along_axis(smallest, order, axis=1)
-    ranked_keys = np.take_along_axis(smallest_keys, order, axis=1)
-    take = (np.arange(slots) < num_to_predict[:, None]) & (ranked_keys < 2.0)
-    positions: IntArray = np.sort(np.where(take, ranked, width), axis=1).astype(np.int32)
-    return positions
-
-
-def _choose_words(
-    candidate: BoolArray,
-    ids: IntArray,
-    special: SpecialIds,
-    num_to_predict: IntArray,
-    slots: int,
+@compiled.kernel
+def _mask_rows(
+    token_ids: npt.NDArray[np.int32],
+    a_start: npt.NDArray[np.int64],
+    a_length: npt.NDArray[np.int64],
+    b_start: npt.NDArray[np.int64],
+    b_length: npt.NDArray[np.int64],
+    cls: int,
+    sep: int,
+    mask: int,
+    vocab_size: int,
+    is_continuation: BoolArray,
+    whole_word_masking: bool,
+    masked_lm_prob: float,
     rng: np.random.Generator,
-) -> IntArray:
-    """Whole-word masking: google-research/bert's greedy walk over shuffled word groups.
+    input_ids: IntArray,
+    input_mask: IntArray,
+    segment_ids: IntArray,
+    positions: IntArray,
+    labels: IntArray,
+    weights: npt.NDArray[np.float32],
+) -> None:
+    """Fill the (zeroed) output rows: ids, masks, then each row's predictions."""
+    n, width = input_ids.shape
+    max_predictions = positions.shape[1]
+    candidates = np.empty(width, dtype=np.int64)
+    group_first = np.empty(width + 1, dtype=np.int64)
+    chosen = np.zeros(width, dtype=np.bool_)
+    for row in range(n):
+        ids = input_ids[row]
+        a_len, b_len = a_length[row], b_length[row]
+        length = a_len + b_len + 3
+        ids[0] = cls
+        for k in range(a_len):
+            ids[1 + k] = token_ids[a_start[row] + k]
+        ids[a_len + 1] = sep
+        for k in range(b_len):
+            ids[a_len + 2 + k] = token_ids[b_start[row] + k]
+        ids[length - 1] = sep
+        for col in range(length):
+            input_mask[row, col] = 1
+        for col in range(a_len + 2, length):
+            segment_ids[row, col] = 1
 
-    Returns the chosen positions per row, ascending, padded with ``width``.
-    """
-    n, width = candidate.shape
-    # A row's first candidate starts a group even when it is a ## piece; a ## piece
-    # right after [SEP] joins the group before it, as in the original.
-    first_candidate = np.cumsum(candidate, axis=1) == 1
-    group_start = candidate & (~special.is_continuation[ids] | first_candidate)
-    group = np.cumsum(group_start, axis=1) - 1
-    num_groups = group_start.sum(axis=1)
+        num_candidates = 0
+        for col in range(1, length - 1):
+            if col != a_len + 1:
+                candidates[num_candidates] = col
+                num_candidates += 1
+        # google-research/bert rounds half to even (Python 3's round): so does rint.
+        num_to_predict = min(max_predictions, max(1, int(np.rint(length * masked_lm_prob))))
 
-    flat_group = (np.arange(n)[:, None] * width + group)[candidate]
-    group_size = np.bincount(flat_group, minlength=n * width).reshape(n, width)
+        if whole_word_masking:
+            # Candidate groups: a ## piece joins the group before it, except a row's
+            # first candidate, which starts one; so does a ## piece right after [SEP]
+            # join the group before the [SEP], as in the original.
+            groups = 0
+            for k in range(num_candidates):
+                if k == 0 or not is_continuation[ids[candidates[k]]]:
+                    group_first[groups] = k
+                    groups += 1
+            group_first[groups] = num_candidates
+            order = np.arange(groups)
+            rng.shuffle(order)
+            total = 0
+            for g in order:
+                if total >= num_to_predict:
+                    break
+                size = group_first[g + 1] - group_first[g]
+                # A whole word that would overflow is skipped, as in the original.
+                if total + size <= num_to_predict:
+                    for k in range(group_first[g], group_first[g + 1]):
+                        chosen[candidates[k]] = True
+                    total += size
+        else:
+            # A partial Fisher-Yates shuffle: the first num_to_predict candidates.
+            total = min(num_to_predict, num_candidates)
+            for k in range(total):
+                j = k + int(rng.random() * (num_candidates - k))
+                candidates[k], candidates[j] = candidates[j], candidates[k]
+                chosen[candidates[k]] = True
 
-    keys = rng.random((n, width))
-    keys[np.arange(width)[None, :] >= num_groups[:, None]] = 2.0
-    order = np.argsort(keys, axis=1)
-    size_in_order = np.take_along_axis(group_size, order, axis=1)
-
-    taken_in_order = np.zeros((n, width), dtype=bool)
-    total = np.zeros(n, dtype=np.int64)
-    for rank in range(width):
-        open_rows = (total < num_to_predict) & (rank < num_groups)
-        if not open_rows.any():
-            break
-        size = size_in_order[:, rank]
-        fits = open_rows & (total + size <= num_to_predict)
-        taken_in_order[:, rank] = fits
-        total += np.where(fits, size, 0)
-
-    taken = np.zeros((n, width), dtype=bool)
-    np.put_along_axis(taken, order, taken_in_order, axis=1)
-    chosen = candidate & np.take_along_axis(taken, np.maximum(group, 0), axis=1)
-    columns = np.where(chosen, np.arange(width), width)
-    positions: IntArray = np.sort(columns, axis=1)[:, :slots].astype(np.int32)
-    return positions
-
-
-def _pad(array: _A, columns: int) -> _A:
-    """Zero columns on the right: only when max_predictions_per_seq > max_seq_length."""
-    if columns == 0:
-        return array
-    padded: _A = np.pad(array, ((0, 0), (0, columns)))
-    return padded
+        # Positions ascending; each masked 80 % [MASK], 10 % kept, 10 % a random id.
+        slot = 0
+        for col in range(1, length - 1):
+            if not chosen[col]:
+                continue
+            chosen[col] = False
+            if slot == max_predictions:
+                continue
+            label = ids[col]
+            positions[row, slot] = col
+            labels[row, slot] = label
+            weights[row, slot] = 1.0
+            if rng.random() < 0.8:
+                ids[col] = mask
+            elif rng.random() >= 0.5:
+                ids[col] = rng.integers(0, vocab_size)
+            slot += 1
