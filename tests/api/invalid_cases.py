@@ -59,6 +59,36 @@ BASES: dict[str, dict[str, Any]] = {
             "output": "gs://bpj-test/runs/case",
         },
     },
+    # The standard recipe in two phases (length 64, then 128) on a v4 2x2x1 slice.
+    "phased": {
+        "apiVersion": "pretraining.bert.dev/v1alpha1",
+        "kind": "BertPretrainJob",
+        "metadata": {"name": "case"},
+        "spec": {
+            "data": {"corpus": ["gs://bpj-test/corpus/*.txt"], "vocabSize": 1000},
+            "model": {"size": "tiny"},
+            "training": {
+                "phases": [
+                    {
+                        "trainSteps": 90,
+                        "maxSeqLength": 64,
+                        "maxPredictionsPerSeq": 10,
+                        "globalBatchSize": 16,
+                    },
+                    {
+                        "trainSteps": 10,
+                        "maxSeqLength": 128,
+                        "maxPredictionsPerSeq": 20,
+                        "globalBatchSize": 8,
+                        "learningRate": 0.00005,
+                        "warmupSteps": 2,
+                    },
+                ]
+            },
+            "tpu": {"accelerator": "tpu-v4-podslice", "topology": "2x2x1"},
+            "output": "gs://bpj-test/runs/case",
+        },
+    },
     # Continued pretraining from another job's output, on prepared records.
     "continued": {
         "apiVersion": "pretraining.bert.dev/v1alpha1",
@@ -73,6 +103,17 @@ BASES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+def _phase(**changes: Any) -> dict[str, Any]:
+    """The phased base's first phase, changed."""
+    return {
+        "trainSteps": 90,
+        "maxSeqLength": 64,
+        "maxPredictionsPerSeq": 10,
+        "globalBatchSize": 16,
+        **changes,
+    }
 
 
 @dataclass(frozen=True)
@@ -663,6 +704,76 @@ CASES: tuple[Case, ...] = (
         "spec.training.warmupSteps",
         {"spec.training.warmupSteps": 101},
     ),
+    # --- CEL: training phases ---
+    *(
+        Case(
+            f"phases-with-{field.split('.')[-1]}",
+            f"spec.{field}",
+            {f"spec.{field}": value},
+            "phased",
+        )
+        for field, value in (
+            ("training.trainSteps", 100),
+            ("training.globalBatchSize", 8),
+            ("training.warmupSteps", 10),
+            ("data.maxSeqLength", 128),
+            ("data.maxPredictionsPerSeq", 20),
+        )
+    ),
+    Case(
+        "phases-with-prepared-records",
+        "spec.data.tfrecords",
+        {
+            "spec.data.corpus": UNSET,
+            "spec.data.vocabSize": UNSET,
+            "spec.data.tfrecords": "gs://bpj-test/records/*.tfrecord",
+            "spec.data.vocab": "gs://bpj-test/records/vocab.txt",
+        },
+        "phased",
+    ),
+    Case("phases-empty", "spec.training.phases", {"spec.training.phases": []}, "phased"),
+    Case(
+        "phase-predictions-not-below-length",
+        "spec.training.phases[].maxPredictionsPerSeq",
+        {"spec.training.phases": [_phase(maxPredictionsPerSeq=64)]},
+        "phased",
+    ),
+    Case(
+        "phase-warmup-exceeds-its-steps",
+        "spec.training.phases[].warmupSteps",
+        {"spec.training.phases": [_phase(warmupSteps=91)]},
+        "phased",
+    ),
+    Case(
+        "phase-batch-not-divisible-by-chips",
+        "spec.training.phases[].globalBatchSize",
+        {"spec.training.phases": [_phase(), _phase(globalBatchSize=6, maxSeqLength=128)]},
+        "phased",
+    ),
+    Case(
+        "phase-accumulation-not-dividing-its-batch",
+        "spec.training.phases[].gradientAccumulationSteps",
+        {"spec.training.phases": [_phase(gradientAccumulationSteps=3)]},
+        "phased",
+    ),
+    Case(
+        "phases-of-one-length-with-two-predictions",
+        "spec.training.phases[].maxPredictionsPerSeq",
+        {"spec.training.phases": [_phase(), _phase(maxPredictionsPerSeq=12)]},
+        "phased",
+    ),
+    Case(
+        "phases-too-many",
+        "spec.training.phases",
+        {"spec.training.phases": [_phase()] * 9},
+        "phased",
+    ),
+    Case(
+        "phase-without-length",
+        "spec.training.phases[0].maxSeqLength",
+        {"spec.training.phases": [{k: v for k, v in _phase().items() if k != "maxSeqLength"}]},
+        "phased",
+    ),
     # --- CEL: metadata ---
     Case("name-too-long", "metadata.name", {"metadata.name": "a" * 41}),
     Case("name-starts-with-digit", "metadata.name", {"metadata.name": "1st-run"}),
@@ -680,6 +791,12 @@ UPDATE_CASES: tuple[UpdateCase, ...] = (
         "global-batch-size", "spec.training.globalBatchSize", {"spec.training.globalBatchSize": 16}
     ),
     UpdateCase("optimizer", "spec.training.optimizer", {"spec.training.optimizer": "lamb"}),
+    UpdateCase(
+        "phases",
+        "spec.training.phases",
+        {"spec.training.phases": [_phase(trainSteps=80)]},
+        "phased",
+    ),
 )
 #: An update that stays allowed after the start (e.g. training longer).
 MUTABLE_UPDATE: Mapping[str, Any] = {

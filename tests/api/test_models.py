@@ -19,7 +19,14 @@ from bert_pretrain_operator.api import (
 )
 from bert_pretrain_operator.api.job import API_GROUP_VERSION, IMMUTABLE_ONCE_STARTED
 from bert_pretrain_operator.api.sizes import HEAD_SIZE, INTERMEDIATE_MULTIPLE
-from bert_pretrain_operator.api.spec import PREPARE_DEFAULTS, DataSpec, ModelSpec, TrainingSpec
+from bert_pretrain_operator.api.spec import (
+    DEFAULT_MAX_PREDICTIONS_PER_SEQ,
+    DEFAULT_MAX_SEQ_LENGTH,
+    PREPARE_DEFAULTS,
+    ModelSpec,
+    SequenceLength,
+    TrainingSpec,
+)
 from bert_trainer import contract
 from bert_trainer.config import PrepareConfig, TrainConfig
 from tests.api.invalid_cases import BASES, updated
@@ -43,8 +50,9 @@ def test_examples_round_trip_in_camel_case(path: Path) -> None:
 
 def test_defaults_follow_the_schema() -> None:
     spec = BertPretrainJob.from_manifest(BASES["corpus"]).spec
-    assert spec.data.max_seq_length == 128
-    assert spec.data.max_predictions_per_seq == 20
+    # No schema default (they are forbidden with phases); the operator's: BERT's phase 1.
+    assert spec.data.max_seq_length is None
+    assert spec.sequence_lengths() == [SequenceLength(128, 20)]
     assert spec.data.lowercase is True
     assert spec.training.optimizer == "adamw"
     assert spec.training.precision == "float32"
@@ -60,9 +68,12 @@ def test_prepare_defaults_are_the_trainers() -> None:
 
 
 def test_schema_defaults_are_the_trainers() -> None:
-    shared = ("max_seq_length", "max_predictions_per_seq")
-    for name in shared:
-        assert DataSpec.model_fields[name].default == TrainConfig.model_fields[name].default
+    # The operator's defaults of the length (no schema default: phases forbid them).
+    assert TrainConfig.model_fields["max_seq_length"].default == DEFAULT_MAX_SEQ_LENGTH
+    assert (
+        TrainConfig.model_fields["max_predictions_per_seq"].default
+        == DEFAULT_MAX_PREDICTIONS_PER_SEQ
+    )
     for name in (
         "learning_rate",
         "optimizer",

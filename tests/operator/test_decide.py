@@ -535,3 +535,65 @@ def test_condition_transition_time_moves_only_on_status_change() -> None:
     trained = next(c for c in d.status.conditions or [] if c.type == "Trained")
     assert trained.reason == "Running"
     assert trained.last_transition_time == T0
+
+
+def test_training_phase_follows_the_reported_step_and_the_trained_message_names_the_phases() -> (
+    None
+):
+    phases = [
+        {"trainSteps": 12, "maxSeqLength": 64, "maxPredictionsPerSeq": 10, "globalBatchSize": 8},
+        {"trainSteps": 8, "maxSeqLength": 128, "maxPredictionsPerSeq": 20, "globalBatchSize": 4},
+    ]
+    data = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())["spec"]["data"]
+    for single in ("maxSeqLength", "maxPredictionsPerSeq"):
+        data.pop(single, None)
+    job = make_job(training={"phases": phases}, data=data)
+    job, prepared = run_preparation(apply(job, decide(job, Observed(), T0)), workers=1)
+    job = apply(job, decide(job, prepared, T0))
+    running = Observed(
+        prepare=prepared.prepare, train={1: ObservedJob("quickstart-train-1", JobState.RUNNING)}
+    )
+
+    def at(step: int) -> BertPretrainJobStatus:
+        status = job.status or BertPretrainJobStatus()
+        progress = {"step": step, "totalSteps": 20}
+        reported = status.model_copy(update={"progress": status.progress})
+        reported = BertPretrainJobStatus.model_validate(
+            {**reported.model_dump(by_alias=True, exclude_none=True), "progress": progress}
+        )
+        return decide(job.model_copy(update={"status": reported}), running, T0).status
+
+    first, boundary, second = at(5), at(12), at(15)
+    assert first.training_phase is not None and second.training_phase is not None
+    assert (first.training_phase.number, first.training_phase.of) == (1, 2)
+    assert (first.training_phase.first_step, first.training_phase.last_step) == (0, 12)
+    assert first.stage_progress == "phase 1/2 (length 64): step 5/20"
+    # The first phase's last step done: the second is next.
+    assert boundary.training_phase is not None and boundary.training_phase.number == 2
+    assert (second.training_phase.max_seq_length, second.training_phase.last_step) == (128, 20)
+    assert second.stage_progress == "phase 2/2 (length 128): step 15/20"
+
+    done = Observed(
+        prepare=prepared.prepare, train={1: ObservedJob("quickstart-train-1", JobState.SUCCEEDED)}
+    )
+    d = decide(job, done, T0)
+    assert cond(d, "Trained")[2] == (
+        "training attempt 1 reached 20 steps in 2 phases (lengths 64, then 128)"
+    )
+
+
+def test_a_single_phase_job_shows_its_one_phase() -> None:
+    job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"})
+    job = apply(job, decide(job, Observed(), T0))
+    status = BertPretrainJobStatus.model_validate(
+        {
+            **(job.status or BertPretrainJobStatus()).model_dump(by_alias=True, exclude_none=True),
+            "progress": {"step": 4, "totalSteps": 20},
+        }
+    )
+    running = Observed(train={1: ObservedJob("quickstart-train-1", JobState.RUNNING)})
+    d = decide(job.model_copy(update={"status": status}), running, T0)
+    assert d.status.stage_progress == "step 4/20"
+    assert d.status.training_phase is not None
+    assert (d.status.training_phase.number, d.status.training_phase.of) == (1, 1)
+    assert d.status.training_phase.max_seq_length == 128

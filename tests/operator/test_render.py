@@ -341,3 +341,42 @@ def test_init_checkpoint_dimensions_come_from_its_config() -> None:
     assert config.train.init_checkpoint == job.spec.model.init_checkpoint
     assert config.train.init_checkpoint_config is not None
     assert config.train.init_checkpoint_config.endswith("/bert_config.json")
+
+
+def test_phases_render_one_preparation_of_every_length_and_a_run_of_phases() -> None:
+    job = load("bert-base-two-phases.yaml")
+    config = trainer_config(job, ResolvedInputs(), report_interval=5)
+    out = "gs://bpj-examples/runs/bert-base-two-phases"
+    assert config.train is None and config.train_phases is not None
+    first, second = config.train_phases
+    prepare = config.prepare
+    assert prepare is not None
+    assert (prepare.max_seq_length, prepare.max_predictions_per_seq) == (128, 20)
+    assert prepare.output_tfrecords == f"{out}/tfrecords/seq-128"
+    [extra] = prepare.extra_lengths
+    assert (extra.max_seq_length, extra.max_predictions_per_seq) == (512, 80)
+    assert extra.output_tfrecords == f"{out}/tfrecords/seq-512"
+    assert first.tfrecords == f"{out}/tfrecords/seq-128/*.tfrecord"
+    assert second.tfrecords == f"{out}/tfrecords/seq-512/*.tfrecord"
+    # Steps count over the run; each phase has its own batch, micro-batches and schedule.
+    assert (first.first_step, first.train_steps, second.first_step, second.train_steps) == (
+        0, 7038, 7038, 8601,
+    )  # fmt: skip
+    assert first.run_steps == second.run_steps == 8601
+    assert (first.global_batch_size, first.gradient_accumulation_steps) == (65536, 64)
+    assert (second.global_batch_size, second.gradient_accumulation_steps) == (32768, 128)
+    assert (first.learning_rate, first.warmup_steps) == (0.006, 2000)
+    assert (second.learning_rate, second.warmup_steps, second.phase) == (0.004, 200, 1)
+    assert first.checkpoint_dir == second.checkpoint_dir == f"{out}/checkpoints"
+    assert first.model.max_position_embeddings == 512
+    parsed = TrainerConfig.model_validate(
+        json.loads(workloads.config_map(job, config)["data"]["config.json"])
+    )
+    assert parsed == config
+
+
+def test_a_single_phase_job_renders_as_before() -> None:
+    config = trainer_config(load("quickstart.yaml"), ResolvedInputs(), report_interval=5)
+    assert config.train_phases is None and config.train is not None
+    assert config.prepare is not None and config.prepare.extra_lengths == []
+    assert (config.train.first_step, config.train.run_steps) == (0, None)

@@ -473,3 +473,72 @@ def test_the_cli_runs_the_index_of_its_pod(
     monkeypatch.setenv(contract.ENV_COMPLETION_INDEX, "3")
     code = main(["prepare", "--config", path, "--pass", "count", "--workers", "3"])
     assert code == contract.EXIT_BAD_INPUT
+
+
+# --- Several lengths from one reading --------------------------------------------------
+
+
+def test_extra_lengths_come_from_one_tokenizing_of_each_chunk(
+    corpus_dir: Path,
+    tmp_path: Path,
+    reference: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job's phases: the first length's bytes are the single-length run's, for any
+    pod count; the second's parse at its own length; each chunk is tokenized once."""
+    from bert_trainer.config import RecordSet
+    from bert_trainer.prepare import steps
+    from tests.trainer.test_prepare import parse_with_tensorflow
+
+    longer = RecordSet(
+        max_seq_length=128, max_predictions_per_seq=20, output_tfrecords=str(tmp_path / "seq-128")
+    )
+    tokenized: list[int] = []
+    tokenize = steps.tokenize_chunk
+
+    def counting(chunk: source.Chunk, *args: Any) -> Any:
+        tokenized.append(chunk.index)
+        return tokenize(chunk, *args)
+
+    monkeypatch.setattr(steps, "tokenize_chunk", counting)
+    outputs = []
+    for pods, root in ((1, tmp_path / "one"), (3, tmp_path / "three")):
+        config = pass_config(corpus_dir, root, extra_lengths=[longer.model_copy(
+            update={"output_tfrecords": str(root / "seq-128")}
+        )])  # fmt: skip
+        run_passes(config, pods, order_seed=3)
+        second = config.for_record_set(1)
+        outputs.append((prepare_outputs(config), prepare_outputs(second)))
+        chunks = len(load_plan(config).chunks)
+        assert sorted(tokenized) == list(range(chunks)), "one tokenizing per chunk"
+        tokenized.clear()
+        # Every intermediate of both lengths is gone once the shards are written.
+        assert not list(Path(config.work_dir or "").glob("records*/chunk-*/shard-*"))
+
+    (first, second), (first_3, second_3) = outputs
+    assert first == reference, "the first length is exactly the single-length preparation"
+    assert (first_3, second_3) == (first, second), "the same bytes for any pod count"
+    paths = sorted(
+        str(tmp_path / "one" / "seq-128" / name) for name in second if "tfrecord" in name
+    )
+    arrays = parse_with_tensorflow(paths, 128, 20)
+    short = parse_with_tensorflow(
+        sorted(str(tmp_path / "one" / "tfrecords" / n) for n in first if "tfrecord" in n), 64, 10
+    )
+    # Longer sequences: fewer of them from the same text, each holding more tokens.
+    assert 0 < len(arrays["input_ids"]) < len(short["input_ids"])
+    tokens = arrays["input_mask"].sum(axis=1).mean()
+    assert tokens > short["input_mask"].sum(axis=1).mean()
+    assert set(arrays["next_sentence_labels"].ravel().tolist()) == {0, 1}
+
+
+def test_two_record_sets_of_one_length_are_refused(corpus_dir: Path, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from bert_trainer.config import RecordSet
+
+    same = RecordSet(
+        max_seq_length=64, max_predictions_per_seq=10, output_tfrecords=str(tmp_path / "other")
+    )
+    with pytest.raises(ValidationError, match="same maxSeqLength"):
+        pass_config(corpus_dir, tmp_path, extra_lengths=[same])

@@ -193,7 +193,8 @@ def _command(
 
     # Sections are checked before the (TensorFlow-heavy) stage modules are imported.
     def train(config: TrainerConfig) -> None:
-        _section(config.train, "train")
+        if config.train_phases is None:
+            _section(config.train, "train")
         hosts = SliceHosts.from_environ()
         if choose_runtime(hosts, device=device) == "jax":
             from bert_trainer.train.multihost import run_multihost

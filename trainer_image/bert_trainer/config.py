@@ -7,6 +7,7 @@ Python and camelCase in JSON, like the BertPretrainJob API they are derived from
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -61,6 +62,15 @@ class BertModelConfig(_Model):
         return self
 
 
+class RecordSet(_Model):
+    """Records of one more sequence length, made from the same tokenized chunks."""
+
+    max_seq_length: int = Field(ge=8)
+    max_predictions_per_seq: int = Field(ge=1)
+    output_tfrecords: str
+    """Directory (prefix) that receives this length's shards."""
+
+
 class PrepareConfig(_Model):
     """Vocabulary training and pretraining-instance creation."""
 
@@ -93,6 +103,41 @@ class PrepareConfig(_Model):
     """Prefix of the preparation's intermediates (its plan, word counts, record
     fragments): required by ``prepare --pass``; the operator renders
     ``<spec.output>/prepare``. None: a local temporary directory (one process)."""
+    extra_lengths: list[RecordSet] = Field(default_factory=list)
+    """More sequence lengths to write records for (the phases of a job): each chunk is
+    read and tokenized once, then made into instances of every length."""
+
+    def record_sets(self) -> list[RecordSet]:
+        """Every length to write: this config's own first, then ``extra_lengths``."""
+        own = RecordSet(
+            max_seq_length=self.max_seq_length,
+            max_predictions_per_seq=self.max_predictions_per_seq,
+            output_tfrecords=self.output_tfrecords,
+        )
+        return [own, *self.extra_lengths]
+
+    def for_record_set(self, index: int) -> PrepareConfig:
+        """This config with record set ``index``'s length and output as its own."""
+        if index == 0:
+            return self
+        chosen = self.extra_lengths[index - 1]
+        return self.model_copy(
+            update={
+                "max_seq_length": chosen.max_seq_length,
+                "max_predictions_per_seq": chosen.max_predictions_per_seq,
+                "output_tfrecords": chosen.output_tfrecords,
+            }
+        )
+
+    @model_validator(mode="after")
+    def _distinct_lengths(self) -> PrepareConfig:
+        lengths = [r.max_seq_length for r in self.record_sets()]
+        if len(set(lengths)) != len(lengths):
+            raise ValueError(f"record sets of the same maxSeqLength: {lengths}")
+        outputs = [r.output_tfrecords.rstrip("/") for r in self.record_sets()]
+        if len(set(outputs)) != len(outputs):
+            raise ValueError(f"record sets share an output directory: {outputs}")
+        return self
 
 
 class TrainConfig(_Model):
@@ -129,11 +174,28 @@ class TrainConfig(_Model):
     shuffle: bool = True
     """False reads files and records in order (reproducible runs and comparisons); a
     resumed run then goes on from the record where the last checkpoint stopped."""
+    first_step: int = Field(default=0, ge=0)
+    """The run's step this phase starts at: its learning-rate schedule and its reading
+    of ``tfrecords`` start there (0 for a single-phase run)."""
+    run_steps: int | None = Field(default=None, gt=0)
+    """The whole run's steps, over every phase (progress reports); None: train_steps."""
+    phase: int = Field(default=0, ge=0)
+    """Which phase of the run this is, from 0 (logs and summaries)."""
     startup_timeout_seconds: int = Field(default=600, ge=1)
     """Multi-host: how long the hosts of a slice wait for each other at start-up."""
     peer_timeout_seconds: int = Field(default=60, ge=2)
     """Multi-host: a host silent this long is lost; every host then exits with
     ``EXIT_INFRASTRUCTURE`` so the operator restarts the slice."""
+
+
+def _steps_of(config: TrainConfig) -> None:
+    if config.first_step >= config.train_steps:
+        raise ValueError(
+            f"the phase's firstStep {config.first_step} is not before its trainSteps "
+            f"{config.train_steps} (trainSteps counts the whole run's steps)"
+        )
+    if config.run_steps is not None and config.run_steps < config.train_steps:
+        raise ValueError(f"runSteps {config.run_steps} is less than trainSteps")
 
 
 class ExportConfig(_Model):
@@ -204,4 +266,34 @@ class TrainerConfig(_Model):
     check: CheckConfig | None = None
     prepare: PrepareConfig | None = None
     train: TrainConfig | None = None
+    train_phases: list[TrainConfig] | None = Field(default=None, min_length=1)
+    """A run of several phases, in order, instead of ``train``; each counts its steps
+    over the whole run (``first_step`` to ``train_steps``) in one checkpoint directory."""
     export: ExportConfig | None = None
+
+    def phases(self) -> list[TrainConfig]:
+        """The run's phases: ``train_phases``, or ``train`` alone (none without either)."""
+        if self.train_phases is not None:
+            return list(self.train_phases)
+        return [] if self.train is None else [self.train]
+
+    @model_validator(mode="after")
+    def _consistent_phases(self) -> TrainerConfig:
+        if self.train is not None and self.train_phases is not None:
+            raise ValueError("give train or trainPhases, not both")
+        phases = self.phases()
+        for phase in phases:
+            _steps_of(phase)
+        end = phases[-1].train_steps if phases else 0
+        for i, (before, after) in enumerate(itertools.pairwise(phases), start=1):
+            if after.first_step != before.train_steps:
+                raise ValueError(
+                    f"phase {i} starts at step {after.first_step}, not where phase {i - 1} "
+                    f"ends ({before.train_steps})"
+                )
+            if after.checkpoint_dir != before.checkpoint_dir or after.model != before.model:
+                raise ValueError(f"phase {i} has another model or checkpointDir than phase 0")
+        for phase in phases:
+            if phase.run_steps is not None and phase.run_steps != end:
+                raise ValueError(f"runSteps {phase.run_steps} is not the last phase's end {end}")
+        return self

@@ -20,8 +20,11 @@ from bert_pretrain_operator.api.spec import (
     Optimizer,
     Precision,
     PreparationSpec,
+    ResolvedPhase,
     RunPolicy,
+    SequenceLength,
     TpuSpec,
+    TrainingPhase,
     TrainingSpec,
 )
 from bert_pretrain_operator.api.status import (
@@ -33,6 +36,7 @@ from bert_pretrain_operator.api.status import (
     PreparationReport,
     PreparationStatus,
     StageJobs,
+    TrainingPhaseStatus,
     TrainingProgress,
 )
 
@@ -58,9 +62,13 @@ __all__ = [
     "PreparationReport",
     "PreparationSpec",
     "PreparationStatus",
+    "ResolvedPhase",
     "RunPolicy",
+    "SequenceLength",
     "StageJobs",
     "TpuSpec",
+    "TrainingPhase",
+    "TrainingPhaseStatus",
     "TrainingProgress",
     "TrainingSpec",
 ]

@@ -82,6 +82,12 @@ _PRINTER_COLUMNS: Final = (
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.stageProgress"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
+    {
+        "name": "Training Phase",
+        "type": "integer",
+        "jsonPath": ".status.trainingPhase.number",
+        "priority": 1,
+    },
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {

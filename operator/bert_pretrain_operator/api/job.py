@@ -65,6 +65,7 @@ IMMUTABLE_ONCE_STARTED: Final = (
     "tpu",
     "output",
     "training.globalBatchSize",
+    "training.phases",
     "training.optimizer",
 )
 
@@ -142,8 +143,15 @@ def _immutability_rule(path: str) -> Rule[tuple[BertPretrainJob, BertPretrainJob
         old, new = pair
         return not old.started() or _spec_value(old, path) == _spec_value(new, path)
 
+    new, old = f"self.spec.{path}", f"oldSelf.spec.{path}"
+    # Fields under spec's required sections may be absent (globalBatchSize with phases).
+    same = (
+        f"{new} == {old}"
+        if "." not in path
+        else f"(has({new}) ? has({old}) && {new} == {old} : !has({old}))"
+    )
     return Rule(
-        rule=f"!({STARTED_CEL}) || self.spec.{path} == oldSelf.spec.{path}",
+        rule=f"!({STARTED_CEL}) || {same}",
         message=f"spec.{path}: cannot change once the job has started (status.startTime is "
         "set); create a new BertPretrainJob instead",
         holds=unchanged,

@@ -24,6 +24,7 @@ Design choices worth knowing:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final
 
@@ -73,6 +74,21 @@ PREPARE_DEFAULTS: Final = {
 #: Warm-up when ``training.warmupSteps`` is left out, as a fraction of trainSteps
 #: (BERT warmed up for 10,000 of its 1,000,000 steps).
 DEFAULT_WARMUP_FRACTION: Final = 0.01
+
+
+#: Sequence length and masked positions when spec.data leaves them out (BERT's phase 1).
+DEFAULT_MAX_SEQ_LENGTH: Final = 128
+DEFAULT_MAX_PREDICTIONS_PER_SEQ: Final = 20
+#: Most phases of one job (each distinct length is a set of records to prepare).
+MAX_PHASES: Final = 8
+
+
+@dataclass(frozen=True, order=True)
+class SequenceLength:
+    """The shape of one set of records: tokens per sequence and masked positions."""
+
+    max_seq_length: int
+    max_predictions_per_seq: int
 
 
 #: Most prepare worker pods one job may run at once (an explicit spec.data.preparation.workers).
@@ -154,12 +170,14 @@ class DataSpec(RuledModel):
     min_frequency: int | None = Field(default=None, ge=1, le=1000000)
     """minFrequency is the fewest occurrences a token needs to enter a trained
     vocabulary. Only when a vocabulary is trained. Defaults to 2."""
-    max_seq_length: int = Field(default=128, ge=8, le=512)
+    max_seq_length: int | None = Field(default=None, ge=8, le=512)
     """maxSeqLength is the number of tokens per training sequence (both segments,
-    [CLS] and [SEP] included). At most 512, BERT's position embeddings."""
-    max_predictions_per_seq: int = Field(default=20, ge=1, le=512)
+    [CLS] and [SEP] included). At most 512, BERT's position embeddings. Defaults to
+    128. Not allowed with spec.training.phases, where each phase sets its own."""
+    max_predictions_per_seq: int | None = Field(default=None, ge=1, le=512)
     """maxPredictionsPerSeq is the most masked tokens predicted per sequence; must be
-    less than maxSeqLength (BERT used 20 at length 128, 80 at 512)."""
+    less than maxSeqLength (BERT used 20 at length 128, 80 at 512). Defaults to 20.
+    Not allowed with spec.training.phases, where each phase sets its own."""
     masked_lm_prob: float | None = Field(default=None, gt=0, lt=1)
     """maskedLmProb is the fraction of tokens masked when preparing the corpus.
     Only with corpus. Defaults to 0.15."""
@@ -210,12 +228,28 @@ class DataSpec(RuledModel):
             for field in _PREPARE_ONLY_FIELDS
         ),
         Rule(
-            rule="self.maxPredictionsPerSeq < self.maxSeqLength",
-            message="spec.data.maxPredictionsPerSeq: must be less than spec.data.maxSeqLength",
-            holds=lambda d: d.max_predictions_per_seq < d.max_seq_length,
+            rule=f"(has(self.maxPredictionsPerSeq) ? self.maxPredictionsPerSeq : "
+            f"{DEFAULT_MAX_PREDICTIONS_PER_SEQ}) < (has(self.maxSeqLength) ? "
+            f"self.maxSeqLength : {DEFAULT_MAX_SEQ_LENGTH})",
+            message="spec.data.maxPredictionsPerSeq: must be less than spec.data.maxSeqLength "
+            f"(default {DEFAULT_MAX_SEQ_LENGTH})",
+            holds=lambda d: (
+                d.sequence_length().max_predictions_per_seq < d.sequence_length().max_seq_length
+            ),
             field_path=".maxPredictionsPerSeq",
         ),
     )
+
+    def sequence_length(self) -> SequenceLength:
+        """The single-phase length: maxSeqLength and maxPredictionsPerSeq, or their defaults."""
+        return SequenceLength(
+            max_seq_length=DEFAULT_MAX_SEQ_LENGTH
+            if self.max_seq_length is None
+            else self.max_seq_length,
+            max_predictions_per_seq=DEFAULT_MAX_PREDICTIONS_PER_SEQ
+            if self.max_predictions_per_seq is None
+            else self.max_predictions_per_seq,
+        )
 
     def prepare_setting(self, name: str) -> Any:
         """A corpus-preparation setting (snake_case name), with the operator's default."""
@@ -397,17 +431,94 @@ class Precision(StrEnum):
     BFLOAT16 = "bfloat16"
 
 
-class TrainingSpec(RuledModel):
-    """The optimisation: batch, steps, schedule, checkpoints."""
+class TrainingPhase(RuledModel):
+    """One phase of training: its steps at one sequence length, batch and schedule."""
 
-    global_batch_size: int = Field(ge=1, le=1048576)
-    """globalBatchSize is the number of sequences per step across the whole slice;
-    must be divisible by the slice's chip count (BERT: 256 at length 128)."""
     train_steps: int = Field(ge=1, le=100000000)
-    """trainSteps is the number of optimizer steps (BERT: 1,000,000)."""
+    """trainSteps is the number of optimizer steps of this phase (NVIDIA's recipe:
+    7,038 at length 128, then 1,563 at 512)."""
+    max_seq_length: int = Field(ge=8, le=512)
+    """maxSeqLength is the number of tokens per sequence in this phase; the
+    preparation writes records of every phase's length from one reading of the corpus."""
+    max_predictions_per_seq: int = Field(ge=1, le=512)
+    """maxPredictionsPerSeq is the most masked tokens predicted per sequence in this
+    phase; less than maxSeqLength (BERT: 20 at 128, 80 at 512)."""
+    global_batch_size: int = Field(ge=1, le=1048576)
+    """globalBatchSize is the number of sequences per step in this phase; it and its
+    micro-batch must be divisible by the slice's chip count."""
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    """learningRate is this phase's peak learning rate. Defaults to
+    spec.training.learningRate."""
+    warmup_steps: int | None = Field(default=None, ge=0, le=100000000)
+    """warmupSteps is this phase's linear warm-up, after which the rate decays linearly
+    to zero at the phase's last step (each phase has its own schedule, as in NVIDIA's
+    recipe). At most trainSteps. Defaults to 1% of the phase's trainSteps."""
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1, le=1024)
+    """gradientAccumulationSteps splits this phase's globalBatchSize into micro-batches.
+    Defaults to spec.training.gradientAccumulationSteps."""
+
+    rules: ClassVar[tuple[Rule[TrainingPhase], ...]] = (
+        Rule(
+            rule="self.maxPredictionsPerSeq < self.maxSeqLength",
+            message="spec.training.phases[].maxPredictionsPerSeq: must be less than the "
+            "phase's maxSeqLength",
+            holds=lambda p: p.max_predictions_per_seq < p.max_seq_length,
+            field_path=".maxPredictionsPerSeq",
+        ),
+        Rule(
+            rule="!has(self.warmupSteps) || self.warmupSteps <= self.trainSteps",
+            message="spec.training.phases[].warmupSteps: must not exceed the phase's trainSteps",
+            holds=lambda p: p.warmup_steps is None or p.warmup_steps <= p.train_steps,
+            field_path=".warmupSteps",
+        ),
+    )
+
+
+#: The single-phase fields that spec.training.phases replaces (under spec).
+_SINGLE_PHASE_FIELDS: Final = (
+    "training.trainSteps",
+    "training.globalBatchSize",
+    "training.warmupSteps",
+    "data.maxSeqLength",
+    "data.maxPredictionsPerSeq",
+)
+_ACCUMULATION_CEL: Final = (
+    "(has(p.gradientAccumulationSteps) ? p.gradientAccumulationSteps "
+    ": self.gradientAccumulationSteps)"
+)
+
+
+def _required_without_phases(field: str) -> Rule[Any]:
+    return Rule(
+        rule=f"has(self.phases) || has(self.{field})",
+        message=f"spec.training.{field}: required unless spec.training.phases is given",
+        holds=lambda t: t.phases is not None or present(t, field),
+        field_path=f".{field}",
+        reason=Reason.REQUIRED,
+    )
+
+
+class TrainingSpec(RuledModel):
+    """The optimisation: batch, steps, schedule, checkpoints; in one phase or several."""
+
+    global_batch_size: int | None = Field(default=None, ge=1, le=1048576)
+    """globalBatchSize is the number of sequences per step across the whole slice;
+    must be divisible by the slice's chip count (BERT: 256 at length 128). Required
+    unless phases are given."""
+    train_steps: int | None = Field(default=None, ge=1, le=100000000)
+    """trainSteps is the number of optimizer steps (BERT: 1,000,000). Required unless
+    phases are given."""
+    phases: Annotated[list[TrainingPhase], Field(min_length=1, max_length=MAX_PHASES)] | None = None
+    """phases trains in several phases, one after the other, each at its own sequence
+    length, batch and schedule (BERT: 90% of the steps at length 128, the rest at
+    512). The weights and the optimizer's moments carry over from one phase to the
+    next; each phase's learning rate warms up and decays on its own. Replaces
+    trainSteps, globalBatchSize, warmupSteps, data.maxSeqLength and
+    data.maxPredictionsPerSeq. Needs data.corpus. status.trainingPhase shows the phase
+    that is training."""
     learning_rate: float = Field(default=0.0001, gt=0, le=1)
     """learningRate is the peak learning rate, reached after warm-up and decayed
-    linearly to zero at trainSteps."""
+    linearly to zero at trainSteps (the default of each phase's)."""
     warmup_steps: int | None = Field(default=None, ge=0, le=100000000)
     """warmupSteps is the number of steps of linear learning-rate warm-up; at most
     trainSteps. Defaults to 1% of trainSteps (BERT: 10,000 of 1,000,000)."""
@@ -433,30 +544,85 @@ class TrainingSpec(RuledModel):
     recipe: 64k sequences). The update is the full batch's; only memory and time per
     step change, so it may be raised on a running job (after an OOM, say). The
     micro-batch (globalBatchSize / gradientAccumulationSteps) must be divisible by
-    the slice's chip count."""
+    the slice's chip count. The default of each phase's."""
 
     rules: ClassVar[tuple[Rule[TrainingSpec], ...]] = (
+        *(_required_without_phases(field) for field in ("trainSteps", "globalBatchSize")),
+        *(
+            not_together(
+                "phases",
+                field.removeprefix("training."),
+                message=f"spec.{field}: must not be set with spec.training.phases (each "
+                "phase sets its own)",
+            )
+            for field in _SINGLE_PHASE_FIELDS
+            if field.startswith("training.")
+        ),
         Rule(
-            rule="self.globalBatchSize % self.gradientAccumulationSteps == 0",
+            rule="!has(self.globalBatchSize) "
+            "|| self.globalBatchSize % self.gradientAccumulationSteps == 0",
             message="spec.training.gradientAccumulationSteps: must divide "
             "spec.training.globalBatchSize",
-            holds=lambda t: t.global_batch_size % t.gradient_accumulation_steps == 0,
+            holds=lambda t: (
+                t.global_batch_size is None
+                or t.global_batch_size % t.gradient_accumulation_steps == 0
+            ),
             field_path=".gradientAccumulationSteps",
         ),
         Rule(
-            rule="!has(self.warmupSteps) || self.warmupSteps <= self.trainSteps",
+            rule="!has(self.phases) || self.phases.all(p, "
+            f"p.globalBatchSize % {_ACCUMULATION_CEL} == 0)",
+            message="spec.training.phases[].gradientAccumulationSteps: must divide the "
+            "phase's globalBatchSize",
+            holds=lambda t: all(
+                p.global_batch_size % t.phase_accumulation(p) == 0 for p in t.phases or ()
+            ),
+            field_path=".phases",
+        ),
+        Rule(
+            rule="!has(self.phases) || self.phases.all(p, self.phases.all(q, "
+            "p.maxSeqLength != q.maxSeqLength || "
+            "p.maxPredictionsPerSeq == q.maxPredictionsPerSeq))",
+            message="spec.training.phases[].maxPredictionsPerSeq: phases of the same "
+            "maxSeqLength train on the same records, so they need the same "
+            "maxPredictionsPerSeq",
+            holds=lambda t: (
+                len({(p.max_seq_length, p.max_predictions_per_seq) for p in t.phases or ()})
+                == len({p.max_seq_length for p in t.phases or ()})
+            ),
+            field_path=".phases",
+        ),
+        Rule(
+            rule="!has(self.warmupSteps) || !has(self.trainSteps) "
+            "|| self.warmupSteps <= self.trainSteps",
             message="spec.training.warmupSteps: must not exceed spec.training.trainSteps",
-            holds=lambda t: t.warmup_steps is None or t.warmup_steps <= t.train_steps,
+            holds=lambda t: (
+                t.warmup_steps is None or t.train_steps is None or t.warmup_steps <= t.train_steps
+            ),
             field_path=".warmupSteps",
         ),
     )
+
+    def phase_accumulation(self, phase: TrainingPhase) -> int:
+        """A phase's gradientAccumulationSteps, or the training's."""
+        if phase.gradient_accumulation_steps is not None:
+            return phase.gradient_accumulation_steps
+        return self.gradient_accumulation_steps
+
+    @property
+    def total_steps(self) -> int:
+        """trainSteps, or the sum of the phases'."""
+        if self.phases is not None:
+            return sum(p.train_steps for p in self.phases)
+        assert self.train_steps is not None, "a validated spec has trainSteps or phases"
+        return self.train_steps
 
     @property
     def effective_warmup_steps(self) -> int:
         """warmupSteps, or its default: DEFAULT_WARMUP_FRACTION of trainSteps."""
         if self.warmup_steps is not None:
             return self.warmup_steps
-        return int(self.train_steps * DEFAULT_WARMUP_FRACTION)
+        return int(self.total_steps * DEFAULT_WARMUP_FRACTION)
 
 
 #: "accelerator/topology" -> chips of every slice in the catalogue, as a CEL map literal.
@@ -677,6 +843,7 @@ class BertPretrainJobSpec(RuledModel):
     rules: ClassVar[tuple[Rule[BertPretrainJobSpec], ...]] = (
         Rule(
             rule=f"!({_slice_key_cel('self.tpu')} in {_CHIPS_CEL}) "
+            "|| !has(self.training.globalBatchSize) "
             f"|| self.training.globalBatchSize % {_CHIPS_CEL}[{_slice_key_cel('self.tpu')}] == 0",
             message="spec.training.globalBatchSize: must be divisible by the chips of the slice",
             message_expression=f"'spec.training.globalBatchSize: must be divisible by the ' "
@@ -687,12 +854,15 @@ class BertPretrainJobSpec(RuledModel):
                 f"of a {s.tpu.accelerator} {s.tpu.topology} slice"
             ),
             holds=lambda s: (
-                (shape := s.tpu.shape()) is None or s.training.global_batch_size % shape.chips == 0
+                (shape := s.tpu.shape()) is None
+                or s.training.global_batch_size is None
+                or s.training.global_batch_size % shape.chips == 0
             ),
             field_path=".training.globalBatchSize",
         ),
         Rule(
             rule=f"!({_slice_key_cel('self.tpu')} in {_CHIPS_CEL}) "
+            "|| !has(self.training.globalBatchSize) "
             "|| self.training.globalBatchSize % self.training.gradientAccumulationSteps != 0 "
             "|| (self.training.globalBatchSize / self.training.gradientAccumulationSteps) "
             f"% {_CHIPS_CEL}[{_slice_key_cel('self.tpu')}] == 0",
@@ -709,12 +879,58 @@ class BertPretrainJobSpec(RuledModel):
             ),
             holds=lambda s: (
                 (shape := s.tpu.shape()) is None
+                or s.training.global_batch_size is None
                 or s.training.global_batch_size % s.training.gradient_accumulation_steps != 0
                 or (s.training.global_batch_size // s.training.gradient_accumulation_steps)
                 % shape.chips
                 == 0
             ),
             field_path=".training.gradientAccumulationSteps",
+        ),
+        Rule(
+            rule=f"!({_slice_key_cel('self.tpu')} in {_CHIPS_CEL}) || !has(self.training.phases) "
+            "|| self.training.phases.all(p, p.globalBatchSize "
+            f"% {_ACCUMULATION_CEL.replace('self.', 'self.training.')} != 0 || "
+            f"(p.globalBatchSize / {_ACCUMULATION_CEL.replace('self.', 'self.training.')}) "
+            f"% {_CHIPS_CEL}[{_slice_key_cel('self.tpu')}] == 0)",
+            message="spec.training.phases[].globalBatchSize: each phase's micro-batch "
+            "(globalBatchSize / gradientAccumulationSteps) must be divisible by the chips "
+            "of the slice",
+            message_expression="'spec.training.phases[].globalBatchSize: each phase\\'s "
+            "micro-batch (globalBatchSize / gradientAccumulationSteps) must be divisible by "
+            f"the ' + {_CHIPS_TEXT_CEL}[{_slice_key_cel('self.tpu')}] "
+            f"+ ' chips of a ' + self.tpu.accelerator + ' ' + self.tpu.topology + ' slice'",
+            explain=lambda s: (
+                "spec.training.phases[].globalBatchSize: each phase's micro-batch "
+                "(globalBatchSize / gradientAccumulationSteps) must be divisible by the "
+                f"{_chips(s)} chips of a {s.tpu.accelerator} {s.tpu.topology} slice"
+            ),
+            holds=lambda s: (
+                (shape := s.tpu.shape()) is None
+                or all(
+                    p.global_batch_size % s.training.phase_accumulation(p) != 0
+                    or (p.global_batch_size // s.training.phase_accumulation(p)) % shape.chips == 0
+                    for p in s.training.phases or ()
+                )
+            ),
+            field_path=".training.phases",
+        ),
+        *(
+            not_together(
+                "training.phases",
+                field,
+                message=f"spec.{field}: must not be set with spec.training.phases (each "
+                "phase sets its own)",
+            )
+            for field in _SINGLE_PHASE_FIELDS
+            if field.startswith("data.")
+        ),
+        not_together(
+            "training.phases",
+            "data.tfrecords",
+            message="spec.data.tfrecords: must not be set with spec.training.phases; give "
+            "spec.data.corpus, and the preparation writes records of every phase's length "
+            "(prepared records hold one length)",
         ),
         *(
             not_together(
@@ -753,6 +969,66 @@ class BertPretrainJobSpec(RuledModel):
             field_path=".model.initFromOutput",
         ),
     )
+
+    def training_phases(self) -> list[ResolvedPhase]:
+        """The phases of training with every default applied: one unless training.phases."""
+        training = self.training
+        if training.phases is None:
+            assert training.train_steps is not None and training.global_batch_size is not None
+            return [
+                ResolvedPhase(
+                    index=0,
+                    first_step=0,
+                    train_steps=training.train_steps,
+                    length=self.data.sequence_length(),
+                    global_batch_size=training.global_batch_size,
+                    gradient_accumulation_steps=training.gradient_accumulation_steps,
+                    learning_rate=training.learning_rate,
+                    warmup_steps=training.effective_warmup_steps,
+                )
+            ]
+        resolved, first = [], 0
+        for index, phase in enumerate(training.phases):
+            resolved.append(
+                ResolvedPhase(
+                    index=index,
+                    first_step=first,
+                    train_steps=phase.train_steps,
+                    length=SequenceLength(phase.max_seq_length, phase.max_predictions_per_seq),
+                    global_batch_size=phase.global_batch_size,
+                    gradient_accumulation_steps=training.phase_accumulation(phase),
+                    learning_rate=phase.learning_rate or training.learning_rate,
+                    warmup_steps=phase.warmup_steps
+                    if phase.warmup_steps is not None
+                    else int(phase.train_steps * DEFAULT_WARMUP_FRACTION),
+                )
+            )
+            first += phase.train_steps
+        return resolved
+
+    def sequence_lengths(self) -> list[SequenceLength]:
+        """The distinct lengths the phases train at, in the order they first appear."""
+        return list(dict.fromkeys(p.length for p in self.training_phases()))
+
+
+@dataclass(frozen=True)
+class ResolvedPhase:
+    """One phase of training, defaults applied; steps are counted over the whole run."""
+
+    index: int
+    first_step: int
+    """The run's step this phase starts at (the sum of the earlier phases' steps)."""
+    train_steps: int
+    """This phase's own steps."""
+    length: SequenceLength
+    global_batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    warmup_steps: int
+
+    @property
+    def end_step(self) -> int:
+        return self.first_step + self.train_steps
 
 
 def _path_parts(uri: str) -> list[str]:

@@ -91,7 +91,7 @@ class TrainingProgress(_StatusModel):
     step: int | None = Field(default=None, ge=0)
     """step is the last completed optimizer step."""
     total_steps: int | None = Field(default=None, ge=0)
-    """totalSteps is spec.training.trainSteps."""
+    """totalSteps is spec.training.trainSteps, or the sum of the phases' steps."""
     loss: float | None = None
     """loss is the total pretraining loss (masked LM + next sentence) at step."""
     mlm_accuracy: float | None = Field(default=None, ge=0, le=1)
@@ -184,6 +184,21 @@ class InputsStatus(_StatusModel):
     """dimensions are the init checkpoint's, from its bert_config.json."""
 
 
+class TrainingPhaseStatus(_StatusModel):
+    """Which phase of spec.training.phases is training (one phase without phases)."""
+
+    number: int = Field(ge=1)
+    """number is the phase, from 1 (kubectl get -o wide's Training Phase column)."""
+    of: int = Field(ge=1)
+    """of is the number of phases."""
+    max_seq_length: int = Field(ge=1)
+    """maxSeqLength is the phase's sequence length."""
+    first_step: int = Field(ge=0)
+    """firstStep is the run's step the phase starts after."""
+    last_step: int = Field(ge=1)
+    """lastStep is the run's step the phase ends at."""
+
+
 class BertPretrainJobStatus(_StatusModel):
     """BertPretrainJobStatus is the observed state of a BertPretrainJob."""
 
@@ -208,6 +223,9 @@ class BertPretrainJobStatus(_StatusModel):
     """restarts counts training attempts restarted after preemption or node failure."""
     progress: TrainingProgress | None = None
     """progress is the trainer's latest report."""
+    training_phase: TrainingPhaseStatus | None = None
+    """trainingPhase is the phase of training the latest progress report is in (status.phase
+    keeps its meaning: the job's stage)."""
     preparation: PreparationStatus | None = None
     """preparation is the corpus preparation's progress (with spec.data.corpus)."""
     inputs: InputsStatus | None = None
@@ -220,7 +238,7 @@ class BertPretrainJobStatus(_StatusModel):
     training step."""
     start_time: datetime | None = None
     """startTime is when the operator started the first stage. Once set, spec.data,
-    spec.model, spec.tpu, spec.output and spec.training.globalBatchSize/optimizer
+    spec.model, spec.tpu, spec.output and spec.training.globalBatchSize/phases/optimizer
     can no longer change."""
     completion_time: datetime | None = None
     """completionTime is when the job succeeded or failed."""

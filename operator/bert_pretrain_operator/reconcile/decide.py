@@ -36,6 +36,7 @@ from bert_pretrain_operator.api import (
     Phase,
     PreparationStatus,
     StageJobs,
+    TrainingPhaseStatus,
 )
 from bert_pretrain_operator.reconcile import preparation
 from bert_pretrain_operator.reconcile.observe import (
@@ -539,7 +540,7 @@ def _train(b: _Builder, observed: Observed) -> bool:
                 TRAINED,
                 True,
                 "Trained",
-                f"training attempt {attempt} reached {job.spec.training.train_steps} steps",
+                f"training attempt {attempt} reached {_steps_done(job)}",
             )
             b.event("Normal", "Trained", f"the training Job {child.name} succeeded")
         return True
@@ -592,9 +593,39 @@ def _train(b: _Builder, observed: Observed) -> bool:
         _stage_in_progress(b, child, TRAINED, f"training attempt {attempt} ({child.name}) is")
     progress = b.status.progress
     if progress is not None and progress.step is not None:
-        total = progress.total_steps or job.spec.training.train_steps
-        b.set(stage_progress=f"step {progress.step}/{total}")
+        total = progress.total_steps or job.spec.training.total_steps
+        phase = _training_phase(job, progress.step)
+        b.set(training_phase=phase)
+        if phase.of > 1:
+            b.set(
+                stage_progress=f"phase {phase.number}/{phase.of} (length "
+                f"{phase.max_seq_length}): step {progress.step}/{total}"
+            )
+        else:
+            b.set(stage_progress=f"step {progress.step}/{total}")
     return False
+
+
+def _training_phase(job: BertPretrainJob, step: int) -> TrainingPhaseStatus:
+    """The phase the run's ``step`` is in; a phase's last step counts as the next's start."""
+    phases = job.spec.training_phases()
+    current = next((p for p in phases if step < p.end_step), phases[-1])
+    return TrainingPhaseStatus(
+        number=current.index + 1,
+        of=len(phases),
+        max_seq_length=current.length.max_seq_length,
+        first_step=current.first_step,
+        last_step=current.end_step,
+    )
+
+
+def _steps_done(job: BertPretrainJob) -> str:
+    phases = job.spec.training_phases()
+    steps = f"{phases[-1].end_step} steps"
+    if len(phases) == 1:
+        return steps
+    lengths = ", then ".join(str(p.length.max_seq_length) for p in phases)
+    return f"{steps} in {len(phases)} phases (lengths {lengths})"
 
 
 def _start_attempt(b: _Builder, attempt: int, reason: str, message: str) -> None:

@@ -20,6 +20,7 @@ from bert_trainer.config import (
     ExportConfig,
     JobRef,
     PrepareConfig,
+    RecordSet,
     TrainConfig,
     TrainerConfig,
 )
@@ -62,6 +63,9 @@ class OutputLayout:
     tfrecords_glob: str
     tfrecords_dir: str | None
     """Directory the prepare stage writes records to; None when records are given."""
+    records_by_length: dict[int, str]
+    """With spec.training.phases: each phase length's records directory,
+    ``tfrecords/seq-<maxSeqLength>``."""
     prepare_work: str
     """The preparation's intermediates: its plan, word counts and record fragments."""
     checkpoints: str
@@ -88,10 +92,17 @@ def layout(job: BertPretrainJob) -> OutputLayout:
     else:
         vocab = out + "/vocab.txt"
     records_dir = None if spec.data.tfrecords else out + "/tfrecords"
+    by_length = {}
+    if spec.training.phases is not None and records_dir is not None:
+        by_length = {
+            length.max_seq_length: f"{records_dir}/seq-{length.max_seq_length}"
+            for length in spec.sequence_lengths()
+        }
     return OutputLayout(
         vocab=vocab,
         tfrecords_glob=spec.data.tfrecords or f"{records_dir}/*.tfrecord",
         tfrecords_dir=records_dir,
+        records_by_length=by_length,
         prepare_work=out + "/prepare",
         checkpoints=output_checkpoints(out),
         summaries=out + "/summaries",
@@ -134,7 +145,9 @@ def model_config(job: BertPretrainJob, resolved: ResolvedInputs) -> BertModelCon
         num_layers=dims.num_layers,
         num_heads=dims.num_heads,
         intermediate_size=dims.intermediate_size,
-        max_position_embeddings=max(512, job.spec.data.max_seq_length),
+        max_position_embeddings=max(
+            512, *(length.max_seq_length for length in job.spec.sequence_lengths())
+        ),
     )
 
 
@@ -172,17 +185,31 @@ def trainer_config(
     if resolved is None:
         return TrainerConfig(job=ref, check=check)
     prepare = None
+    lengths = spec.sequence_lengths()
     if needs_prepare(job) and paths.tfrecords_dir is not None:
         data = spec.data
         assert data.corpus is not None
+        if paths.records_by_length:
+            first, *more = lengths
+            records_dir = paths.records_by_length[first.max_seq_length]
+            extra = [
+                RecordSet(
+                    max_seq_length=length.max_seq_length,
+                    max_predictions_per_seq=length.max_predictions_per_seq,
+                    output_tfrecords=paths.records_by_length[length.max_seq_length],
+                )
+                for length in more
+            ]
+        else:
+            records_dir, extra = paths.tfrecords_dir, []
         prepare = PrepareConfig(
             corpus=list(data.corpus),
             vocab=None if vocab_is_trained(job) else paths.vocab,
             vocab_size=data.prepare_setting("vocab_size"),
             lowercase=data.lowercase,
             min_frequency=data.prepare_setting("min_frequency"),
-            max_seq_length=data.max_seq_length,
-            max_predictions_per_seq=data.max_predictions_per_seq,
+            max_seq_length=lengths[0].max_seq_length,
+            max_predictions_per_seq=lengths[0].max_predictions_per_seq,
             masked_lm_prob=data.prepare_setting("masked_lm_prob"),
             dupe_factor=data.prepare_setting("dupe_factor"),
             short_seq_prob=data.prepare_setting("short_seq_prob"),
@@ -191,7 +218,8 @@ def trainer_config(
             output_vocab=paths.vocab
             if vocab_is_trained(job)
             else spec.output.rstrip("/") + "/vocab.txt",
-            output_tfrecords=paths.tfrecords_dir,
+            output_tfrecords=records_dir,
+            extra_lengths=extra,
             work_dir=paths.prepare_work,
             **(
                 {"chunk_bytes": data.preparation.chunk_bytes}
@@ -201,29 +229,41 @@ def trainer_config(
         )
     model = model_config(job, resolved)
     training = spec.training
-    train = TrainConfig(
-        tfrecords=paths.tfrecords_glob,
-        model=model,
-        max_seq_length=spec.data.max_seq_length,
-        max_predictions_per_seq=spec.data.max_predictions_per_seq,
-        global_batch_size=training.global_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        train_steps=training.train_steps,
-        learning_rate=training.learning_rate,
-        warmup_steps=training.effective_warmup_steps,
-        optimizer=training.optimizer.value,
-        weight_decay=training.weight_decay,
-        checkpoint_every_steps=training.checkpoint_every_steps,
-        keep_checkpoints=training.keep_checkpoints,
-        seed=training.seed,
-        precision=training.precision.value,
-        checkpoint_dir=paths.checkpoints,
-        summary_dir=paths.summaries,
-        init_checkpoint=spec.model.init_checkpoint,
-        init_checkpoint_config=paths.init_checkpoint_config,
-        init_checkpoints=paths.init_checkpoints,
-        vocab=paths.vocab,
-    )
+    phases = spec.training_phases()
+    run_steps = phases[-1].end_step
+    trains = [
+        TrainConfig(
+            tfrecords=(
+                f"{paths.records_by_length[phase.length.max_seq_length]}/*.tfrecord"
+                if paths.records_by_length
+                else paths.tfrecords_glob
+            ),
+            model=model,
+            max_seq_length=phase.length.max_seq_length,
+            max_predictions_per_seq=phase.length.max_predictions_per_seq,
+            global_batch_size=phase.global_batch_size,
+            gradient_accumulation_steps=phase.gradient_accumulation_steps,
+            train_steps=phase.end_step,
+            first_step=phase.first_step,
+            run_steps=run_steps if len(phases) > 1 else None,
+            phase=phase.index,
+            learning_rate=phase.learning_rate,
+            warmup_steps=phase.warmup_steps,
+            optimizer=training.optimizer.value,
+            weight_decay=training.weight_decay,
+            checkpoint_every_steps=training.checkpoint_every_steps,
+            keep_checkpoints=training.keep_checkpoints,
+            seed=training.seed,
+            precision=training.precision.value,
+            checkpoint_dir=paths.checkpoints,
+            summary_dir=paths.summaries,
+            init_checkpoint=spec.model.init_checkpoint,
+            init_checkpoint_config=paths.init_checkpoint_config,
+            init_checkpoints=paths.init_checkpoints,
+            vocab=paths.vocab,
+        )
+        for phase in phases
+    ]
     export = None
     if spec.export.hugging_face:
         export = ExportConfig(
@@ -233,4 +273,11 @@ def trainer_config(
             lowercase=spec.data.lowercase,
             output_dir=paths.export,
         )
-    return TrainerConfig(job=ref, check=check, prepare=prepare, train=train, export=export)
+    return TrainerConfig(
+        job=ref,
+        check=check,
+        prepare=prepare,
+        train=trains[0] if training.phases is None else None,
+        train_phases=trains if training.phases is not None else None,
+        export=export,
+    )

@@ -76,10 +76,13 @@ def write_chunk(
     tokens: list[str],
     special: masking.SpecialIds,
     processes: int,
-) -> ChunkStats:
-    """Build the chunk's instances, upload its non-empty fragments, then its stats."""
+) -> list[ChunkStats]:
+    """Build the chunk's instances of every record set, upload its non-empty fragments,
+    then its stats; returns each record set's stats, in order.
+
+    The chunk is read and tokenized once for all the record sets (lengths).
+    """
     corpus, lines = steps.tokenize_chunk(chunk, config.lowercase, tokens, processes)
-    totals = np.zeros(4, dtype=np.int64)
     counts = (lines, corpus.num_documents, corpus.num_sentences, corpus.num_tokens)
     log.info(
         "tokenized chunk",
@@ -89,52 +92,91 @@ def write_chunk(
             "tokens": corpus.num_tokens,
         },
     )
+    plan = tasks.plan(corpus, config.dupe_factor, chunk.index) if corpus.num_documents else []
+    layout = instances.Layout(
+        sentence_starts=corpus.sentence_starts, document_starts=corpus.document_starts
+    )
+    token_ids = corpus.token_ids
+    del corpus  # before the pools fork: they need only the ids and the layout
+    written = []
+    for record_set in range(len(config.record_sets())):
+        shared = tasks.Shared(
+            token_ids=token_ids,
+            layout=layout,
+            special=special,
+            config=config.for_record_set(record_set),
+            stream=tasks.record_set_stream(record_set),
+        )
+        totals = _write_record_set(shared, work_dir, chunk, plan, record_set, processes)
+        stats = ChunkStats(*counts, *totals)
+        # Last: a chunk with stats has all its fragments.
+        storage.write_text(
+            workdir.stats_path(work_dir, chunk.index, record_set), json.dumps(asdict(stats))
+        )
+        log.info(
+            "wrote chunk records",
+            extra={
+                "chunk": chunk.index,
+                "maxSeqLength": shared.config.max_seq_length,
+                "instances": stats.instances,
+            },
+        )
+        written.append(stats)
+    return written
+
+
+def _write_record_set(
+    shared: tasks.Shared,
+    work_dir: str,
+    chunk: source.Chunk,
+    plan: list[tasks.Task],
+    record_set: int,
+    processes: int,
+) -> tuple[int, int, int, int]:
+    """One record set's instances of the chunk as uploaded fragments: their totals."""
+    num_shards = shared.config.num_shards
+    totals = np.zeros(4, dtype=np.int64)
     with (
         tempfile.TemporaryDirectory(prefix="bert-records-") as scratch,
-        shards.Dealer(scratch, config.num_shards, start=chunk.index % config.num_shards) as dealer,
+        shards.Dealer(scratch, num_shards, start=chunk.index % num_shards) as dealer,
     ):
-        if corpus.num_documents:
-            shared = tasks.Shared(
-                token_ids=corpus.token_ids,
-                layout=instances.Layout(
-                    sentence_starts=corpus.sentence_starts.tolist(),
-                    document_starts=corpus.document_starts.tolist(),
-                ),
-                special=special,
-                config=config,
-            )
-            plan = tasks.plan(corpus, config.dupe_factor, chunk.index)
-            del corpus
+        if plan:
             with parallel.pool(shared, processes) as imap:
                 for result in imap(tasks.run_task, plan):
                     dealer.deal(result.groups, result.group_sizes)
                     totals += (result.instances, result.tokens, result.masked, result.random_next)
-            del shared
         uploads: list[tuple[str, str]] = []
         for shard, (spool, sizes) in enumerate(dealer.fragments()):
             if os.path.getsize(sizes):
-                destination = workdir.fragment_path(work_dir, chunk.index, shard)
+                destination = workdir.fragment_path(work_dir, chunk.index, shard, record_set)
                 uploads += [(spool, destination), (sizes, workdir.sizes_path(destination))]
         each(lambda upload: storage.upload_file(*upload), uploads)
-    stats = ChunkStats(*counts, *(int(x) for x in totals))
-    # Last: a chunk with stats has all its fragments.
-    storage.write_text(workdir.stats_path(work_dir, chunk.index), json.dumps(asdict(stats)))
-    log.info("wrote chunk records", extra={"chunk": chunk.index, "instances": stats.instances})
-    return stats
+    instances_, tokens, masked, random_next = (int(x) for x in totals)
+    return instances_, tokens, masked, random_next
 
 
-def read_stats(work_dir: str, chunks: Sequence[source.Chunk]) -> list[ChunkStats]:
-    """Every chunk's stats, in chunk order (RuntimeError if the records pass left one out)."""
+def read_stats(
+    work_dir: str, chunks: Sequence[source.Chunk], record_set: int = 0
+) -> list[ChunkStats]:
+    """Every chunk's stats of one record set, in chunk order (RuntimeError if the
+    records pass left one out)."""
 
     def read(chunk: source.Chunk) -> ChunkStats:
-        raw = workdir.read_intermediate(workdir.stats_path(work_dir, chunk.index), "records")
+        raw = workdir.read_intermediate(
+            workdir.stats_path(work_dir, chunk.index, record_set), "records"
+        )
         return ChunkStats(**json.loads(raw))
 
     return each(read, chunks)
 
 
 def assemble_shard(
-    work_dir: str, shard: int, num_shards: int, chunk_instances: Sequence[int], spool: str
+    work_dir: str,
+    shard: int,
+    num_shards: int,
+    chunk_instances: Sequence[int],
+    spool: str,
+    record_set: int = 0,
 ) -> str:
     """Fragment ``shard`` of every chunk, in chunk order, into ``spool``; returns its sizes file.
 
@@ -147,7 +189,7 @@ def assemble_shard(
             expected = fragment_records(n, chunk, num_shards, shard)
             if not expected:
                 continue
-            fragment = workdir.fragment_path(work_dir, chunk, shard)
+            fragment = workdir.fragment_path(work_dir, chunk, shard, record_set)
             with _local_copy(workdir.sizes_path(fragment), spool + ".sizes-fragment") as local:
                 fragment_sizes = np.fromfile(local, dtype=np.int64)
             with _local_copy(fragment, spool + ".fragment") as local:
@@ -164,14 +206,18 @@ def assemble_shard(
 
 
 def delete_fragments(
-    work_dir: str, shards_of_index: Iterable[int], num_shards: int, chunk_instances: Sequence[int]
+    work_dir: str,
+    shards_of_index: Iterable[int],
+    num_shards: int,
+    chunk_instances: Sequence[int],
+    record_set: int = 0,
 ) -> None:
     """Remove the fragments of ``shards_of_index`` (those that were written)."""
     paths = []
     for shard in shards_of_index:
         for chunk, n in enumerate(chunk_instances):
             if fragment_records(n, chunk, num_shards, shard):
-                fragment = workdir.fragment_path(work_dir, chunk, shard)
+                fragment = workdir.fragment_path(work_dir, chunk, shard, record_set)
                 paths += [fragment, workdir.sizes_path(fragment)]
     each(storage.delete, paths)
 

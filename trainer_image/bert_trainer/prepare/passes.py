@@ -42,6 +42,7 @@ from bert_trainer.config import PrepareConfig
 from bert_trainer.prepare import (
     fragments,
     heap,
+    kernels,
     parallel,
     shards,
     source,
@@ -142,6 +143,7 @@ def _count(this: _Index) -> dict[str, int]:
     if this.config.vocab is not None:
         return {}  # nothing to count: the records use the given vocab
     mine = plans.assigned(this.load_plan(), this.workers, this.index)
+    kernels.load()
     progress = _ChunkProgress(this.reporter, mine)
     for chunk in mine:
         counts, lines = steps.count_words([chunk], this.config.lowercase, this.processes)
@@ -177,10 +179,11 @@ def _records(this: _Index) -> dict[str, int]:
     raw = workdir.read_intermediate(config.output_vocab, "vocab")
     tokens = vocab.parse_vocab(raw.decode("utf-8"), config.output_vocab)
     special = steps.special_ids(tokens)
+    kernels.load()
     progress = _ChunkProgress(this.reporter, mine, counts_instances=True)
     for chunk in mine:
         stats = fragments.write_chunk(config, this.work_dir, chunk, tokens, special, this.processes)
-        progress.chunk_done(chunk, stats.instances)
+        progress.chunk_done(chunk, sum(s.instances for s in stats))
     return progress.fields()
 
 
@@ -189,6 +192,8 @@ class _ShardWork:
     """What every shard task of one index reads (see ``parallel``)."""
 
     config: PrepareConfig
+    """The record set's config (``PrepareConfig.for_record_set``)."""
+    record_set: int
     work_dir: str
     chunk_instances: list[int]
     scratch: str
@@ -197,21 +202,30 @@ class _ShardWork:
 def _shards(this: _Index) -> dict[str, int]:
     config = this.config
     plan = this.load_plan()
-    stats = fragments.read_stats(this.work_dir, plan.chunks)
+    sets = range(len(config.record_sets()))
+    stats = [fragments.read_stats(this.work_dir, plan.chunks, r) for r in sets]
     corpus = ", ".join(config.corpus)
-    if sum(s.lines for s in stats) == 0:
+    if sum(s.lines for s in stats[0]) == 0:
         raise InputError(f"the corpus {corpus} holds no text")
-    if sum(s.documents for s in stats) == 0:
+    if sum(s.documents for s in stats[0]) == 0:
         raise InputError(f"the corpus {corpus} tokenizes to nothing")
-    mine = _shards_of(this)
+    mine = [(r, shard) for r in sets for shard in _shards_of(this)]
     written = 0
     this.reporter.progress(chunksDone=0, chunksTotal=len(mine), instances=0)
     with tempfile.TemporaryDirectory(prefix="bert-shards-") as scratch:
-        work = _ShardWork(config, this.work_dir, [s.instances for s in stats], scratch)
-        with parallel.pool(work, min(this.processes, len(mine))) as imap:
-            for done, count in enumerate(imap(_write_shard, mine), start=1):
-                written += count
-                this.reporter.progress(chunksDone=done, chunksTotal=len(mine), instances=written)
+        done = 0
+        for r in sets:
+            work = _ShardWork(
+                config.for_record_set(r), r, this.work_dir, [s.instances for s in stats[r]], scratch
+            )
+            shards_of_set = [shard for s, shard in mine if s == r]
+            with parallel.pool(work, min(this.processes, len(shards_of_set))) as imap:
+                for count in imap(_write_shard, shards_of_set):
+                    written += count
+                    done += 1
+                    this.reporter.progress(
+                        chunksDone=done, chunksTotal=len(mine), instances=written
+                    )
     return {"chunksDone": len(mine), "chunksTotal": len(mine), "instances": written}
 
 
@@ -221,13 +235,18 @@ def _write_shard(shard: int) -> int:
     config = work.config
     spool = os.path.join(work.scratch, f"shard-{shard:05d}")
     sizes = fragments.assemble_shard(
-        work.work_dir, shard, config.num_shards, work.chunk_instances, spool
+        work.work_dir, shard, config.num_shards, work.chunk_instances, spool, work.record_set
     )
     destination = storage.join(config.output_tfrecords, shards.shard_name(shard, config.num_shards))
-    seed = tasks.seed_sequence(config.seed, tasks.SHARD_STREAM, shard)
+    seed = tasks.seed_sequence(
+        config.seed, tasks.SHARD_STREAM, shard, *tasks.record_set_stream(work.record_set)
+    )
     count = shards.write_shard(shards.ShardJob(spool, sizes, destination, seed))
     os.remove(sizes)
-    log.info("wrote shard", extra={"shard": shard, "instances": count})
+    log.info(
+        "wrote shard",
+        extra={"shard": shard, "maxSeqLength": config.max_seq_length, "instances": count},
+    )
     return count
 
 
@@ -243,10 +262,16 @@ def _clean_up(this: _Index, prepare_pass: str) -> None:
             storage.delete, [workdir.counts_path(this.work_dir, c.index) for c in chunks]
         )
     elif prepare_pass == "shards":
-        stats = fragments.read_stats(this.work_dir, this.load_plan().chunks)
-        fragments.delete_fragments(
-            this.work_dir, _shards_of(this), this.config.num_shards, [s.instances for s in stats]
-        )
+        chunks = this.load_plan().chunks
+        for r in range(len(this.config.record_sets())):
+            stats = fragments.read_stats(this.work_dir, chunks, r)
+            fragments.delete_fragments(
+                this.work_dir,
+                _shards_of(this),
+                this.config.num_shards,
+                [s.instances for s in stats],
+                r,
+            )
 
 
 class _ChunkProgress:

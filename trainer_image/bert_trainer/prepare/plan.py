@@ -131,7 +131,9 @@ def config_digest(config: PrepareConfig) -> str:
     Markers and the plan carry it, so intermediates of another configuration left in
     the same work dir are never taken for this one's.
     """
-    settings = config.model_dump(mode="json", exclude=set(_PROCESS_ONLY))
+    # Without extra lengths, the digest of a single-length config is what it always was.
+    exclude = set(_PROCESS_ONLY) | (set() if config.extra_lengths else {"extra_lengths"})
+    settings = config.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -57,6 +57,7 @@ class PrepareResult:
     corpus_tokens: int
     vocab_size: int
     instances: int
+    """Over every record set (length)."""
     tokens: int
     """Non-padding tokens over all instances, [CLS] and [SEP] included."""
     masked: int
@@ -89,16 +90,20 @@ def run_prepare(config: PrepareConfig) -> PrepareResult:
             if p != "count" or config.vocab is None
         }
         plan = plans.Plan.from_json(storage.read_text(workdir.plan_path(work_dir)))
-        stats = fragments.read_stats(work_dir, plan.chunks)
+        by_set = [
+            fragments.read_stats(work_dir, plan.chunks, r) for r in range(len(config.record_sets()))
+        ]
     elapsed = time.perf_counter() - started
+    stats = [s for of_set in by_set for s in of_set]
     destinations = tuple(
-        storage.join(config.output_tfrecords, shards.shard_name(i, config.num_shards))
+        storage.join(records.output_tfrecords, shards.shard_name(i, config.num_shards))
+        for records in config.record_sets()
         for i in range(config.num_shards)
     )
     result = PrepareResult(
-        documents=sum(s.documents for s in stats),
-        sentences=sum(s.sentences for s in stats),
-        corpus_tokens=sum(s.corpus_tokens for s in stats),
+        documents=sum(s.documents for s in by_set[0]),
+        sentences=sum(s.sentences for s in by_set[0]),
+        corpus_tokens=sum(s.corpus_tokens for s in by_set[0]),
         vocab_size=reports["vocab"]["vocabSize"],
         instances=reports["shards"]["instances"],
         tokens=sum(s.tokens for s in stats),

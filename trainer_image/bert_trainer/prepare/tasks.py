@@ -1,9 +1,10 @@
 """The unit of parallel work: one dupe round over a run of documents, to framed records.
 
 A task builds its documents' sentence pairs, shuffles them, masks them and
-serializes them, all with generators seeded from ``(seed, corpus chunk,
-round, task)``; the plan of tasks depends only on the corpus chunk (see
-``source``), so the output does not depend on how many workers run them.
+serializes them (compiled loops, see ``compiled``), all drawing from one
+generator seeded from ``(seed, corpus chunk, round, task)``; the plan of tasks
+depends only on the corpus chunk (see ``source``), so the output does not
+depend on how many workers run them.
 The documents of one task are those of one corpus chunk, and so are the
 documents their random next segments are drawn from.
 """
@@ -11,7 +12,6 @@ documents their random next segments are drawn from.
 from __future__ import annotations
 
 import itertools
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +45,14 @@ class Shared:
     layout: instances.Layout
     special: masking.SpecialIds
     config: PrepareConfig
+    stream: tuple[int, ...] = ()
+    """Appended to every seed's spawn key: the record set's own random stream."""
+
+
+def record_set_stream(record_set: int) -> tuple[int, ...]:
+    """Record set 0 keeps the single-length streams (its bytes do not change when
+    lengths are added); each later set draws its own."""
+    return () if record_set == 0 else (record_set,)
 
 
 @dataclass(frozen=True)
@@ -81,12 +89,18 @@ def run_task(task: Task) -> TaskResult:
     shared = parallel.state()
     assert isinstance(shared, Shared), "run_task runs inside parallel.pool(Shared(...))"
     config = shared.config
-    python_seed, numpy_seed = seed_sequence(
-        config.seed, TASK_STREAM, task.corpus_chunk, task.round, task.chunk
-    ).spawn(2)
-    # The pair loop makes scalar draws, which Python's generator does ~10x faster than numpy's.
-    python_rng = random.Random(int.from_bytes(python_seed.generate_state(4).tobytes(), "little"))
-    numpy_rng = np.random.Generator(np.random.PCG64(numpy_seed))
+    rng = np.random.Generator(
+        np.random.PCG64(
+            seed_sequence(
+                config.seed,
+                TASK_STREAM,
+                task.corpus_chunk,
+                task.round,
+                task.chunk,
+                *shared.stream,
+            )
+        )
+    )
 
     pairs = instances.build_pairs(
         shared.layout,
@@ -94,9 +108,9 @@ def run_task(task: Task) -> TaskResult:
         task.end_document,
         max_seq_length=config.max_seq_length,
         short_seq_prob=config.short_seq_prob,
-        rng=python_rng,
+        rng=rng,
     )
-    shuffled = numpy_rng.permutation(len(pairs))
+    shuffled = rng.permutation(len(pairs))
     # Rows grouped by their residue modulo num_shards, each group in shuffled order.
     groups = [shuffled[r :: config.num_shards] for r in range(config.num_shards)]
     pairs = pairs.take(np.concatenate(groups))
@@ -108,7 +122,7 @@ def run_task(task: Task) -> TaskResult:
         max_predictions_per_seq=config.max_predictions_per_seq,
         masked_lm_prob=config.masked_lm_prob,
         whole_word_masking=config.whole_word_masking,
-        rng=numpy_rng,
+        rng=rng,
     )
     records, sizes = tfrecord.encode_records(batch.features())
     row_cuts = np.concatenate([[0], np.cumsum([len(g) for g in groups])])

@@ -8,6 +8,7 @@ Layout (``<spec.output>/prepare`` on a cluster; a local temporary directory for
     records/chunk-NNNNN/shard-SSSSS        the chunk's records dealt to shard S (records)
     records/chunk-NNNNN/shard-SSSSS.sizes  their sizes, int64 little-endian (records)
     records/chunk-NNNNN/stats.json         what the chunk held and produced (records)
+    records-N/...                          the same for record set N (extra_lengths[N-1])
     done/<pass>-<index>.json               an index's marker: its final report, written last
 
 Every file is written whole (a GCS object, or a local rename), each by one index
@@ -39,16 +40,23 @@ def counts_path(work_dir: str, chunk: int) -> str:
     return storage.join(work_dir, "counts", f"chunk-{chunk:05d}.tsv.gz")
 
 
-def fragment_path(work_dir: str, chunk: int, shard: int) -> str:
-    return storage.join(work_dir, "records", f"chunk-{chunk:05d}", f"shard-{shard:05d}")
+def records_dir(record_set: int) -> str:
+    """The directory of one record set's fragments: ``records``, then ``records-1``, ..."""
+    return "records" if record_set == 0 else f"records-{record_set}"
+
+
+def fragment_path(work_dir: str, chunk: int, shard: int, record_set: int = 0) -> str:
+    return storage.join(
+        work_dir, records_dir(record_set), f"chunk-{chunk:05d}", f"shard-{shard:05d}"
+    )
 
 
 def sizes_path(fragment: str) -> str:
     return fragment + ".sizes"
 
 
-def stats_path(work_dir: str, chunk: int) -> str:
-    return storage.join(work_dir, "records", f"chunk-{chunk:05d}", "stats.json")
+def stats_path(work_dir: str, chunk: int, record_set: int = 0) -> str:
+    return storage.join(work_dir, records_dir(record_set), f"chunk-{chunk:05d}", "stats.json")
 
 
 def marker_path(work_dir: str, prepare_pass: str, index: int) -> str:

@@ -108,6 +108,8 @@ class LoopSettings:
     """Wall time one call of the train function should take once warmed up."""
     first_call_steps: int = 1
     """Steps in the first call, which also traces (and compiles) the function."""
+    run_steps: int | None = None
+    """The whole run's steps over every phase, for progress reports (None: train_steps)."""
 
     @classmethod
     def of(cls, config: TrainConfig) -> LoopSettings:
@@ -115,6 +117,7 @@ class LoopSettings:
             train_steps=config.train_steps,
             checkpoint_every_steps=config.checkpoint_every_steps,
             global_batch_size=config.global_batch_size,
+            run_steps=config.run_steps,
         )
 
     storage_retry_seconds: float | None = None
@@ -348,11 +351,12 @@ class TrainLoop:
         step = self.step
         rate = self._examples_per_second(steady)
         steps_per_second = steady.steps / steady.seconds if steady.seconds else None
-        eta = (self._settings.train_steps - step) / steps_per_second if steps_per_second else None
+        total = self._settings.run_steps or self._settings.train_steps
+        eta = (total - step) / steps_per_second if steps_per_second else None
         self._reporter.report(
             Progress(
                 step=step,
-                total_steps=self._settings.train_steps,
+                total_steps=total,
                 loss=metrics.loss if metrics else None,
                 mlm_accuracy=metrics.mlm_accuracy if metrics else None,
                 nsp_accuracy=metrics.nsp_accuracy if metrics else None,

@@ -39,7 +39,7 @@ from bert_trainer.storage import InputError
 from bert_trainer.train import array_checkpoint
 from bert_trainer.train.checkpoint import write_companions
 from bert_trainer.train.cluster import SliceHosts, without_proxy_to_peers
-from bert_trainer.train.data import RecordShape, list_records, make_dataset, pipeline_files
+from bert_trainer.train.data import RecordShape, make_dataset, pipeline_files
 from bert_trainer.train.loop import LoopSettings, TrainLoop, TrainResult
 from bert_trainer.train.optimizer import (
     clip_dense_gradients,
@@ -50,8 +50,10 @@ from bert_trainer.train.progress import ProgressSink
 from bert_trainer.train.run import (
     check_settings,
     dtype_policy,
+    phase_name,
+    phase_records,
     reporter_for,
-    run_loop,
+    run_phases,
     start_step,
     summary_writer,
 )
@@ -69,23 +71,24 @@ def run_multihost(
     progress_sink: ProgressSink | None = None,
     stop: StopFlag | None = None,
 ) -> TrainResult:
-    """Join the slice's other hosts and train to ``train_steps`` with them."""
-    settings = config.train
-    if settings is None:
+    """Join the slice's other hosts and train every phase to its ``train_steps`` with them."""
+    phases = config.phases()
+    if not phases:
         raise InputError("the trainer config has no 'train' section")
-    check_settings(settings)
+    for phase in phases:
+        check_settings(phase)
     if keras.backend.backend() != "jax":
         raise RuntimeError("the multi-host runtime needs KERAS_BACKEND=jax before Keras loads")
-    shape = RecordShape(settings.max_seq_length, settings.max_predictions_per_seq)
-    files = list_records(settings.tfrecords, shape)
-    if settings.global_batch_size % hosts.size:
-        raise InputError(
-            f"globalBatchSize {settings.global_batch_size} is not divisible by the "
-            f"{hosts.size} hosts of the slice"
-        )
-    _connect(hosts, settings)
+    records = [phase_records(phase) for phase in phases]
+    for phase in phases:
+        if phase.global_batch_size % hosts.size:
+            raise InputError(
+                f"{phase_name(phase, phases)}globalBatchSize {phase.global_batch_size} is not "
+                f"divisible by the {hosts.size} hosts of the slice"
+            )
+    _connect(hosts, phases[0])
     try:
-        return _train(config, settings, hosts, files, shape, progress_sink, stop)
+        return _train(config, phases, hosts, records, progress_sink, stop)
     finally:
         if hosts.size > 1:
             log.info("host %d leaving the slice", hosts.worker_id)
@@ -117,27 +120,28 @@ def _connect(hosts: SliceHosts, settings: TrainConfig) -> None:
 
 def _train(
     config: TrainerConfig,
-    settings: TrainConfig,
+    phases: list[TrainConfig],
     hosts: SliceHosts,
-    files: list[str],
-    shape: RecordShape,
+    records: list[tuple[list[str], RecordShape]],
     progress_sink: ProgressSink | None,
     stop: StopFlag | None,
 ) -> TrainResult:
+    settings = phases[0]
     devices = jax.devices()
-    if settings.global_batch_size % (len(devices) * settings.gradient_accumulation_steps):
-        raise InputError(
-            f"globalBatchSize {settings.global_batch_size} is not divisible by "
-            f"{settings.gradient_accumulation_steps} micro-batches on each of the "
-            f"{len(devices)} chips of the slice"
-        )
+    for phase in phases:
+        if phase.global_batch_size % (len(devices) * phase.gradient_accumulation_steps):
+            raise InputError(
+                f"{phase_name(phase, phases)}globalBatchSize {phase.global_batch_size} is not "
+                f"divisible by {phase.gradient_accumulation_steps} micro-batches on each of "
+                f"the {len(devices)} chips of the slice"
+            )
     distribution = keras.distribution.DataParallel(devices=devices)
     keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(settings.seed)  # every host draws the same initial weights
     model = build_pretrainer(settings.model, dtype=dtype_policy(settings))
-    optimizer = make_optimizer(settings)
+    optimizer = make_optimizer(settings, phases)
     optimizer.build(model.trainable_variables)
-    schedule = learning_rate_schedule(settings)
+    schedule = learning_rate_schedule(settings, phases)
 
     start = _restore(settings, model, optimizer, hosts)
     start = start_step(start, model, settings)
@@ -150,44 +154,49 @@ def _train(
     checkpointer.current = (
         array_checkpoint.checkpoint_path(settings.checkpoint_dir, start) if start else None
     )
-
-    mine = pipeline_files(files, hosts.size, hosts.worker_id)
-    log.info(
-        "host %d reads %d of %d TFRecord files",
-        hosts.worker_id,
-        len(mine),
-        len(files),
-        extra={"host": hosts.worker_id, "files": mine},
-    )
+    reporter = reporter_for(config, hosts.is_chief, progress_sink)
+    writer = summary_writer(settings) if hosts.is_chief else None
     context = tf.distribute.InputContext(
         num_input_pipelines=hosts.size,
         input_pipeline_id=hosts.worker_id,
         num_replicas_in_sync=len(devices),
     )
-    dataset = make_dataset(
-        files,
-        shape,
-        settings.global_batch_size // hosts.size,
-        settings.seed + start,
-        context,
-        shuffle=settings.shuffle,
-        skip_records=start * (settings.global_batch_size // hosts.size),
-    )
-    reporter = reporter_for(config, hosts.is_chief, progress_sink)
-    writer = summary_writer(settings) if hosts.is_chief else None
-    loop = TrainLoop(
-        state.train_function,
-        dataset.as_numpy_iterator(),
-        state,
-        checkpointer,
-        LoopSettings.of(settings),
-        reporter=reporter,
-        summary_writer=writer,
-        learning_rate=lambda at: float(schedule(at)),
-        agree=_agree if hosts.size > 1 else None,
-    )
-    log.info("training from step %d to %d on %d hosts", start, settings.train_steps, hosts.size)
-    return run_loop(loop, stop, reporter, writer)
+
+    def phase_loop(phase: TrainConfig, start: int) -> TrainLoop:
+        files, shape = records[phases.index(phase)]
+        state.start_phase(phase.gradient_accumulation_steps)
+        mine = pipeline_files(files, hosts.size, hosts.worker_id)
+        log.info(
+            "host %d reads %d of %d TFRecord files",
+            hosts.worker_id,
+            len(mine),
+            len(files),
+            extra={"host": hosts.worker_id, "files": mine},
+        )
+        per_host = phase.global_batch_size // hosts.size
+        dataset = make_dataset(
+            files,
+            shape,
+            per_host,
+            phase.seed + start,
+            context,
+            shuffle=phase.shuffle,
+            skip_records=(start - phase.first_step) * per_host,
+        )
+        return TrainLoop(
+            state.train_function,
+            dataset.as_numpy_iterator(),
+            state,
+            checkpointer,
+            LoopSettings.of(phase),
+            reporter=reporter,
+            summary_writer=writer,
+            learning_rate=lambda at: float(schedule(at)),
+            agree=_agree if hosts.size > 1 else None,
+        )
+
+    log.info("training on %d hosts", hosts.size)
+    return run_phases(phases, start, phase_loop, stop, reporter, writer)
 
 
 class SlicedTrainer:
@@ -224,7 +233,21 @@ class SlicedTrainer:
                 optimizer.variables,
             )
         )
-        self._step_fn = jax.jit(self._step, donate_argnums=(0, 1, 2), out_shardings=replicated)
+        self._replicated = replicated
+        self._step_fn = self._compile()
+
+    def _compile(self) -> Any:
+        return jax.jit(self._step, donate_argnums=(0, 1, 2), out_shardings=self._replicated)
+
+    def start_phase(self, accumulation_steps: int) -> None:
+        """Train the next phase with its micro-batches: a step traced afresh.
+
+        The variables' values carry over; a new sequence length or batch would retrace
+        the step anyway, but the accumulation is read only while tracing.
+        """
+        if accumulation_steps != self._accumulation:
+            self._accumulation = accumulation_steps
+            self._step_fn = self._compile()
 
     def numpy(self) -> int:
         return self.step

@@ -30,6 +30,7 @@ second time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -50,14 +51,18 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):  # typ
     (google-research/bert's ``polynomial_decay``, which the warm-up overrides).
     """
 
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
+    def __init__(
+        self, peak: float, warmup_steps: int, total_steps: int, first_step: int = 0
+    ) -> None:
         super().__init__()
         self.peak = peak
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
+        self.first_step = first_step
+        """The run's step the schedule starts at (a later phase's first step)."""
 
     def __call__(self, step: Any) -> Any:
-        step = ops.cast(step, "float32")
+        step = ops.cast(step, "float32") - float(self.first_step)
         warmup = float(max(self.warmup_steps, 1))
         total = float(max(self.total_steps, 1))
         rising = self.peak * step / warmup
@@ -69,7 +74,36 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):  # typ
             "peak": self.peak,
             "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps,
+            "first_step": self.first_step,
         }
+
+
+@keras.saving.register_keras_serializable(package="bert_trainer")
+class PhasedSchedule(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]
+    """One ``WarmupLinearDecay`` per phase, each from its phase's first step.
+
+    As NVIDIA's recipe: every phase warms up and decays on its own, while the
+    optimizer (and its moments) carries on from the phase before.
+    """
+
+    def __init__(self, phases: list[WarmupLinearDecay]) -> None:
+        super().__init__()
+        self.phases = phases
+
+    def __call__(self, step: Any) -> Any:
+        rate = self.phases[0](step)
+        for phase in self.phases[1:]:
+            rate = ops.where(
+                ops.cast(step, "float32") >= float(phase.first_step), phase(step), rate
+            )
+        return rate
+
+    def get_config(self) -> dict[str, Any]:
+        return {"phases": [phase.get_config() for phase in self.phases]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PhasedSchedule:
+        return cls([WarmupLinearDecay(**phase) for phase in config["phases"]])
 
 
 class _SummedGradients:
@@ -126,9 +160,12 @@ class Lamb(_SummedGradients, keras.optimizers.Lamb):  # type: ignore[misc]
         self.assign_sub(variable, ops.multiply(lr, update))
 
 
-def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    config: TrainConfig, phases: Sequence[TrainConfig] = ()
+) -> keras.optimizers.Optimizer:
     """The optimizer ``config`` names, with BERT's schedule and decay exemptions.
 
+    With ``phases`` (a run of several), the schedule is each phase's in turn.
     Create it inside the distribution strategy's scope: its slots are variables.
     """
     if keras.backend.backend() == "tensorflow" and not hasattr(
@@ -138,7 +175,7 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
         # replica: fail loudly rather than train with N-times-too-large steps.
         # (On JAX the step's sharding does the sum; Keras adds none.)
         raise RuntimeError("this Keras has no _all_reduce_sum_gradients; see optimizer.py")
-    schedule = learning_rate_schedule(config)
+    schedule = learning_rate_schedule(config, phases)
     kind = AdamW if config.optimizer == "adamw" else Lamb
     optimizer = kind(
         learning_rate=schedule,
@@ -151,8 +188,22 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return optimizer
 
 
-def learning_rate_schedule(config: TrainConfig) -> WarmupLinearDecay:
-    return WarmupLinearDecay(config.learning_rate, config.warmup_steps, config.train_steps)
+def learning_rate_schedule(
+    config: TrainConfig, phases: Sequence[TrainConfig] = ()
+) -> WarmupLinearDecay | PhasedSchedule:
+    """``config``'s schedule; over ``phases``, when there are several, each phase's."""
+    if len(phases) > 1:
+        return PhasedSchedule([_phase_schedule(phase) for phase in phases])
+    return _phase_schedule(config)
+
+
+def _phase_schedule(config: TrainConfig) -> WarmupLinearDecay:
+    return WarmupLinearDecay(
+        config.learning_rate,
+        config.warmup_steps,
+        config.train_steps - config.first_step,
+        config.first_step,
+    )
 
 
 def clip_gradients(gradients: list[Any]) -> list[Any]:

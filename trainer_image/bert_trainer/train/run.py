@@ -8,7 +8,9 @@ weights).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -54,27 +56,28 @@ def train(
     compiles each step with XLA off TPU (faster steps, a slow first call);
     ``stop`` replaces the SIGTERM-driven flag.
     """
-    settings = config.train
-    if settings is None:
+    phases = config.phases()
+    if not phases:
         raise InputError("the trainer config has no 'train' section")
-    check_settings(settings)
+    for phase in phases:
+        check_settings(phase)
+    settings = phases[0]
     placement = placement or detect_placement()
-    shape = RecordShape(settings.max_seq_length, settings.max_predictions_per_seq)
-    files = list_records(settings.tfrecords, shape)
-    log.info("%d TFRecord files match %s", len(files), settings.tfrecords)
+    records = [phase_records(phase) for phase in phases]
 
     strategy = make_strategy(placement)
-    micro_batches = settings.gradient_accumulation_steps * strategy.num_replicas_in_sync
-    if settings.global_batch_size % micro_batches:
-        raise InputError(
-            f"globalBatchSize {settings.global_batch_size} is not divisible by "
-            f"{settings.gradient_accumulation_steps} micro-batches on each of the "
-            f"{strategy.num_replicas_in_sync} replicas"
-        )
+    for phase in phases:
+        micro_batches = phase.gradient_accumulation_steps * strategy.num_replicas_in_sync
+        if phase.global_batch_size % micro_batches:
+            raise InputError(
+                f"{phase_name(phase, phases)}globalBatchSize {phase.global_batch_size} is not "
+                f"divisible by {phase.gradient_accumulation_steps} micro-batches on each of "
+                f"the {strategy.num_replicas_in_sync} replicas"
+            )
     keras.utils.set_random_seed(settings.seed)
     with strategy.scope():
         model = build_pretrainer(settings.model, dtype=dtype_policy(settings))
-        optimizer = make_optimizer(settings)
+        optimizer = make_optimizer(settings, phases)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(
             0,
@@ -90,58 +93,104 @@ def train(
     start = start_step(start, model, settings)
     if placement.is_chief:
         write_companions(settings.checkpoint_dir, settings.model, settings.vocab)
-
-    # A resumed run reshuffles differently, rather than replaying the examples
-    # it saw first in the attempt before; one reading in order goes on where it was.
-    seed = settings.seed + start
-    dataset = strategy.distribute_datasets_from_function(
-        lambda context: make_dataset(
-            files,
-            shape,
-            context.get_per_replica_batch_size(settings.global_batch_size),
-            seed,
-            context,
-            shuffle=settings.shuffle,
-            skip_records=start * settings.global_batch_size // context.num_input_pipelines,
-        )
-    )
-    train_function = make_train_function(
-        strategy,
-        model,
-        optimizer,
-        step,
-        jit_compile=jit_compile and not placement.on_tpu,
-        measure_input_wait=not placement.on_tpu,
-        accumulation_steps=settings.gradient_accumulation_steps,
-    )
     reporter = reporter_for(config, placement.is_chief, progress_sink)
     writer = summary_writer(settings) if placement.is_chief else None
-    loop = TrainLoop(
-        train_function,
-        iter(dataset),
-        step,
-        checkpointer,
-        LoopSettings.of(settings),
-        reporter=reporter,
-        summary_writer=writer,
-        learning_rate=lambda at: float(optimizer.learning_rate),
-    )
-    log.info("training from step %d to %d", start, settings.train_steps)
-    return run_loop(loop, stop, reporter, writer)
+
+    def phase_loop(phase: TrainConfig, start: int) -> TrainLoop:
+        files, shape = records[phases.index(phase)]
+        # A resumed run reshuffles differently, rather than replaying the examples it
+        # saw first in the attempt before; one reading in order goes on where it was.
+        seed = phase.seed + start
+        consumed = (start - phase.first_step) * phase.global_batch_size
+        dataset = strategy.distribute_datasets_from_function(
+            lambda context: make_dataset(
+                files,
+                shape,
+                context.get_per_replica_batch_size(phase.global_batch_size),
+                seed,
+                context,
+                shuffle=phase.shuffle,
+                skip_records=consumed // context.num_input_pipelines,
+            )
+        )
+        train_function = make_train_function(
+            strategy,
+            model,
+            optimizer,
+            step,
+            jit_compile=jit_compile and not placement.on_tpu,
+            measure_input_wait=not placement.on_tpu,
+            accumulation_steps=phase.gradient_accumulation_steps,
+        )
+        return TrainLoop(
+            train_function,
+            iter(dataset),
+            step,
+            checkpointer,
+            LoopSettings.of(phase),
+            reporter=reporter,
+            summary_writer=writer,
+            learning_rate=lambda at: float(optimizer.learning_rate),
+        )
+
+    return run_phases(phases, start, phase_loop, stop, reporter, writer)
 
 
-def run_loop(
-    loop: TrainLoop, stop: StopFlag | None, reporter: ProgressReporter | None, writer: Any
+def phase_records(phase: TrainConfig) -> tuple[list[str], RecordShape]:
+    """The phase's TFRecord files and their shape (InputError if none match)."""
+    shape = RecordShape(phase.max_seq_length, phase.max_predictions_per_seq)
+    files = list_records(phase.tfrecords, shape)
+    log.info("%d TFRecord files match %s", len(files), phase.tfrecords)
+    return files, shape
+
+
+def phase_name(phase: TrainConfig, phases: list[TrainConfig]) -> str:
+    """``"phase 2 of 3: "`` in messages about one phase of several, else nothing."""
+    return f"phase {phase.phase + 1} of {len(phases)}: " if len(phases) > 1 else ""
+
+
+def run_phases(
+    phases: list[TrainConfig],
+    start: int,
+    phase_loop: Callable[[TrainConfig, int], TrainLoop],
+    stop: StopFlag | None,
+    reporter: ProgressReporter | None,
+    writer: Any,
 ) -> TrainResult:
-    """Run ``loop`` under SIGTERM's flag; close the reporter and the summary writer after."""
+    """Run each phase's loop from the one ``start`` is in, under SIGTERM's flag; close the
+    reporter and the summary writer after.
+
+    A restart resumes in the phase of its checkpoint: the phases before it are done
+    (the last phase's loop always runs, if only to report that it is done).
+    """
+    result: TrainResult | None = None
+    first = start
     try:
         with stop or StopFlag() as flag:
-            result = loop.run(flag)
+            for phase in phases:
+                if start >= phase.train_steps and phase is not phases[-1]:
+                    continue
+                if len(phases) > 1:
+                    log.info(
+                        "phase %d of %d: steps %d to %d at length %d, batch %d",
+                        phase.phase + 1,
+                        len(phases),
+                        start,
+                        phase.train_steps,
+                        phase.max_seq_length,
+                        phase.global_batch_size,
+                    )
+                else:
+                    log.info("training from step %d to %d", start, phase.train_steps)
+                result = phase_loop(phase, start).run(flag)
+                start = result.final_step
     finally:
         if reporter is not None:
             reporter.close()
         if writer is not None:
             writer.close()
+    assert result is not None, "the last phase always runs"
+    result = dataclasses.replace(result, first_step=first)
     log.info(
         "finished at step %d: %s examples/s, input wait %s",
         result.final_step,

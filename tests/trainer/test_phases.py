@@ -1,0 +1,169 @@
+"""Training in phases (spec.training.phases): lengths in turn, one schedule each, resumes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from bert_trainer.config import TrainConfig, TrainerConfig
+from tests.trainer.helpers import (
+    PREDICTIONS,
+    SEQ_LENGTH,
+    TINY,
+    config_json,
+    run_in_fresh_process,
+    write_records,
+)
+from tests.trainer.test_train import ListSink, checkpoint_steps, checkpoint_values
+
+LONG, LONG_PREDICTIONS = 64, 10
+"""The second phase's length (the tiny model's maxPositionEmbeddings)."""
+JAX = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+STILL = TINY.model_copy(update={"hidden_dropout": 0.0, "attention_dropout": 0.0})
+
+
+def phased_config(root: Path, **overrides: Any) -> TrainerConfig:
+    """Six steps at length 32 (batch 16), then four at 64 (batch 8), in one directory."""
+    short, long = root / "records-32", root / "records-64"
+    if not short.exists():
+        write_records(short, count=256, seed=1)
+        write_records(long, count=256, seed=2, seq_length=LONG, predictions=LONG_PREDICTIONS)
+    common: dict[str, Any] = {
+        "model": TINY,
+        "checkpoint_every_steps": 2,
+        "keep_checkpoints": 10,
+        "checkpoint_dir": str(root / "checkpoints"),
+        "summary_dir": str(root / "summaries"),
+        "run_steps": 10,
+        **overrides,
+    }
+    first = TrainConfig(
+        tfrecords=str(short / "part-*.tfrecord"),
+        max_seq_length=SEQ_LENGTH,
+        max_predictions_per_seq=PREDICTIONS,
+        global_batch_size=16,
+        train_steps=6,
+        learning_rate=2e-3,
+        warmup_steps=2,
+        **common,
+    )
+    second = TrainConfig(
+        tfrecords=str(long / "part-*.tfrecord"),
+        max_seq_length=LONG,
+        max_predictions_per_seq=LONG_PREDICTIONS,
+        global_batch_size=8,
+        gradient_accumulation_steps=2,
+        first_step=6,
+        train_steps=10,
+        phase=1,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        **common,
+    )
+    return TrainerConfig(train_phases=[first, second])
+
+
+def test_the_schedule_warms_up_and_decays_in_each_phase() -> None:
+    from bert_trainer.train.optimizer import PhasedSchedule, WarmupLinearDecay
+
+    schedule = PhasedSchedule(
+        [
+            WarmupLinearDecay(peak=1.0, warmup_steps=2, total_steps=10),
+            WarmupLinearDecay(peak=0.5, warmup_steps=2, total_steps=5, first_step=10),
+        ]
+    )
+    steps = (0, 1, 2, 9, 10, 11, 12, 14, 15)
+    expected = (0.0, 0.5, 0.8, 0.1, 0.0, 0.25, 0.5 * 3 / 5, 0.5 * 1 / 5, 0.0)
+    assert [float(schedule(s)) for s in steps] == pytest.approx(expected)
+    again = PhasedSchedule.from_config(schedule.get_config())
+    assert [float(again(s)) for s in steps] == pytest.approx(expected)
+
+
+def test_phases_must_follow_each_other(tmp_path: Path) -> None:
+    config = phased_config(tmp_path)
+    first, second = config.phases()
+    with pytest.raises(ValidationError, match="not where phase 0 ends"):
+        TrainerConfig(train_phases=[first, second.model_copy(update={"first_step": 5})])
+    with pytest.raises(ValidationError, match="another model or checkpointDir"):
+        TrainerConfig(
+            train_phases=[first, second.model_copy(update={"checkpoint_dir": str(tmp_path)})]
+        )
+    with pytest.raises(ValidationError, match="train or trainPhases"):
+        TrainerConfig(train=first, train_phases=[first, second])
+
+
+@pytest.mark.tensorflow
+def test_two_phases_train_in_turn_and_a_run_stopped_in_the_second_resumes_there(
+    tmp_path: Path,
+) -> None:
+    """No dropout, records in order: resumed from step 8, step 10 is the whole run's."""
+    from bert_trainer.train.run import train
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    sink = ListSink()
+    result = train(phased_config(whole, model=STILL, shuffle=False), progress_sink=sink)
+
+    assert (result.first_step, result.final_step) == (0, 10)
+    assert checkpoint_steps(whole / "checkpoints") == [2, 4, 6, 8, 10]
+    # The optimizer carried on over the phases: one update per step of either.
+    assert checkpoint_values(str(whole / "checkpoints" / "ckpt-10")) == {
+        "step": 10,
+        "iterations": 10,
+    }
+    assert {report["totalSteps"] for report in sink.sent} == {10}
+    assert sink.sent[-1]["step"] == 10
+
+    shutil.copytree(whole / "records-32", resumed / "records-32")
+    shutil.copytree(whole / "records-64", resumed / "records-64")
+    (resumed / "checkpoints").mkdir()
+    for path in (whole / "checkpoints").glob("ckpt-8.*"):
+        shutil.copy(path, resumed / "checkpoints" / path.name)
+    (resumed / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-8"\nall_model_checkpoint_paths: "ckpt-8"\n'
+    )
+    again = train(phased_config(resumed, model=STILL, shuffle=False), progress_sink=ListSink())
+    assert (again.first_step, again.final_step) == (8, 10)
+    import tensorflow as tf
+
+    want = tf.train.load_checkpoint(str(whole / "checkpoints" / "ckpt-10"))
+    got = tf.train.load_checkpoint(str(resumed / "checkpoints" / "ckpt-10"))
+    names = [n for n in want.get_variable_to_shape_map() if "model/" in n or "optimizer/" in n]
+    assert names
+    for name in names:
+        np.testing.assert_allclose(
+            got.get_tensor(name), want.get_tensor(name), atol=1e-6, err_msg=name
+        )
+
+
+@pytest.mark.tensorflow
+def test_the_jax_runtime_trains_the_phases_and_resumes_in_the_second(tmp_path: Path) -> None:
+    """The slice's runtime (JAX, one host here): the whole run, then a resume from step 8."""
+    import json
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    path = tmp_path / "whole.json"
+    path.write_text(config_json(phased_config(whole, model=STILL, shuffle=False)))
+    out = run_in_fresh_process("tests.trainer.phases_jax", str(path), env=JAX)
+    assert json.loads(out.splitlines()[-1]) == {"first": 0, "final": 10}
+    assert [p.name for p in sorted((whole / "checkpoints").glob("ckpt-*.npz"))] == [
+        f"ckpt-{s}.npz" for s in (10, 2, 4, 6, 8)
+    ]
+
+    shutil.copytree(whole / "records-32", resumed / "records-32")
+    shutil.copytree(whole / "records-64", resumed / "records-64")
+    (resumed / "checkpoints").mkdir()
+    shutil.copy(whole / "checkpoints" / "ckpt-8.npz", resumed / "checkpoints" / "ckpt-8.npz")
+    path = tmp_path / "resumed.json"
+    path.write_text(config_json(phased_config(resumed, model=STILL, shuffle=False)))
+    out = run_in_fresh_process("tests.trainer.phases_jax", str(path), env=JAX)
+    assert json.loads(out.splitlines()[-1]) == {"first": 8, "final": 10}
+    want = np.load(whole / "checkpoints" / "ckpt-10.npz")
+    got = np.load(resumed / "checkpoints" / "ckpt-10.npz")
+    assert set(want.files) == set(got.files)
+    for name in want.files:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
