@@ -205,6 +205,13 @@ def test_get_shows_the_printer_columns(kubectl: Kubectl, namespace: str) -> None
             "restarts": 1,
             "stageProgress": "step 42/100",
             "progress": {"step": 42, "loss": 3.25},
+            "trainingPhase": {
+                "number": 2,
+                "of": 2,
+                "maxSeqLength": 512,
+                "firstStep": 40,
+                "lastStep": 100,
+            },
         },
     )
     (version,) = crd_manifest()["spec"]["versions"]
@@ -221,6 +228,7 @@ def test_get_shows_the_printer_columns(kubectl: Kubectl, namespace: str) -> None
         "3.25",
     )
     assert shown["RESTARTS"] == "1"
+    assert shown["TRAINING PHASE"] == "2"
     assert (shown["TPU"], shown["TOPOLOGY"]) == ("tpu-v5-lite-podslice", "2x4")
     narrow = kubectl("get", "bpj", "-n", namespace).stdout.splitlines()[0].split()
     priority = {c["name"].upper() for c in version["additionalPrinterColumns"] if c.get("priority")}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,8 +74,6 @@ def _job(bucket: str) -> dict[str, Any]:
                 "corpus": [f"gs://{bucket}/corpus/*.txt"],
                 "vocabSize": 1000,
                 "minFrequency": 1,
-                "maxSeqLength": 64,
-                "maxPredictionsPerSeq": 10,
                 "dupeFactor": 1,
                 # Three worker pods per pass over about ten chunks of the 40 KB corpus.
                 "preparation": {
@@ -84,10 +83,25 @@ def _job(bucket: str) -> dict[str, Any]:
                 },
             },
             "model": {"size": "tiny"},
+            # BERT's recipe in small: lengths 64, then 128, each with its own schedule.
             "training": {
-                "globalBatchSize": 8,
-                "trainSteps": 6,
-                "warmupSteps": 1,
+                "phases": [
+                    {
+                        "trainSteps": 6,
+                        "maxSeqLength": 64,
+                        "maxPredictionsPerSeq": 10,
+                        "globalBatchSize": 8,
+                        "warmupSteps": 1,
+                    },
+                    {
+                        "trainSteps": 4,
+                        "maxSeqLength": 128,
+                        "maxPredictionsPerSeq": 20,
+                        "globalBatchSize": 8,
+                        "warmupSteps": 1,
+                        "learningRate": 0.00005,
+                    },
+                ],
                 "checkpointEverySteps": 3,
             },
             # Two trainer pods on this machine: a fraction of a core each.
@@ -98,7 +112,8 @@ def _job(bucket: str) -> dict[str, Any]:
             },
             "output": f"gs://{bucket}/runs/two-hosts",
             "export": {"huggingFace": False},
-            "runPolicy": {"maxRestarts": 0},
+            # One restart: the slice is killed once, in its second phase.
+            "runPolicy": {"maxRestarts": 1},
         },
     }
 
@@ -113,6 +128,8 @@ class TwoHosts:
 
     bucket: str
     victim: dict[str, Any]
+    attempt_1_log: str
+    """Host 0's log of attempt 1, up to the kill in its second phase."""
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +140,35 @@ def two_hosts(slice_stack: plane.StackState) -> TwoHosts:
     _upload_corpus(state, bucket)
     demo.kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(_job(bucket)))
     victim = _lose_a_records_pod(state, "two-hosts")
+    killed_at = _kill_the_slice_in_its_second_phase(state, "two-hosts")
     wait_for(lambda: _finished(state, "two-hosts"), 900, "the 2-host job to finish")
-    return TwoHosts(bucket, victim)
+    return TwoHosts(bucket, victim, killed_at)
+
+
+def _kill_the_slice_in_its_second_phase(state: plane.StackState, name: str) -> str:
+    """SIGKILL host 0 of attempt 1 as it starts the second phase; its log up to then.
+
+    The trainer logs the phase before it traces the phase's step (seconds on the
+    JAX CPU backend), so the kill lands well before the phase ends.
+    """
+    host0: dict[str, str] = {}
+
+    def second_phase_started() -> bool:
+        if not host0:
+            for pod in _pods_of(state, f"{name}-train-1"):
+                if pod["metadata"]["annotations"].get(INDEX) == "0":
+                    host0["name"] = pod["metadata"]["name"]
+            if not host0:
+                return False
+        try:
+            host0["log"] = demo.kubectl(state, "logs", "-n", NAMESPACE, host0["name"])
+        except subprocess.CalledProcessError:
+            return False  # not started yet
+        return "phase 2 of 2" in host0["log"]
+
+    wait_for(second_phase_started, 900, "attempt 1 to start its second phase", interval=0.2)
+    assert _kill_pod_processes(host0["name"]), f"no process of {host0['name']} on this host"
+    return host0["log"]
 
 
 def _finished(state: plane.StackState, name: str) -> bool:
@@ -145,7 +189,7 @@ def test_two_host_slice_prepared_by_three_workers_trains_with_hosts_found_by_dns
     )
     _check_preparation(state, "two-hosts", job["status"], victim)
     train_pods = sorted(
-        (p for p in pods["items"] if "-train-" in p["metadata"]["name"]),
+        (p for p in pods["items"] if "-train-2-" in p["metadata"]["name"]),
         key=lambda p: p["metadata"]["name"],
     )
     logs = {
@@ -153,7 +197,8 @@ def test_two_host_slice_prepared_by_three_workers_trains_with_hosts_found_by_dns
         for p in train_pods
     }
     assert job["status"]["phase"] == "Succeeded", f"{job['status']}\n{logs}"
-    assert job["status"]["progress"]["step"] == 6
+    assert job["status"]["progress"]["step"] == 10
+    _check_phases(state, job["status"], two_hosts.attempt_1_log)
 
     # One pod per TPU VM, on the two nodes of the 2x2x2 pool, each with 4 chips.
     assert len(train_pods) == 2
@@ -248,12 +293,17 @@ def test_a_job_continues_on_the_slice_from_the_first_jobs_checkpoints(
     doc = _job(bucket)
     doc["metadata"]["name"] = "continued"
     doc["spec"]["data"] = {
-        "tfrecords": f"{source}/tfrecords/*.tfrecord",
-        "maxSeqLength": 64,
-        "maxPredictionsPerSeq": 10,
+        "tfrecords": f"{source}/tfrecords/seq-128/*.tfrecord",
+        "maxSeqLength": 128,
+        "maxPredictionsPerSeq": 20,
     }
     doc["spec"]["model"] = {"initFromOutput": source}
-    doc["spec"]["training"].update(trainSteps=2, checkpointEverySteps=2)
+    doc["spec"]["training"] = {
+        "globalBatchSize": 8,
+        "trainSteps": 2,
+        "warmupSteps": 1,
+        "checkpointEverySteps": 2,
+    }
     doc["spec"]["output"] = f"gs://{bucket}/runs/continued"
     demo.kubectl(state, "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(doc))
     wait_for(lambda: _finished(state, "continued"), 900, "the continued job to finish")
@@ -269,9 +319,35 @@ def test_a_job_continues_on_the_slice_from_the_first_jobs_checkpoints(
     # The check read the tiny model's config beside the first job's checkpoints.
     dims = {"hiddenSize": 128, "numLayers": 2, "numHeads": 2, "intermediateSize": 512}
     assert status["inputs"]["dimensions"] == dims, status["inputs"]
-    # Its newest checkpoint (step 6), weights only: this job counts from step 0 to 2.
-    assert f"starting from the weights of {source}/checkpoints/ckpt-6.npz" in log, log[-3000:]
+    # Its newest checkpoint (step 10), weights only: this job counts from step 0 to 2.
+    assert f"starting from the weights of {source}/checkpoints/ckpt-10.npz" in log, log[-3000:]
     assert status["progress"]["step"] == 2
+
+
+def _check_phases(state: plane.StackState, status: dict[str, Any], attempt_1: str) -> None:
+    """Both lengths were prepared; attempt 1 trained phase 1 and was killed in phase 2;
+    attempt 2 resumed in phase 2 from its checkpoint, not from the start."""
+    assert "phase 1 of 2: steps 0 to 6 at length 64" in attempt_1, attempt_1[-3000:]
+    assert status["restarts"] == 1 and status["attempt"] == 2, status
+    assert status["trainingPhase"] == {
+        "number": 2, "of": 2, "maxSeqLength": 128, "firstStep": 6, "lastStep": 10,
+    }  # fmt: skip
+    trained = next(c for c in status["conditions"] if c["type"] == "Trained")
+    assert "10 steps in 2 phases (lengths 64, then 128)" in trained["message"], trained
+    host0 = next(
+        p["metadata"]["name"]
+        for p in _pods_of(state, "two-hosts-train-2")
+        if p["metadata"]["annotations"].get(INDEX) == "0"
+    )
+    log = demo.kubectl(state, "logs", "-n", NAMESPACE, host0)
+    assert "phase 1 of 2" not in log, "the restart trained phase 1 again"
+    # From its last checkpoint: the end of phase 1 (step 6), or, had attempt 1 got
+    # that far before the kill, phase 2's first (step 9).
+    restored = re.search(r"restored \S+/ckpt-(\d+)\.npz at step (\d+)", log)
+    assert restored is not None, log[-3000:]
+    step = int(restored[2])
+    assert step in (6, 9) and restored[1] == restored[2], restored[0]
+    assert f"phase 2 of 2: steps {step} to 10 at length 128" in log, log[-3000:]
 
 
 def _operator_env(state: plane.StackState) -> set[str]:

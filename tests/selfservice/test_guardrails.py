@@ -67,6 +67,29 @@ def _checkpoint(uri: str, field: str = "initCheckpoint") -> Callable[[Spec], Non
     return change
 
 
+def _phases(*steps: int) -> Callable[[Spec], None]:
+    """Phases of ``steps`` each (corpus instead of records: phases prepare their own)."""
+
+    def change(spec: Spec) -> None:
+        spec["data"] = {
+            "corpus": ["gs://team-a-bucket/corpus/*.txt"],
+            "vocab": spec["data"]["vocab"],
+        }
+        spec["training"] = {
+            "phases": [
+                {
+                    "trainSteps": n,
+                    "maxSeqLength": 128 * (i + 1),
+                    "maxPredictionsPerSeq": 20 * (i + 1),
+                    "globalBatchSize": 16,
+                }
+                for i, n in enumerate(steps)
+            ]
+        }
+
+    return change
+
+
 #: case -> (how the conforming job is changed, the refusal's message after "denied request: ")
 VIOLATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
     "accelerator": (
@@ -90,6 +113,12 @@ VIOLATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
     "train steps": (
         _set("training.trainSteps", 200000),
         "spec.training.trainSteps: 200000 exceeds this namespace's maxTrainSteps 100000",
+    ),
+    "train steps over the phases": (
+        # Each phase is within the limit; the run is not.
+        _phases(90000, 20000),
+        "spec.training.phases[].trainSteps: 110000 steps in all exceeds this namespace's "
+        "maxTrainSteps 100000",
     ),
     "deadline missing": (
         _set("runPolicy.activeDeadlineSeconds", None),
@@ -167,6 +196,11 @@ def test_a_conforming_job_is_admitted(kubectl: Kubectl, platform: Platform) -> N
     # A corpus in a shared bucket the namespace may read, beside its own vocab.
     doc = conforming_job()
     _corpus("gs://public-corpora/wiki/*.txt", "gs://team-a-bucket/notes/*.txt")(doc["spec"])
+    out = dry_run(kubectl, platform.team_a, doc, *ALICE)
+    assert out.returncode == 0, out.stderr
+    # Two phases whose steps, together, are within maxTrainSteps.
+    doc = conforming_job()
+    _phases(90000, 10000)(doc["spec"])
     out = dry_run(kubectl, platform.team_a, doc, *ALICE)
     assert out.returncode == 0, out.stderr
 
