@@ -774,6 +774,35 @@ CASES: tuple[Case, ...] = (
         {"spec.training.phases": [{k: v for k, v in _phase().items() if k != "maxSeqLength"}]},
         "phased",
     ),
+    # --- CEL: held-out evaluation ---
+    Case(
+        "eval-fraction-and-eval-records",
+        "spec.data.evalTfrecords",
+        {"spec.data.evalFraction": 0.1, "spec.data.evalTfrecords": "gs://bpj-test/eval/*.tfrecord"},
+    ),
+    Case(
+        "eval-fraction-with-prepared-records",
+        "spec.data.evalFraction",
+        {"spec.data.evalFraction": 0.1},
+        base="records",
+    ),
+    Case("eval-fraction-above-half", "spec.data.evalFraction", {"spec.data.evalFraction": 0.6}),
+    Case(
+        "eval-every-steps-without-held-out-records",
+        "spec.training.evalEverySteps",
+        {"spec.training.evalEverySteps": 10},
+    ),
+    Case(
+        "eval-batches-without-held-out-records",
+        "spec.training.evalBatches",
+        {"spec.training.evalBatches": 10},
+    ),
+    Case(
+        "eval-records-with-phases",
+        "spec.data.evalTfrecords",
+        {"spec.data.evalTfrecords": "gs://bpj-test/eval/*.tfrecord"},
+        "phased",
+    ),
     # --- CEL: metadata ---
     Case("name-too-long", "metadata.name", {"metadata.name": "a" * 41}),
     Case("name-starts-with-digit", "metadata.name", {"metadata.name": "1st-run"}),

@@ -27,6 +27,7 @@ from bert_pretrain_operator.api.spec import (
     SequenceLength,
     TrainingSpec,
 )
+from bert_pretrain_operator.api.status import EvalProgress
 from bert_trainer import contract
 from bert_trainer.config import PrepareConfig, TrainConfig
 from tests.api.invalid_cases import BASES, updated
@@ -148,6 +149,8 @@ def test_tpu_shape_comes_from_the_catalogue() -> None:
 def test_progress_fields_are_the_trainers() -> None:
     aliases = tuple(f.alias for f in TrainingProgress.model_fields.values())
     assert aliases == contract.PROGRESS_FIELDS
+    evaluated = tuple(f.alias for f in EvalProgress.model_fields.values())
+    assert evaluated == contract.EVAL_FIELDS
 
 
 def _status() -> dict[str, Any]:

@@ -75,6 +75,8 @@ def _job(bucket: str) -> dict[str, Any]:
                 "vocabSize": 1000,
                 "minFrequency": 1,
                 "dupeFactor": 1,
+                # A fifth of the documents held out, evaluated on at both lengths.
+                "evalFraction": 0.2,
                 # Three worker pods per pass over about ten chunks of the 40 KB corpus.
                 "preparation": {
                     "workers": 3,
@@ -103,6 +105,8 @@ def _job(bucket: str) -> dict[str, Any]:
                     },
                 ],
                 "checkpointEverySteps": 3,
+                "evalEverySteps": 5,
+                "evalBatches": 2,
             },
             # Two trainer pods on this machine: a fraction of a core each.
             "tpu": {
@@ -162,8 +166,8 @@ def _kill_the_slice_in_its_second_phase(state: plane.StackState, name: str) -> s
                 return False
         try:
             host0["log"] = demo.kubectl(state, "logs", "-n", NAMESPACE, host0["name"])
-        except subprocess.CalledProcessError:
-            return False  # not started yet
+        except SystemExit:
+            return False  # its container is not created yet (demo.kubectl exits on errors)
         return "phase 2 of 2" in host0["log"]
 
     wait_for(second_phase_started, 900, "attempt 1 to start its second phase", interval=0.2)
@@ -334,6 +338,11 @@ def _check_phases(state: plane.StackState, status: dict[str, Any], attempt_1: st
     }  # fmt: skip
     trained = next(c for c in status["conditions"] if c["type"] == "Trained")
     assert "10 steps in 2 phases (lengths 64, then 128)" in trained["message"], trained
+    # Held-out figures under google-research/bert's names, in status and the message.
+    held = status["progress"]["eval"]
+    assert held["step"] == 10 and 0 <= held["maskedLmAccuracy"] <= 1, held
+    assert held["maskedLmLoss"] > 0 and held["nextSentenceLoss"] > 0, held
+    assert "held-out eval at step 10: masked_lm_accuracy" in trained["message"], trained
     host0 = next(
         p["metadata"]["name"]
         for p in _pods_of(state, "two-hosts-train-2")

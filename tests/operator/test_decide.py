@@ -597,3 +597,27 @@ def test_a_single_phase_job_shows_its_one_phase() -> None:
     assert d.status.training_phase is not None
     assert (d.status.training_phase.number, d.status.training_phase.of) == (1, 1)
     assert d.status.training_phase.max_seq_length == 128
+
+
+def test_the_trained_message_gives_the_final_held_out_figures() -> None:
+    job = make_job(data={"tfrecords": "gs://bkt/r/*.tfrecord", "vocab": "gs://bkt/v.txt"})
+    job = apply(job, decide(job, Observed(), T0))
+    held = {
+        "step": 20,
+        "maskedLmAccuracy": 0.41234,
+        "maskedLmLoss": 3.5,
+        "nextSentenceAccuracy": 0.8,
+        "nextSentenceLoss": 0.45,
+    }
+    status = BertPretrainJobStatus.model_validate(
+        {
+            **(job.status or BertPretrainJobStatus()).model_dump(by_alias=True, exclude_none=True),
+            "progress": {"step": 20, "totalSteps": 20, "eval": held},
+        }
+    )
+    done = Observed(train={1: ObservedJob("quickstart-train-1", JobState.SUCCEEDED)})
+    d = decide(job.model_copy(update={"status": status}), done, T0)
+    assert cond(d, "Trained")[2] == (
+        "training attempt 1 reached 20 steps; held-out eval at step 20: masked_lm_accuracy "
+        "0.4123, masked_lm_loss 3.5000, next_sentence_accuracy 0.8000, next_sentence_loss 0.4500"
+    )

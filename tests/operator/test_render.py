@@ -380,3 +380,41 @@ def test_a_single_phase_job_renders_as_before() -> None:
     assert config.train_phases is None and config.train is not None
     assert config.prepare is not None and config.prepare.extra_lengths == []
     assert (config.train.first_step, config.train.run_steps) == (0, None)
+
+
+def test_held_out_documents_are_prepared_and_evaluated_at_every_phase_length() -> None:
+    job = load("bert-base-two-phases.yaml")
+    data = job.spec.data.model_copy(update={"eval_fraction": 0.01})
+    training = job.spec.training.model_copy(update={"eval_every_steps": 500})
+    spec = job.spec.model_copy(update={"data": data, "training": training})
+    config = trainer_config(
+        job.model_copy(update={"spec": spec}), ResolvedInputs(), report_interval=5
+    )
+    out = "gs://bpj-examples/runs/bert-base-two-phases/tfrecords"
+    assert config.prepare is not None and config.prepare.eval_fraction == 0.01
+    held = [r for r in config.prepare.extra_lengths if r.held_out]
+    assert [(r.max_seq_length, r.output_tfrecords) for r in held] == [
+        (128, f"{out}/seq-128/eval"),
+        (512, f"{out}/seq-512/eval"),
+    ]
+    assert config.train_phases is not None
+    first, second = config.train_phases
+    assert first.eval_tfrecords == f"{out}/seq-128/eval/*.tfrecord"
+    assert second.eval_tfrecords == f"{out}/seq-512/eval/*.tfrecord"
+    assert (first.eval_every_steps, first.eval_batches) == (500, 100)
+
+
+def test_named_eval_records_are_read_where_they_are() -> None:
+    job = load("quickstart.yaml")
+    assert trainer_config(job, ResolvedInputs(), report_interval=5).train.eval_tfrecords is None  # type: ignore[union-attr]
+    data = job.spec.data.model_copy(update={"eval_tfrecords": "gs://bkt/eval/*.tfrecord"})
+    training = job.spec.training.model_copy(update={"eval_batches": 7})
+    spec = job.spec.model_copy(update={"data": data, "training": training})
+    config = trainer_config(
+        job.model_copy(update={"spec": spec}), ResolvedInputs(), report_interval=5
+    )
+    assert config.train is not None and config.prepare is not None
+    assert config.train.eval_tfrecords == "gs://bkt/eval/*.tfrecord"
+    # evalEverySteps defaults to checkpointEverySteps; nothing is held out of the corpus.
+    assert (config.train.eval_every_steps, config.train.eval_batches) == (10, 7)
+    assert config.prepare.eval_fraction == 0 and config.prepare.extra_lengths == []

@@ -146,6 +146,11 @@ VIOLATIONS: dict[str, tuple[Callable[[Spec], None], str]] = {
         "spec.data.tfrecords: gs://team-a-bucket-old/records/*.tfrecord is not under this "
         "namespace's allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
     ),
+    "held-out records of another team": (
+        _set("data.evalTfrecords", "gs://team-b-bucket/eval/*.tfrecord"),
+        "spec.data.evalTfrecords: gs://team-b-bucket/eval/*.tfrecord is not under this "
+        "namespace's allowedInputPrefixes gs://team-a-bucket/, gs://public-corpora/",
+    ),
     "one corpus entry outside": (
         _corpus("gs://public-corpora/wiki/*.txt", "gs://team-b-bucket/books/*.txt"),
         "spec.data.corpus: gs://team-b-bucket/books/*.txt is not under this namespace's "

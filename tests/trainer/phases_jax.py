@@ -1,7 +1,8 @@
 """Run as ``python -m tests.trainer.phases_jax CONFIG`` with KERAS_BACKEND=jax.
 
 The multi-host runtime on one host (``run_multihost``), as a TPU slice trains the
-phases of a job (test_phases.py): prints JSON with the first and final steps.
+phases of a job (test_phases.py): prints JSON with the first and final steps and
+the last held-out evaluation.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def main(config_path: str) -> None:
     config = TrainerConfig.model_validate_json(Path(config_path).read_text())
     hosts = SliceHosts.from_environ({})
     result = run_multihost(config, hosts, progress_sink=_Discard())
-    print(json.dumps({"first": result.first_step, "final": result.final_step}))
+    held = None if result.eval is None else {"step": result.eval.step, **result.eval.by_name()}
+    print(json.dumps({"first": result.first_step, "final": result.final_step, "eval": held}))
 
 
 class _Discard:

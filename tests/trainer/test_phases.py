@@ -147,9 +147,13 @@ def test_the_jax_runtime_trains_the_phases_and_resumes_in_the_second(tmp_path: P
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     path = tmp_path / "whole.json"
-    path.write_text(config_json(phased_config(whole, model=STILL, shuffle=False)))
+    path.write_text(
+        config_json(with_eval(phased_config(whole, model=STILL, shuffle=False), whole, 5))
+    )
     out = run_in_fresh_process("tests.trainer.phases_jax", str(path), env=JAX)
-    assert json.loads(out.splitlines()[-1]) == {"first": 0, "final": 10}
+    ran = json.loads(out.splitlines()[-1])
+    assert (ran["first"], ran["final"], ran["eval"]["step"]) == (0, 10, 10)
+    assert 0 <= ran["eval"]["masked_lm_accuracy"] <= 1 and ran["eval"]["masked_lm_loss"] > 0
     assert [p.name for p in sorted((whole / "checkpoints").glob("ckpt-*.npz"))] == [
         f"ckpt-{s}.npz" for s in (10, 2, 4, 6, 8)
     ]
@@ -161,9 +165,93 @@ def test_the_jax_runtime_trains_the_phases_and_resumes_in_the_second(tmp_path: P
     path = tmp_path / "resumed.json"
     path.write_text(config_json(phased_config(resumed, model=STILL, shuffle=False)))
     out = run_in_fresh_process("tests.trainer.phases_jax", str(path), env=JAX)
-    assert json.loads(out.splitlines()[-1]) == {"first": 8, "final": 10}
+    assert json.loads(out.splitlines()[-1])["first"] == 8
     want = np.load(whole / "checkpoints" / "ckpt-10.npz")
     got = np.load(resumed / "checkpoints" / "ckpt-10.npz")
     assert set(want.files) == set(got.files)
     for name in want.files:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+
+
+# --- Held-out evaluation -------------------------------------------------------------------
+
+
+def with_eval(config: TrainerConfig, root: Path, every: int | None = 3) -> TrainerConfig:
+    """``config``'s phases evaluating on held-out records of their lengths, 2 batches each."""
+    held = {SEQ_LENGTH: root / "eval-32", LONG: root / "eval-64"}
+    if not held[SEQ_LENGTH].exists():
+        write_records(held[SEQ_LENGTH], count=64, shards=1, seed=11)
+        write_records(
+            held[LONG], count=64, shards=1, seed=12, seq_length=LONG, predictions=LONG_PREDICTIONS
+        )
+    phases = [
+        phase.model_copy(
+            update={
+                "eval_tfrecords": str(held[phase.max_seq_length] / "part-*.tfrecord"),
+                "eval_every_steps": every,
+                "eval_batches": 2,
+            }
+        )
+        for phase in config.phases()
+    ]
+    return TrainerConfig(train_phases=phases)
+
+
+@pytest.mark.tensorflow
+def test_training_evaluates_on_held_out_records_with_googles_metric_names(
+    tmp_path: Path,
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    from bert_trainer.train.run import train
+
+    sink = ListSink()
+    result = train(with_eval(phased_config(tmp_path), tmp_path), progress_sink=sink)
+
+    assert result.eval is not None and result.eval.step == 10
+    names = ("masked_lm_accuracy", "masked_lm_loss", "next_sentence_accuracy", "next_sentence_loss")
+    assert set(result.eval.by_name()) == set(names)
+    events = EventAccumulator(str(tmp_path / "summaries"), size_guidance={"tensors": 0})
+    events.Reload()
+    for name in names:
+        tag = f"eval/{name}"
+        assert events.SummaryMetadata(tag).plugin_data.plugin_name == "scalars", tag
+        steps = [e.step for e in events.Tensors(tag)]
+        # Every 3 steps, and at each phase's last step (6 ends phase 1, 10 the run).
+        assert steps == [3, 6, 9, 10], (tag, steps)
+    final = {
+        name: float(tensor_util.make_ndarray(events.Tensors(f"eval/{name}")[-1].tensor_proto))
+        for name in names
+    }
+    assert final == pytest.approx(result.eval.by_name(), rel=1e-5)
+    # status.progress.eval: the latest evaluation, the step it ran at, camelCase names.
+    reported = [r["eval"] for r in sink.sent if r["eval"] is not None]
+    assert reported and reported[-1]["step"] == 10
+    assert reported[-1]["maskedLmAccuracy"] == pytest.approx(final["masked_lm_accuracy"], abs=1e-5)
+    assert 0 <= reported[-1]["nextSentenceAccuracy"] <= 1
+    assert reported[-1]["maskedLmLoss"] > 0
+
+
+@pytest.mark.tensorflow
+def test_an_evaluation_reads_the_same_batches_each_time(tmp_path: Path) -> None:
+    """A finished run evaluated again, from its last checkpoint: the same figures."""
+    from bert_trainer.train.run import train
+
+    config = with_eval(phased_config(tmp_path), tmp_path, every=None)
+    first = train(config, progress_sink=ListSink())
+    again = train(config, progress_sink=ListSink())
+    assert (again.first_step, again.final_step) == (10, 10)
+    assert first.eval is not None and again.eval is not None
+    assert again.eval.by_name() == pytest.approx(first.eval.by_name(), rel=1e-5)
+
+
+def test_held_out_records_that_do_not_exist_are_bad_input(tmp_path: Path) -> None:
+    from bert_trainer.storage import InputError
+    from bert_trainer.train.run import train
+
+    config = with_eval(phased_config(tmp_path), tmp_path)
+    missing = [p.model_copy(update={"eval_tfrecords": str(tmp_path / "none/*.tfrecord")})
+               for p in config.phases()]  # fmt: skip
+    with pytest.raises(InputError, match="none"):
+        train(TrainerConfig(train_phases=missing), progress_sink=ListSink())

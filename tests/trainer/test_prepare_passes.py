@@ -542,3 +542,66 @@ def test_two_record_sets_of_one_length_are_refused(corpus_dir: Path, tmp_path: P
     )
     with pytest.raises(ValidationError, match="same maxSeqLength"):
         pass_config(corpus_dir, tmp_path, extra_lengths=[same])
+
+
+def test_held_out_documents_make_their_own_records_for_any_pod_count(
+    corpus_dir: Path, tmp_path: Path, reference: dict[str, bytes]
+) -> None:
+    """evalFraction: a seeded fifth of the documents, as records of their own; the rest
+    train. The same bytes for any pod count; no document in both."""
+    from bert_trainer.config import RecordSet
+    from tests.trainer.test_prepare import parse_with_tensorflow
+
+    outputs = []
+    for pods, root in ((1, tmp_path / "one"), (3, tmp_path / "three")):
+        held = RecordSet(
+            max_seq_length=64,
+            max_predictions_per_seq=10,
+            output_tfrecords=str(root / "eval"),
+            held_out=True,
+            num_shards=1,
+        )
+        config = pass_config(corpus_dir, root, eval_fraction=0.2, extra_lengths=[held])
+        run_passes(config, pods, order_seed=5)
+        outputs.append((prepare_outputs(config), prepare_outputs(config.for_record_set(1))))
+    (train, held), (train_3, held_3) = outputs
+    assert (train_3, held_3) == (train, held)
+    assert sorted(held) == ["part-00000-of-00001.tfrecord", "vocab.txt"]
+    assert train != reference, "the held-out documents left the training records"
+
+    def parsed(directory: Path, names: dict[str, bytes]) -> Any:
+        paths = sorted(str(directory / n) for n in names if n.endswith(".tfrecord"))
+        return parse_with_tensorflow(paths, 64, 10)
+
+    training = parsed(tmp_path / "one" / "tfrecords", train)
+    evaluation = parsed(tmp_path / "one" / "eval", held)
+    whole = len(training["input_ids"]) + len(evaluation["input_ids"])
+    # About a fifth of the instances (documents are drawn, not instances: a loose bound).
+    assert 0.1 < len(evaluation["input_ids"]) / whole < 0.3
+
+    def segments(arrays: Any) -> set[tuple[int, ...]]:
+        # Segment A's tokens: an instance's first sentence run, from one document.
+        out = set()
+        for ids, seg in zip(arrays["input_ids"], arrays["segment_ids"], strict=True):
+            a = ids[1 : int(np.argmax(seg)) - 1] if seg.any() else ids[1:]
+            out.add(tuple(int(t) for t in a if t not in (0, 4)))
+        return out
+
+    overlap = segments(training) & segments(evaluation)
+    assert len(overlap) < 0.02 * len(segments(evaluation)), "held-out text also trains"
+
+
+def test_selected_documents_keep_their_sentences_and_tokens() -> None:
+    from bert_trainer.prepare.documents import pack
+
+    # Three documents of 2, 1 and 3 sentences.
+    lengths = np.array([2, 3, 1, 4, 2, 2], dtype=np.int64)
+    ids = np.arange(int(lengths.sum()), dtype=np.int32)
+    corpus = pack([1, 1, 2, 3, 3, 3], ids, lengths)
+    picked = corpus.select(np.array([True, False, True]))
+    assert picked.num_documents == 2 and picked.num_sentences == 5
+    assert picked.token_ids.tolist() == ids[:5].tolist() + ids[6:].tolist()
+    assert picked.sentence_starts.tolist() == [0, 2, 5, 9, 11, 13]
+    assert picked.document_starts.tolist() == [0, 2, 5]
+    rest = corpus.select(np.array([False, True, False]))
+    assert rest.token_ids.tolist() == [5] and rest.document_starts.tolist() == [0, 1]

@@ -69,6 +69,10 @@ class RecordSet(_Model):
     max_predictions_per_seq: int = Field(ge=1)
     output_tfrecords: str
     """Directory (prefix) that receives this length's shards."""
+    held_out: bool = False
+    """Made from the held-out documents (``PrepareConfig.eval_fraction``), not the rest."""
+    num_shards: int | None = Field(default=None, ge=1)
+    """This set's shard count; None: the config's ``num_shards``."""
 
 
 class PrepareConfig(_Model):
@@ -103,6 +107,9 @@ class PrepareConfig(_Model):
     """Prefix of the preparation's intermediates (its plan, word counts, record
     fragments): required by ``prepare --pass``; the operator renders
     ``<spec.output>/prepare``. None: a local temporary directory (one process)."""
+    eval_fraction: float = Field(default=0.0, ge=0, lt=1)
+    """The fraction of each chunk's documents held out of the training records, for
+    the record sets marked ``held_out`` (a seeded draw per document)."""
     extra_lengths: list[RecordSet] = Field(default_factory=list)
     """More sequence lengths to write records for (the phases of a job): each chunk is
     read and tokenized once, then made into instances of every length."""
@@ -126,14 +133,17 @@ class PrepareConfig(_Model):
                 "max_seq_length": chosen.max_seq_length,
                 "max_predictions_per_seq": chosen.max_predictions_per_seq,
                 "output_tfrecords": chosen.output_tfrecords,
+                "num_shards": chosen.num_shards or self.num_shards,
             }
         )
 
     @model_validator(mode="after")
     def _distinct_lengths(self) -> PrepareConfig:
-        lengths = [r.max_seq_length for r in self.record_sets()]
+        lengths = [(r.max_seq_length, r.held_out) for r in self.record_sets()]
         if len(set(lengths)) != len(lengths):
             raise ValueError(f"record sets of the same maxSeqLength: {lengths}")
+        if any(r.held_out for r in self.extra_lengths) and not self.eval_fraction:
+            raise ValueError("held-out record sets need an evalFraction above 0")
         outputs = [r.output_tfrecords.rstrip("/") for r in self.record_sets()]
         if len(set(outputs)) != len(outputs):
             raise ValueError(f"record sets share an output directory: {outputs}")
@@ -174,6 +184,13 @@ class TrainConfig(_Model):
     shuffle: bool = True
     """False reads files and records in order (reproducible runs and comparisons); a
     resumed run then goes on from the record where the last checkpoint stopped."""
+    eval_tfrecords: str | None = None
+    """Glob of held-out records of this phase's shape; None: no evaluation."""
+    eval_every_steps: int | None = Field(default=None, gt=0)
+    """Evaluate every this many steps, and at the phase's last step; None: last only."""
+    eval_batches: int = Field(default=100, gt=0)
+    """Batches of the held-out records per evaluation, the same ones each time
+    (google-research/bert's max_eval_steps: 100)."""
     first_step: int = Field(default=0, ge=0)
     """The run's step this phase starts at: its learning-rate schedule and its reading
     of ``tfrecords`` start there (0 for a single-phase run)."""

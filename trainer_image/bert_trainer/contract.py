@@ -88,7 +88,17 @@ PROGRESS_FIELDS: Final = (
     "etaSeconds",
     "lastCheckpoint",
     "lastCheckpointStep",
+    "eval",
     "updatedTime",
+)
+#: Keys of ``status.progress.eval``: the latest held-out evaluation, by
+#: google-research/bert's metric names in camelCase.
+EVAL_FIELDS: Final = (
+    "step",
+    "maskedLmAccuracy",
+    "maskedLmLoss",
+    "nextSentenceAccuracy",
+    "nextSentenceLoss",
 )
 
 #: The passes of a distributed prepare, in order; each is one Indexed Job.

@@ -136,6 +136,7 @@ _PREPARE_ONLY_FIELDS: Final = (
     "shortSeqProb",
     "wholeWordMasking",
     "preparation",
+    "evalFraction",
 )
 
 
@@ -194,6 +195,16 @@ class DataSpec(RuledModel):
     preparation: PreparationSpec | None = None
     """preparation spreads the corpus preparation over CPU pods: how many, how much
     text each holds at once, their CPU and memory. Only with corpus."""
+    eval_fraction: float | None = Field(default=None, gt=0, le=0.5)
+    """evalFraction holds this fraction of the corpus' documents out of training: the
+    preparation makes held-out records of them (at every phase's length), on which
+    training evaluates (training.evalEverySteps). Each document is drawn with its own
+    seeded chance, so the split depends only on the corpus, chunkBytes and the seed.
+    Only with corpus; not with evalTfrecords."""
+    eval_tfrecords: GcsObject | None = None
+    """evalTfrecords is a gs:// glob of held-out records in the training records' format
+    and length, on which training evaluates. Not with evalFraction, nor with
+    spec.training.phases (records hold one length: use evalFraction)."""
 
     rules: ClassVar[tuple[Rule[DataSpec], ...]] = (
         Rule(
@@ -208,6 +219,12 @@ class DataSpec(RuledModel):
             "tfrecords",
             message="spec.data.tfrecords: must not be set together with spec.data.corpus "
             "(give raw text to prepare or prepared records, not both)",
+        ),
+        not_together(
+            "evalFraction",
+            "evalTfrecords",
+            message="spec.data.evalTfrecords: must not be set together with "
+            "spec.data.evalFraction (hold documents out, or name held-out records, not both)",
         ),
         *(
             not_together(
@@ -537,6 +554,16 @@ class TrainingSpec(RuledModel):
     precision: Precision = Field(default=Precision.FLOAT32, strict=False)
     """precision is float32, or bfloat16 for mixed precision (float32 variables,
     bfloat16 compute), the TPU's native format."""
+    eval_every_steps: int | None = Field(default=None, ge=1, le=100000000)
+    """evalEverySteps is how often training evaluates on the held-out records
+    (data.evalFraction or data.evalTfrecords), and it always does at the last step.
+    The metrics carry google-research/bert's names (masked_lm_accuracy,
+    masked_lm_loss, next_sentence_accuracy, next_sentence_loss) in TensorBoard (eval/)
+    and in status.progress.eval. Defaults to checkpointEverySteps."""
+    eval_batches: int | None = Field(default=None, ge=1, le=100000)
+    """evalBatches is the number of held-out batches (of one micro-batch each) every
+    evaluation reads, the same ones each time. Defaults to 100
+    (google-research/bert's max_eval_steps)."""
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
     """gradientAccumulationSteps splits each step's globalBatchSize into this many
     micro-batches, run one after the other, whose gradients are summed into one
@@ -809,6 +836,19 @@ class RunPolicy(RuledModel):
     last checkpoint) until set back to false."""
 
 
+def _eval_setting(field: str) -> Rule[Any]:
+    """``training.<field>`` is an evaluation setting: only with held-out records."""
+    return Rule(
+        rule=f"!has(self.training.{field}) || has(self.data.evalFraction) "
+        "|| has(self.data.evalTfrecords)",
+        message=f"spec.training.{field}: only applies with held-out records "
+        "(spec.data.evalFraction or spec.data.evalTfrecords)",
+        holds=lambda s: not present(s.training, field) or s.evaluates,
+        field_path=f".training.{field}",
+        reason=Reason.FORBIDDEN,
+    )
+
+
 class BertPretrainJobSpec(RuledModel):
     """BertPretrainJobSpec asks for one BERT pretraining run on a GKE TPU slice."""
 
@@ -927,6 +967,14 @@ class BertPretrainJobSpec(RuledModel):
         ),
         not_together(
             "training.phases",
+            "data.evalTfrecords",
+            message="spec.data.evalTfrecords: must not be set with spec.training.phases "
+            "(records hold one length); give spec.data.evalFraction, and the preparation "
+            "holds documents out at every phase's length",
+        ),
+        *(_eval_setting(field) for field in ("evalEverySteps", "evalBatches")),
+        not_together(
+            "training.phases",
             "data.tfrecords",
             message="spec.data.tfrecords: must not be set with spec.training.phases; give "
             "spec.data.corpus, and the preparation writes records of every phase's length "
@@ -1005,6 +1053,11 @@ class BertPretrainJobSpec(RuledModel):
             )
             first += phase.train_steps
         return resolved
+
+    @property
+    def evaluates(self) -> bool:
+        """Training evaluates on held-out records (evalFraction or evalTfrecords)."""
+        return self.data.eval_fraction is not None or self.data.eval_tfrecords is not None
 
     def sequence_lengths(self) -> list[SequenceLength]:
         """The distinct lengths the phases train at, in the order they first appear."""

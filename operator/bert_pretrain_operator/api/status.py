@@ -85,6 +85,21 @@ class StageJobs(_StatusModel):
     """export is the HuggingFace export Job (CPU)."""
 
 
+class EvalProgress(_StatusModel):
+    """The latest evaluation on held-out records (google-research/bert's do_eval metrics)."""
+
+    step: int = Field(ge=0)
+    """step is the training step the evaluation ran at."""
+    masked_lm_accuracy: float | None = Field(default=None, ge=0, le=1)
+    """maskedLmAccuracy is masked_lm_accuracy: correct masked tokens over masked tokens."""
+    masked_lm_loss: float | None = None
+    """maskedLmLoss is masked_lm_loss: their mean cross-entropy."""
+    next_sentence_accuracy: float | None = Field(default=None, ge=0, le=1)
+    """nextSentenceAccuracy is next_sentence_accuracy."""
+    next_sentence_loss: float | None = None
+    """nextSentenceLoss is next_sentence_loss."""
+
+
 class TrainingProgress(_StatusModel):
     """Training progress, reported by worker 0 of the training Job (best effort)."""
 
@@ -106,6 +121,9 @@ class TrainingProgress(_StatusModel):
     """lastCheckpoint is the prefix of the latest checkpoint written."""
     last_checkpoint_step: int | None = Field(default=None, ge=0)
     """lastCheckpointStep is the step of lastCheckpoint; a resumed attempt starts there."""
+    eval: EvalProgress | None = None
+    """eval is the latest evaluation on the held-out records (with data.evalTfrecords or
+    data.evalFraction): every training.evalEverySteps steps and at the end."""
     updated_time: datetime | None = None
     """updatedTime is when the trainer last wrote this progress."""
 

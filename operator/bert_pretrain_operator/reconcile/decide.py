@@ -540,7 +540,7 @@ def _train(b: _Builder, observed: Observed) -> bool:
                 TRAINED,
                 True,
                 "Trained",
-                f"training attempt {attempt} reached {_steps_done(job)}",
+                f"training attempt {attempt} reached {_steps_done(job)}{_held_out(b)}",
             )
             b.event("Normal", "Trained", f"the training Job {child.name} succeeded")
         return True
@@ -617,6 +617,22 @@ def _training_phase(job: BertPretrainJob, step: int) -> TrainingPhaseStatus:
         first_step=current.first_step,
         last_step=current.end_step,
     )
+
+
+def _held_out(b: _Builder) -> str:
+    """The final held-out figures, by google-research/bert's names ('' without any)."""
+    progress = b.status.progress
+    held = progress.eval if progress is not None else None
+    if held is None:
+        return ""
+    figures = (
+        ("masked_lm_accuracy", held.masked_lm_accuracy),
+        ("masked_lm_loss", held.masked_lm_loss),
+        ("next_sentence_accuracy", held.next_sentence_accuracy),
+        ("next_sentence_loss", held.next_sentence_loss),
+    )
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in figures if value is not None)
+    return f"; held-out eval at step {held.step}: {shown}"
 
 
 def _steps_done(job: BertPretrainJob) -> str:

@@ -25,6 +25,8 @@ from bert_trainer.config import (
     TrainerConfig,
 )
 
+#: Shards of each held-out record set (spec.data.evalFraction).
+HELD_OUT_SHARDS = 1
 #: Vocabulary size when a vocab is trained and spec.data.vocabSize is unset.
 DEFAULT_VOCAB_SIZE = 30522
 
@@ -66,6 +68,16 @@ class OutputLayout:
     records_by_length: dict[int, str]
     """With spec.training.phases: each phase length's records directory,
     ``tfrecords/seq-<maxSeqLength>``."""
+
+    def records_dir(self, length: int) -> str:
+        """Where the preparation writes the records of ``length``."""
+        assert self.tfrecords_dir is not None, "only a prepared job has records dirs"
+        return self.records_by_length.get(length, self.tfrecords_dir)
+
+    def held_out_dir(self, length: int) -> str:
+        """Where the preparation writes the held-out records of ``length``."""
+        return self.records_dir(length) + "/eval"
+
     prepare_work: str
     """The preparation's intermediates: its plan, word counts and record fragments."""
     checkpoints: str
@@ -189,19 +201,29 @@ def trainer_config(
     if needs_prepare(job) and paths.tfrecords_dir is not None:
         data = spec.data
         assert data.corpus is not None
-        if paths.records_by_length:
-            first, *more = lengths
-            records_dir = paths.records_by_length[first.max_seq_length]
-            extra = [
+        first, *more = lengths
+        records_dir = paths.records_dir(first.max_seq_length)
+        extra = [
+            RecordSet(
+                max_seq_length=length.max_seq_length,
+                max_predictions_per_seq=length.max_predictions_per_seq,
+                output_tfrecords=paths.records_dir(length.max_seq_length),
+            )
+            for length in more
+        ]
+        if data.eval_fraction is not None:
+            extra += [
                 RecordSet(
                     max_seq_length=length.max_seq_length,
                     max_predictions_per_seq=length.max_predictions_per_seq,
-                    output_tfrecords=paths.records_by_length[length.max_seq_length],
+                    output_tfrecords=paths.held_out_dir(length.max_seq_length),
+                    held_out=True,
+                    # One file, its records split between the hosts of a slice: a
+                    # small held-out set never leaves a host with only empty shards.
+                    num_shards=HELD_OUT_SHARDS,
                 )
-                for length in more
+                for length in lengths
             ]
-        else:
-            records_dir, extra = paths.tfrecords_dir, []
         prepare = PrepareConfig(
             corpus=list(data.corpus),
             vocab=None if vocab_is_trained(job) else paths.vocab,
@@ -220,6 +242,7 @@ def trainer_config(
             else spec.output.rstrip("/") + "/vocab.txt",
             output_tfrecords=records_dir,
             extra_lengths=extra,
+            eval_fraction=data.eval_fraction or 0.0,
             work_dir=paths.prepare_work,
             **(
                 {"chunk_bytes": data.preparation.chunk_bytes}
@@ -238,6 +261,15 @@ def trainer_config(
                 if paths.records_by_length
                 else paths.tfrecords_glob
             ),
+            eval_tfrecords=(
+                f"{paths.held_out_dir(phase.length.max_seq_length)}/*.tfrecord"
+                if spec.data.eval_fraction is not None
+                else spec.data.eval_tfrecords
+            ),
+            eval_every_steps=(training.eval_every_steps or training.checkpoint_every_steps)
+            if spec.evaluates
+            else None,
+            **({"eval_batches": training.eval_batches} if training.eval_batches else {}),
             model=model,
             max_seq_length=phase.length.max_seq_length,
             max_predictions_per_seq=phase.length.max_predictions_per_seq,

@@ -44,10 +44,30 @@ class Corpus:
     def num_tokens(self) -> int:
         return len(self.token_ids)
 
+    def select(self, keep: npt.NDArray[np.bool_]) -> Corpus:
+        """The corpus of the documents where ``keep`` is true, in order."""
+        documents = np.flatnonzero(keep)
+        first, end = self.document_starts[documents], self.document_starts[documents + 1]
+        per_document = end - first
+        sentences = _ranges(first, per_document)
+        lengths = np.diff(self.sentence_starts)[sentences]
+        tokens = _ranges(self.sentence_starts[sentences], lengths)
+        return Corpus(
+            self.token_ids[tokens],
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            np.concatenate([[0], np.cumsum(per_document)]).astype(np.int64),
+        )
+
     def document_tokens(self) -> npt.NDArray[np.int64]:
         """Tokens per document."""
         starts = self.sentence_starts[self.document_starts]
         return np.diff(starts)
+
+
+def _ranges(starts: npt.NDArray[np.int64], counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The indices ``starts[i], ..., starts[i] + counts[i] - 1`` of every i, back to back."""
+    before = np.cumsum(counts) - counts
+    return (np.repeat(starts - before, counts) + np.arange(int(counts.sum()))).astype(np.int64)
 
 
 def split_lines(text: str) -> list[str]:

@@ -92,14 +92,26 @@ def write_chunk(
             "tokens": corpus.num_tokens,
         },
     )
-    plan = tasks.plan(corpus, config.dupe_factor, chunk.index) if corpus.num_documents else []
-    layout = instances.Layout(
-        sentence_starts=corpus.sentence_starts, document_starts=corpus.document_starts
-    )
-    token_ids = corpus.token_ids
+    parts = {False: corpus}
+    if config.eval_fraction:
+        held = tasks.held_out_documents(config.seed, chunk.index, corpus.num_documents,
+                                        config.eval_fraction)  # fmt: skip
+        parts = {False: corpus.select(~held), True: corpus.select(held)}
     del corpus  # before the pools fork: they need only the ids and the layout
+    inputs = {
+        held_out: (
+            part.token_ids,
+            instances.Layout(
+                sentence_starts=part.sentence_starts, document_starts=part.document_starts
+            ),
+            tasks.plan(part, config.dupe_factor, chunk.index) if part.num_documents else [],
+        )
+        for held_out, part in parts.items()
+    }
+    del parts
     written = []
-    for record_set in range(len(config.record_sets())):
+    for record_set, records in enumerate(config.record_sets()):
+        token_ids, layout, plan = inputs[records.held_out]
         shared = tasks.Shared(
             token_ids=token_ids,
             layout=layout,

@@ -209,7 +209,7 @@ def _shards(this: _Index) -> dict[str, int]:
         raise InputError(f"the corpus {corpus} holds no text")
     if sum(s.documents for s in stats[0]) == 0:
         raise InputError(f"the corpus {corpus} tokenizes to nothing")
-    mine = [(r, shard) for r in sets for shard in _shards_of(this)]
+    mine = [(r, shard) for r in sets for shard in _shards_of(this, r)]
     written = 0
     this.reporter.progress(chunksDone=0, chunksTotal=len(mine), instances=0)
     with tempfile.TemporaryDirectory(prefix="bert-shards-") as scratch:
@@ -250,8 +250,9 @@ def _write_shard(shard: int) -> int:
     return count
 
 
-def _shards_of(this: _Index) -> list[int]:
-    return list(range(this.index, this.config.num_shards, this.workers))
+def _shards_of(this: _Index, record_set: int) -> list[int]:
+    shards_of_set = this.config.for_record_set(record_set).num_shards
+    return list(range(this.index, shards_of_set, this.workers))
 
 
 def _clean_up(this: _Index, prepare_pass: str) -> None:
@@ -267,8 +268,8 @@ def _clean_up(this: _Index, prepare_pass: str) -> None:
             stats = fragments.read_stats(this.work_dir, chunks, r)
             fragments.delete_fragments(
                 this.work_dir,
-                _shards_of(this),
-                this.config.num_shards,
+                _shards_of(this, r),
+                this.config.for_record_set(r).num_shards,
                 [s.instances for s in stats],
                 r,
             )

@@ -133,6 +133,8 @@ def config_digest(config: PrepareConfig) -> str:
     """
     # Without extra lengths, the digest of a single-length config is what it always was.
     exclude = set(_PROCESS_ONLY) | (set() if config.extra_lengths else {"extra_lengths"})
+    if not config.eval_fraction:
+        exclude.add("eval_fraction")
     settings = config.model_dump(mode="json", exclude=exclude)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 

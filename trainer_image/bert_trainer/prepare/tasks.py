@@ -22,7 +22,7 @@ from bert_trainer.prepare import documents, instances, masking, parallel, tfreco
 
 TASK_TOKENS = 1 << 17
 """Corpus tokens per task: ~1500 instances, enough to amortize numpy's per-call cost."""
-TASK_STREAM, SHARD_STREAM = 0, 1
+TASK_STREAM, SHARD_STREAM, EVAL_STREAM = 0, 1, 2
 """First word of the SeedSequence spawn keys, so task and shard streams never collide."""
 
 
@@ -47,6 +47,15 @@ class Shared:
     config: PrepareConfig
     stream: tuple[int, ...] = ()
     """Appended to every seed's spawn key: the record set's own random stream."""
+
+
+def held_out_documents(
+    seed: int, corpus_chunk: int, documents: int, fraction: float
+) -> npt.NDArray[np.bool_]:
+    """Which of a corpus chunk's documents are held out: a seeded draw per document,
+    so the split depends only on the corpus, the chunk size and the seed."""
+    rng = np.random.Generator(np.random.PCG64(seed_sequence(seed, EVAL_STREAM, corpus_chunk)))
+    return rng.random(documents) < fraction
 
 
 def record_set_stream(record_set: int) -> tuple[int, ...]:

@@ -110,6 +110,9 @@ class LoopSettings:
     """Steps in the first call, which also traces (and compiles) the function."""
     run_steps: int | None = None
     """The whole run's steps over every phase, for progress reports (None: train_steps)."""
+    eval_every_steps: int | None = None
+    """Evaluate on the held-out records every this many steps (and always at the last
+    step) when the loop has an ``evaluate``; None: at the last step only."""
 
     @classmethod
     def of(cls, config: TrainConfig) -> LoopSettings:
@@ -118,10 +121,50 @@ class LoopSettings:
             checkpoint_every_steps=config.checkpoint_every_steps,
             global_batch_size=config.global_batch_size,
             run_steps=config.run_steps,
+            eval_every_steps=config.eval_every_steps,
         )
 
     storage_retry_seconds: float | None = None
     """Retry budget of a call whose input reads fail (None: ``retry.budget_seconds()``)."""
+
+
+#: google-research/bert's names of run_pretraining.py's do_eval metrics.
+EVAL_NAMES = (
+    "masked_lm_accuracy",
+    "masked_lm_loss",
+    "next_sentence_accuracy",
+    "next_sentence_loss",
+)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One held-out evaluation: the step it ran at and what it measured."""
+
+    step: int
+    metrics: PretrainingMetrics
+
+    def by_name(self) -> dict[str, float]:
+        """The metrics by google-research/bert's names (``EVAL_NAMES``)."""
+        m = self.metrics
+        return dict(
+            zip(EVAL_NAMES, (m.mlm_accuracy, m.mlm_loss, m.nsp_accuracy, m.nsp_loss), strict=True)
+        )
+
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard's tags: ``eval/<name>``, beside the training scalars."""
+        return {f"eval/{name}": value for name, value in self.by_name().items()}
+
+    def status(self) -> dict[str, float | int]:
+        """``status.progress.eval``: the step and the metrics, camelCase."""
+        m = self.metrics
+        return {
+            "step": self.step,
+            "maskedLmAccuracy": m.mlm_accuracy,
+            "maskedLmLoss": m.mlm_loss,
+            "nextSentenceAccuracy": m.nsp_accuracy,
+            "nextSentenceLoss": m.nsp_loss,
+        }
 
 
 @dataclass(frozen=True)
@@ -137,6 +180,8 @@ class TrainResult:
     input_wait_fraction: float | None
     """Share of steady-state wall time the loop waited for input batches."""
     last_checkpoint: str | None
+    eval: EvalResult | None = None
+    """The last held-out evaluation (None without eval records)."""
 
 
 @dataclass
@@ -161,6 +206,7 @@ class TrainLoop:
         learning_rate: Callable[[int], float] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         agree: Agree | None = None,
+        evaluate: Callable[[], PretrainingMetrics] | None = None,
     ) -> None:
         self._train = train_function
         self._iterator = iterator
@@ -172,6 +218,8 @@ class TrainLoop:
         self._learning_rate = learning_rate
         self._clock = clock
         self._agree = agree
+        self._evaluate = evaluate
+        self._eval: EvalResult | None = None
         self._retry_seconds = (
             retry.budget_seconds()
             if settings.storage_retry_seconds is None
@@ -227,6 +275,8 @@ class TrainLoop:
             self._after_call(metrics, ran, seconds, waited, steady)
         if self._last_checkpoint_step != self.step:
             self._save()
+        if self._evaluate is not None and (self._eval is None or self._eval.step != self.step):
+            self._run_eval()
         self._report(metrics, steady, force=True)
         return TrainResult(
             first_step=first_step,
@@ -235,6 +285,7 @@ class TrainLoop:
             examples_per_second=self._examples_per_second(steady),
             input_wait_fraction=steady.waited / steady.seconds if steady.seconds else None,
             last_checkpoint=self._last_checkpoint,
+            eval=self._eval,
         )
 
     def _call(self, until: int) -> tuple[int, Any, float, float]:
@@ -273,7 +324,33 @@ class TrainLoop:
         step = self.step
         every = self._settings.checkpoint_every_steps
         next_checkpoint = (step // every + 1) * every
-        return max(1, min(chunk, next_checkpoint - step, self._settings.train_steps - step))
+        bound = min(chunk, next_checkpoint - step, self._settings.train_steps - step)
+        if self._evaluate is not None and self._settings.eval_every_steps:
+            every = self._settings.eval_every_steps
+            bound = min(bound, (step // every + 1) * every - step)
+        return max(1, bound)
+
+    def _eval_due(self) -> bool:
+        every = self._settings.eval_every_steps
+        return self._evaluate is not None and every is not None and self.step % every == 0
+
+    def _run_eval(self) -> None:
+        """Evaluate on the held-out batches; summaries under google-research/bert's names."""
+        assert self._evaluate is not None
+        started = self._clock()
+        metrics = self._evaluate()
+        self._eval = EvalResult(self.step, metrics)
+        log.info(
+            "eval at step %d: masked_lm_accuracy %.4f masked_lm_loss %.4f "
+            "next_sentence_accuracy %.4f next_sentence_loss %.4f (%.1f s)",
+            self.step,
+            metrics.mlm_accuracy,
+            metrics.mlm_loss,
+            metrics.nsp_accuracy,
+            metrics.nsp_loss,
+            self._clock() - started,
+        )
+        self._write_scalars(self.step, self._eval.scalars())
 
     def _next_chunk(self, steps: int, seconds: float) -> int:
         per_step = seconds / steps if steps else 0.0
@@ -306,7 +383,10 @@ class TrainLoop:
         saved = step % self._settings.checkpoint_every_steps == 0
         if saved:
             self._save()
-        self._report(metrics, steady, force=saved)
+        evaluated = self._eval_due()
+        if evaluated:
+            self._run_eval()
+        self._report(metrics, steady, force=saved or evaluated)
 
     def _save(self) -> str:
         path = self._checkpointer.save()
@@ -330,6 +410,11 @@ class TrainLoop:
         }
         if self._learning_rate is not None:
             scalars["learning_rate"] = self._learning_rate(step)
+        self._write_scalars(step, scalars)
+
+    def _write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if self._writer is None:
+            return
         try:
             with self._writer.as_default(step=step):
                 for tag, value in scalars.items():
@@ -364,6 +449,7 @@ class TrainLoop:
                 eta_seconds=eta,
                 last_checkpoint=self._last_checkpoint,
                 last_checkpoint_step=self._last_checkpoint_step,
+                eval=self._eval.status() if self._eval else None,
             ),
             force=force,
         )

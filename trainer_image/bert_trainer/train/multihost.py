@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,7 +35,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_trainer import retry
 from bert_trainer.config import TrainConfig, TrainerConfig
-from bert_trainer.model import STATISTICS, batch_totals, build_pretrainer, pretraining_loss
+from bert_trainer.model import (
+    STATISTICS,
+    PretrainingMetrics,
+    batch_totals,
+    build_pretrainer,
+    pretraining_loss,
+)
 from bert_trainer.storage import InputError
 from bert_trainer.train import array_checkpoint
 from bert_trainer.train.checkpoint import write_companions
@@ -50,6 +57,8 @@ from bert_trainer.train.progress import ProgressSink
 from bert_trainer.train.run import (
     check_settings,
     dtype_policy,
+    eval_batch_size,
+    phase_eval_records,
     phase_name,
     phase_records,
     reporter_for,
@@ -80,6 +89,7 @@ def run_multihost(
     if keras.backend.backend() != "jax":
         raise RuntimeError("the multi-host runtime needs KERAS_BACKEND=jax before Keras loads")
     records = [phase_records(phase) for phase in phases]
+    eval_records = [phase_eval_records(phase) for phase in phases]
     for phase in phases:
         if phase.global_batch_size % hosts.size:
             raise InputError(
@@ -88,7 +98,7 @@ def run_multihost(
             )
     _connect(hosts, phases[0])
     try:
-        return _train(config, phases, hosts, records, progress_sink, stop)
+        return _train(config, phases, hosts, records, eval_records, progress_sink, stop)
     finally:
         if hosts.size > 1:
             log.info("host %d leaving the slice", hosts.worker_id)
@@ -123,6 +133,7 @@ def _train(
     phases: list[TrainConfig],
     hosts: SliceHosts,
     records: list[tuple[list[str], RecordShape]],
+    eval_records: list[tuple[list[str], RecordShape] | None],
     progress_sink: ProgressSink | None,
     stop: StopFlag | None,
 ) -> TrainResult:
@@ -193,7 +204,24 @@ def _train(
             summary_writer=writer,
             learning_rate=lambda at: float(schedule(at)),
             agree=_agree if hosts.size > 1 else None,
+            evaluate=evaluator(phase),
         )
+
+    def evaluator(phase: TrainConfig) -> Callable[[], PretrainingMetrics] | None:
+        held_out = eval_records[phases.index(phase)]
+        if held_out is None:
+            return None
+        files, shape = held_out
+        dataset = make_dataset(
+            files,
+            shape,
+            eval_batch_size(phase) // hosts.size,
+            phase.seed,
+            context,
+            shuffle=False,
+        )
+        # A new iterator each time: every evaluation reads the same first batches.
+        return lambda: state.evaluate(dataset.as_numpy_iterator(), phase.eval_batches)
 
     log.info("training on %d hosts", hosts.size)
     return run_phases(phases, start, phase_loop, stop, reporter, writer)
@@ -235,6 +263,7 @@ class SlicedTrainer:
         )
         self._replicated = replicated
         self._step_fn = self._compile()
+        self._eval_fn: Any = None
 
     def _compile(self) -> Any:
         return jax.jit(self._step, donate_argnums=(0, 1, 2), out_shardings=self._replicated)
@@ -251,6 +280,30 @@ class SlicedTrainer:
 
     def numpy(self) -> int:
         return self.step
+
+    def evaluate(self, iterator: Any, batches: int) -> PretrainingMetrics:
+        """The metrics of ``batches`` held-out batches: no dropout, no update."""
+        if self._eval_fn is None:
+            self._eval_fn = jax.jit(self._eval_step, out_shardings=self._replicated)
+        sums = None
+        for _ in range(batches):
+            features, labels = next(iterator)
+            statistics = self._eval_fn(
+                self._trainable, self._non_trainable, self._global(features), self._global(labels)
+            )
+            sums = statistics if sums is None else sums + statistics
+        assert sums is not None, "an evaluation has at least one batch"
+        return PretrainingMetrics.from_statistics(_local_value(sums).tolist())
+
+    def _eval_step(
+        self,
+        trainable: list[Any],
+        non_trainable: list[Any],
+        features: dict[str, Any],
+        labels: dict[str, Any],
+    ) -> Any:
+        outputs, _ = self._model.stateless_call(trainable, non_trainable, features, training=False)
+        return pretraining_loss(outputs, labels)[1]
 
     def _step(
         self,

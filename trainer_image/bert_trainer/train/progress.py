@@ -33,6 +33,8 @@ class Progress:
     eta_seconds: float | None = None
     last_checkpoint: str | None = None
     last_checkpoint_step: int | None = None
+    eval: Mapping[str, float | int] | None = None
+    """The latest held-out evaluation (``contract.EVAL_FIELDS``), None before the first."""
 
     def to_status(self, now: datetime) -> dict[str, Any]:
         """The ``status.progress`` object: exactly ``contract.PROGRESS_FIELDS``."""
@@ -46,6 +48,9 @@ class Progress:
             "etaSeconds": None if self.eta_seconds is None else round(self.eta_seconds),
             "lastCheckpoint": self.last_checkpoint,
             "lastCheckpointStep": self.last_checkpoint_step,
+            "eval": None
+            if self.eval is None
+            else {k: v if k == "step" else _finite(float(v)) for k, v in self.eval.items()},
             "updatedTime": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         assert tuple(status) == contract.PROGRESS_FIELDS

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from bert_trainer.config import TrainConfig, TrainerConfig
-from bert_trainer.model import build_pretrainer
+from bert_trainer.model import PretrainingMetrics, build_pretrainer
 from bert_trainer.storage import InputError
 from bert_trainer.train.checkpoint import Checkpointer, restore_model, write_companions
 from bert_trainer.train.data import RecordShape, list_records, make_dataset
@@ -25,7 +25,7 @@ from bert_trainer.train.loop import LoopSettings, TrainLoop, TrainResult
 from bert_trainer.train.optimizer import make_optimizer
 from bert_trainer.train.progress import ProgressReporter, ProgressSink, make_reporter
 from bert_trainer.train.signals import StopFlag
-from bert_trainer.train.step import make_train_function
+from bert_trainer.train.step import make_eval_function, make_train_function
 from bert_trainer.train.strategy import Placement, detect_placement, make_strategy
 from bert_trainer.train.tf1_init import init_from_tf1_checkpoint
 
@@ -64,6 +64,7 @@ def train(
     settings = phases[0]
     placement = placement or detect_placement()
     records = [phase_records(phase) for phase in phases]
+    eval_records = [phase_eval_records(phase) for phase in phases]
 
     strategy = make_strategy(placement)
     for phase in phases:
@@ -131,7 +132,28 @@ def train(
             reporter=reporter,
             summary_writer=writer,
             learning_rate=lambda at: float(optimizer.learning_rate),
+            evaluate=evaluator(phase),
         )
+
+    def evaluator(phase: TrainConfig) -> Callable[[], PretrainingMetrics] | None:
+        held_out = eval_records[phases.index(phase)]
+        if held_out is None:
+            return None
+        files, shape = held_out
+        batch = eval_batch_size(phase)
+        dataset = strategy.distribute_datasets_from_function(
+            lambda context: make_dataset(
+                files,
+                shape,
+                context.get_per_replica_batch_size(batch),
+                phase.seed,
+                context,
+                shuffle=False,
+            )
+        )
+        evaluate = make_eval_function(strategy, model, phase.eval_batches)
+        # A new iterator each time: every evaluation reads the same first batches.
+        return lambda: PretrainingMetrics.from_statistics(evaluate(iter(dataset)).numpy().tolist())
 
     return run_phases(phases, start, phase_loop, stop, reporter, writer)
 
@@ -142,6 +164,22 @@ def phase_records(phase: TrainConfig) -> tuple[list[str], RecordShape]:
     files = list_records(phase.tfrecords, shape)
     log.info("%d TFRecord files match %s", len(files), phase.tfrecords)
     return files, shape
+
+
+def phase_eval_records(phase: TrainConfig) -> tuple[list[str], RecordShape] | None:
+    """The phase's held-out records and their shape, None without (InputError if given
+    and none match)."""
+    if phase.eval_tfrecords is None:
+        return None
+    shape = RecordShape(phase.max_seq_length, phase.max_predictions_per_seq)
+    files = list_records(phase.eval_tfrecords, shape)
+    log.info("%d held-out TFRecord files match %s", len(files), phase.eval_tfrecords)
+    return files, shape
+
+
+def eval_batch_size(phase: TrainConfig) -> int:
+    """Sequences per evaluation batch: a training micro-batch, which fits in memory."""
+    return phase.global_batch_size // phase.gradient_accumulation_steps
 
 
 def phase_name(phase: TrainConfig, phases: list[TrainConfig]) -> str:

@@ -134,3 +134,30 @@ def make_train_function(
 
     compiled: TrainFunction = tf.function(train_steps)
     return compiled
+
+
+EvalFunction = Callable[[Any], tf.Tensor]
+"""``(distributed_iterator) -> statistics_sums`` over the evaluation's batches."""
+
+
+def make_eval_function(strategy: tf.distribute.Strategy, model: Any, batches: int) -> EvalFunction:
+    """Sum ``model.STATISTICS`` over ``batches`` held-out batches: no dropout, no update.
+
+    Each replica's statistics are of its own batch; their sums give exact accuracies,
+    and losses averaged over the replicas' equal batches.
+    """
+
+    def replica_eval(features: dict[str, Any], labels: dict[str, Any]) -> tf.Tensor:
+        _, statistics = pretraining_loss(model(features, training=False), labels)
+        return statistics
+
+    def evaluate(iterator: Any) -> tf.Tensor:
+        sums = tf.zeros([len(STATISTICS)], tf.float32)
+        for _ in tf.range(batches):
+            features, labels = next(iterator)
+            per_replica = strategy.run(replica_eval, args=(features, labels))
+            sums += strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return sums
+
+    compiled: EvalFunction = tf.function(evaluate)
+    return compiled
