@@ -97,16 +97,26 @@ def test_phases_must_follow_each_other(tmp_path: Path) -> None:
         TrainerConfig(train=first, train_phases=[first, second])
 
 
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, ListSink]:
+    """The two phases in full, without dropout, in order, evaluating every 3 steps."""
+    from bert_trainer.train.run import train
+
+    root = tmp_path_factory.mktemp("phases")
+    sink = ListSink()
+    config = with_eval(phased_config(root, model=STILL, shuffle=False), root)
+    return root, train(config, progress_sink=sink), sink
+
+
 @pytest.mark.tensorflow
 def test_two_phases_train_in_turn_and_a_run_stopped_in_the_second_resumes_there(
-    tmp_path: Path,
+    evaluated: tuple[Path, Any, ListSink], tmp_path: Path
 ) -> None:
     """No dropout, records in order: resumed from step 8, step 10 is the whole run's."""
     from bert_trainer.train.run import train
 
-    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    sink = ListSink()
-    result = train(phased_config(whole, model=STILL, shuffle=False), progress_sink=sink)
+    whole, result, sink = evaluated
+    resumed = tmp_path / "resumed"
 
     assert (result.first_step, result.final_step) == (0, 10)
     assert checkpoint_steps(whole / "checkpoints") == [2, 4, 6, 8, 10]
@@ -126,6 +136,7 @@ def test_two_phases_train_in_turn_and_a_run_stopped_in_the_second_resumes_there(
     (resumed / "checkpoints" / "checkpoint").write_text(
         'model_checkpoint_path: "ckpt-8"\nall_model_checkpoint_paths: "ckpt-8"\n'
     )
+    # Without evaluation: evaluating reads the weights, never changes them.
     again = train(phased_config(resumed, model=STILL, shuffle=False), progress_sink=ListSink())
     assert (again.first_step, again.final_step) == (8, 10)
     import tensorflow as tf
@@ -199,20 +210,16 @@ def with_eval(config: TrainerConfig, root: Path, every: int | None = 3) -> Train
 
 @pytest.mark.tensorflow
 def test_training_evaluates_on_held_out_records_with_googles_metric_names(
-    tmp_path: Path,
+    evaluated: tuple[Path, Any, ListSink],
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
 
-    from bert_trainer.train.run import train
-
-    sink = ListSink()
-    result = train(with_eval(phased_config(tmp_path), tmp_path), progress_sink=sink)
-
+    root, result, sink = evaluated
     assert result.eval is not None and result.eval.step == 10
     names = ("masked_lm_accuracy", "masked_lm_loss", "next_sentence_accuracy", "next_sentence_loss")
     assert set(result.eval.by_name()) == set(names)
-    events = EventAccumulator(str(tmp_path / "summaries"), size_guidance={"tensors": 0})
+    events = EventAccumulator(str(root / "summaries"), size_guidance={"tensors": 0})
     events.Reload()
     for name in names:
         tag = f"eval/{name}"
@@ -234,16 +241,20 @@ def test_training_evaluates_on_held_out_records_with_googles_metric_names(
 
 
 @pytest.mark.tensorflow
-def test_an_evaluation_reads_the_same_batches_each_time(tmp_path: Path) -> None:
-    """A finished run evaluated again, from its last checkpoint: the same figures."""
+def test_an_evaluation_reads_the_same_batches_each_time(
+    evaluated: tuple[Path, Any, ListSink], tmp_path: Path
+) -> None:
+    """The finished run evaluated again, from its last checkpoint: the same figures."""
     from bert_trainer.train.run import train
 
-    config = with_eval(phased_config(tmp_path), tmp_path, every=None)
-    first = train(config, progress_sink=ListSink())
-    again = train(config, progress_sink=ListSink())
+    source, result, _ = evaluated
+    root = tmp_path / "again"
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("summaries"))
+    again = train(with_eval(phased_config(root, model=STILL, shuffle=False), root),
+                  progress_sink=ListSink())  # fmt: skip
     assert (again.first_step, again.final_step) == (10, 10)
-    assert first.eval is not None and again.eval is not None
-    assert again.eval.by_name() == pytest.approx(first.eval.by_name(), rel=1e-5)
+    assert result.eval is not None and again.eval is not None
+    assert again.eval.by_name() == pytest.approx(result.eval.by_name(), rel=1e-5)
 
 
 def test_held_out_records_that_do_not_exist_are_bad_input(tmp_path: Path) -> None:
