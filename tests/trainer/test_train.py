@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,30 @@ def checkpoint_steps(directory: Path) -> list[int]:
     return sorted(
         int(p.name[len("ckpt-") : -len(".index")]) for p in directory.glob("ckpt-*.index")
     )
+
+
+def keep_only_checkpoint(source: Path, target: Path, step: int) -> None:
+    """``target`` holds ``source``'s checkpoint ``step`` alone, as the latest."""
+    target.mkdir(parents=True)
+    for path in source.glob(f"ckpt-{step}.*"):
+        shutil.copy(path, target / path.name)
+    (target / "checkpoint").write_text(
+        f'model_checkpoint_path: "ckpt-{step}"\nall_model_checkpoint_paths: "ckpt-{step}"\n'
+    )
+
+
+def assert_same_checkpoint(want_prefix: Path, got_prefix: Path) -> None:
+    """The two checkpoints hold the same model and optimizer values (within 1e-6)."""
+    import tensorflow as tf
+
+    want = tf.train.load_checkpoint(str(want_prefix))
+    got = tf.train.load_checkpoint(str(got_prefix))
+    names = [n for n in want.get_variable_to_shape_map() if "model/" in n or "optimizer/" in n]
+    assert names
+    for name in names:
+        np.testing.assert_allclose(
+            got.get_tensor(name), want.get_tensor(name), atol=1e-6, err_msg=name
+        )
 
 
 @pytest.fixture(scope="module")
@@ -306,8 +331,6 @@ def test_a_run_in_order_resumed_reads_on_where_it_stopped(tmp_path: Path) -> Non
     """shuffle: false, no dropout: resumed from step 4, step 8 is the uninterrupted run's."""
     import shutil
 
-    import tensorflow as tf
-
     from bert_trainer.train.run import train
 
     still = TINY.model_copy(update={"hidden_dropout": 0.0, "attention_dropout": 0.0})
@@ -322,23 +345,10 @@ def test_a_run_in_order_resumed_reads_on_where_it_stopped(tmp_path: Path) -> Non
         )  # fmt: skip
 
     train(config(whole), progress_sink=ListSink())
-    (resumed / "checkpoints").mkdir()
-    for path in (whole / "checkpoints").glob("ckpt-4.*"):
-        shutil.copy(path, resumed / "checkpoints" / path.name)
-    (resumed / "checkpoints" / "checkpoint").write_text(
-        'model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n'
-    )
+    keep_only_checkpoint(whole / "checkpoints", resumed / "checkpoints", 4)
     result = train(config(resumed), progress_sink=ListSink())
     assert (result.first_step, result.final_step) == (4, 8)
-
-    want = tf.train.load_checkpoint(str(whole / "checkpoints" / "ckpt-8"))
-    got = tf.train.load_checkpoint(str(resumed / "checkpoints" / "ckpt-8"))
-    names = [n for n in want.get_variable_to_shape_map() if "model/" in n or "optimizer/" in n]
-    assert names
-    for name in names:
-        np.testing.assert_allclose(
-            got.get_tensor(name), want.get_tensor(name), atol=1e-6, err_msg=name
-        )
+    assert_same_checkpoint(whole / "checkpoints" / "ckpt-8", resumed / "checkpoints" / "ckpt-8")
 
 
 @pytest.mark.tensorflow
