@@ -209,24 +209,22 @@ def _shards(this: _Index) -> dict[str, int]:
         raise InputError(f"the corpus {corpus} holds no text")
     if sum(s.documents for s in stats[0]) == 0:
         raise InputError(f"the corpus {corpus} tokenizes to nothing")
-    mine = [(r, shard) for r in sets for shard in _shards_of(this, r)]
+    mine = {r: _shards_of(this, r) for r in sets}
+    total = sum(len(shards_of_set) for shards_of_set in mine.values())
     written = 0
-    this.reporter.progress(chunksDone=0, chunksTotal=len(mine), instances=0)
+    this.reporter.progress(chunksDone=0, chunksTotal=total, instances=0)
     with tempfile.TemporaryDirectory(prefix="bert-shards-") as scratch:
         done = 0
         for r in sets:
             work = _ShardWork(
                 config.for_record_set(r), r, this.work_dir, [s.instances for s in stats[r]], scratch
             )
-            shards_of_set = [shard for s, shard in mine if s == r]
-            with parallel.pool(work, min(this.processes, len(shards_of_set))) as imap:
-                for count in imap(_write_shard, shards_of_set):
+            with parallel.pool(work, min(this.processes, len(mine[r]))) as imap:
+                for count in imap(_write_shard, mine[r]):
                     written += count
                     done += 1
-                    this.reporter.progress(
-                        chunksDone=done, chunksTotal=len(mine), instances=written
-                    )
-    return {"chunksDone": len(mine), "chunksTotal": len(mine), "instances": written}
+                    this.reporter.progress(chunksDone=done, chunksTotal=total, instances=written)
+    return {"chunksDone": total, "chunksTotal": total, "instances": written}
 
 
 def _write_shard(shard: int) -> int:
